@@ -1,0 +1,39 @@
+"""The running dashboard in headless Chromium: health endpoint, overview numbers, every page opens."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from tests.e2e.conftest import ARTIFACTS
+
+pytestmark = pytest.mark.e2e
+NAV = ["Quantization grid", "Outliers", "Methods lab", "Compare generations", "Evaluate", "Memory sizing"]
+NAV += ["Speed", "Learn", "Overview"]
+
+
+def test_health_endpoint(server_url):
+    with urllib.request.urlopen(f"{server_url}/_stcore/health", timeout=5) as response:
+        assert response.read().strip() == b"ok"
+
+
+def test_every_page_in_the_browser(server_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    console_errors: list[str] = []
+    page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+    failed: list[str] = []
+    page.on("requestfailed", lambda request: failed.append(request.url))
+    page.goto(server_url)
+    page.get_by_text("Parameters by module type").first.wait_for(timeout=90_000)
+    body = page.inner_text("body")
+    for expected in ("134.5 M", "576", "9 / 3", "49,152", "Q4_1"):
+        assert expected in body, f"overview lacks {expected!r}"
+    for title in NAV:
+        page.get_by_role("link", name=title).first.click()
+        page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
+        page.wait_for_timeout(500)
+        assert page.locator("[data-testid='stException']").count() == 0, f"exception on {title}"
+        name = title.lower().replace(" ", "-")
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    assert not console_errors, (console_errors, failed)

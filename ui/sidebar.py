@@ -1,0 +1,88 @@
+"""The sidebar shared by every page: model source, device and dtype."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from engine.models import DTYPES, available_devices, default_dtype
+from engine.sources import DEFAULT_MODEL_NAME, ModelSource, ModelSourceError
+from ui import cache, state
+from ui.errors import show_error
+
+SOURCE_LABELS = {
+    "default": f"Offline default ({DEFAULT_MODEL_NAME})",
+    "folder": "Local Hugging Face folder",
+    "hub": "Hugging Face Hub id (online)",
+    "gguf": "GGUF file",
+}
+PLACEHOLDERS = {
+    "folder": "/path/to/model-folder (with config.json + *.safetensors)",
+    "hub": "HuggingFaceTB/SmolLM2-360M-Instruct",
+    "gguf": "/path/to/model.Q4_K_M.gguf",
+}
+
+
+def _try_load(source: ModelSource, device: str, dtype: str) -> bool:
+    try:
+        cache.load(source, device, dtype, where=st.sidebar)
+    except ModelSourceError as exc:
+        st.session_state[state.LOAD_ERROR] = exc
+        return False
+    st.session_state[state.MODEL_SOURCE] = source
+    st.session_state[state.DEVICE] = device
+    st.session_state[state.DTYPE] = dtype
+    st.session_state.pop(state.LOAD_ERROR, None)
+    return True
+
+
+def render() -> None:
+    state.init()
+    current, device_now, dtype_now = state.selection()
+    sidebar = st.sidebar
+    sidebar.subheader("Model")
+    with sidebar.form("model_picker", border=False):
+        kinds = list(SOURCE_LABELS)
+        kind = st.radio(
+            "Source",
+            kinds,
+            index=kinds.index(current.kind),
+            format_func=SOURCE_LABELS.get,
+            key="qe_pick_kind",
+        )
+        location = st.text_input(
+            "Folder, Hub id or .gguf path",
+            value=current.location,
+            placeholder=PLACEHOLDERS.get(kind, "not needed for the default model"),
+            key="qe_pick_location",
+            help="Ignored for the offline default.",
+        )
+        allow_pickle = st.checkbox(
+            "Allow pickle weights (.bin)",
+            value=current.allow_pickle,
+            key="qe_pick_pickle",
+            help="Pickle files can execute code when loaded. Only tick this for sources you trust.",
+        )
+        devices = available_devices()
+        device = st.selectbox("Device", devices, index=devices.index(device_now), key="qe_pick_device")
+        dtypes = list(DTYPES)
+        dtype = st.selectbox(
+            "dtype",
+            dtypes,
+            index=dtypes.index(dtype_now),
+            key="qe_pick_dtype",
+            help=f"Fast default: {default_dtype('cpu')} on CPU, {default_dtype('cuda')} on CUDA.",
+        )
+        submitted = st.form_submit_button("Load model", type="primary", width="stretch", key="qe_load_model")
+    if submitted:
+        try:
+            source = ModelSource(kind, location.strip() if kind != "default" else "", allow_pickle)
+        except ModelSourceError as exc:
+            st.session_state[state.LOAD_ERROR] = exc
+        else:
+            _try_load(source, device, dtype)
+    error = st.session_state.get(state.LOAD_ERROR)
+    if error is not None:
+        show_error(error, where=sidebar, prefix="Could not load that model. ")
+        sidebar.caption(f"Still using: {current.label}")
+    source, device, dtype = state.selection()
+    sidebar.caption(f"Loaded: **{source.label}** on {device} as {dtype}")
