@@ -1,23 +1,30 @@
-"""`python -m engine.prepare`: convert the offline default model once (setup step; fast when done)."""
+"""`python -m engine.prepare`: convert the offline default model and fetch the offline corpus, once.
+
+A setup step run by `make run` / `make test`; when everything is in the cache it returns at once.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
 
+from engine.data import DataError, prepare_britannica
 from engine.sources import ModelSourceError, prepare_default_model
+
+
+def report(fraction: float, message: str) -> None:
+    print(f"[{fraction:4.0%}] {message}", flush=True)
 
 
 def main() -> int:
     start = time.perf_counter()
     try:
-        folder = prepare_default_model(
-            lambda fraction, message: print(f"[{fraction:4.0%}] {message}", flush=True)
-        )
-    except ModelSourceError as exc:
+        folder = prepare_default_model(report)
+        corpus = prepare_britannica(report)
+    except (ModelSourceError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"Default model ready in {folder} ({time.perf_counter() - start:.1f} s)")
+    print(f"Default model in {folder}; corpus in {corpus} ({time.perf_counter() - start:.1f} s)")
     return 0
 
 

@@ -30,7 +30,9 @@ cols[1].metric("Max context", f"{summary.max_context:,}" if summary.max_context 
 cols[2].metric("Tied embeddings", "yes" if summary.tied_embeddings else "no")
 cols[3].metric("dtype", summary.dtype)
 cols[4].metric("In memory", f"{summary.bytes_in_memory / 1024**2:,.0f} MiB")
-cols[5].metric("On disk", f"{summary.bytes_on_disk / 1024**2:,.0f} MiB", help="safetensors files of the loaded folder")
+cols[5].metric(
+    "On disk", f"{summary.bytes_on_disk / 1024**2:,.0f} MiB", help="safetensors files of the loaded folder"
+)
 
 left, right = st.columns([3, 2])
 with left:

@@ -8,6 +8,7 @@ from engine.models import DTYPES, available_devices, default_dtype
 from engine.sources import DEFAULT_MODEL_NAME, ModelSource, ModelSourceError
 from ui import cache, state
 from ui.errors import show_error
+from ui.widgets import scheme_picker
 
 SOURCE_LABELS = {
     "default": f"Offline default ({DEFAULT_MODEL_NAME})",
@@ -86,3 +87,7 @@ def render() -> None:
         sidebar.caption(f"Still using: {current.label}")
     source, device, dtype = state.selection()
     sidebar.caption(f"Loaded: **{source.label}** on {device} as {dtype}")
+
+    sidebar.divider()
+    sidebar.subheader("Scheme")
+    st.session_state[state.SCHEME] = scheme_picker("qe_scheme", where=sidebar)

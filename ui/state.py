@@ -11,6 +11,7 @@ MODEL_SOURCE = "qe_model_source"  # the ModelSource last loaded successfully
 DEVICE = "qe_device"
 DTYPE = "qe_dtype"
 LOAD_ERROR = "qe_load_error"  # message of the last failed load, shown in the sidebar
+SCHEME = "qe_scheme_value"  # the sidebar's QuantScheme (None while the picked combination is impossible)
 
 
 def init() -> None:
@@ -23,3 +24,8 @@ def init() -> None:
 def selection() -> tuple[ModelSource, str, str]:
     init()
     return st.session_state[MODEL_SOURCE], st.session_state[DEVICE], st.session_state[DTYPE]
+
+
+def scheme():
+    """The sidebar's scheme, or None when the user picked an impossible one (the sidebar says why)."""
+    return st.session_state.get(SCHEME)

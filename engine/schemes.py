@@ -1,0 +1,316 @@
+"""Quantization schemes: what a user picks, validated before any tensor is touched.
+
+`QuantScheme` is a frozen, hashable dataclass so it can be a Streamlit cache key. Every impossible
+combination raises `ValueError` with a message that names the fix.
+
+Label grammar (`QuantScheme.label` writes it, `QuantScheme.from_label` reads it back), tokens
+separated by spaces, hyphens or commas, in any order when parsing:
+
+    int4 | int8 | ... | nf4 | fp4 | fp8_e4m3 | fp8_e5m2      format (and bits; required)
+    sym | asym                                              int only; sym is the default and is omitted
+    tensor | channel | g<N>                                 granularity; g128 = groups of 128
+    clip<r>                                                 clip_ratio, omitted when 1.0
+    scale_fp32 | scale_bf16 | scale_fp16                    scale dtype, omitted when fp16
+    dq                                                      double quantization of the scales
+
+so "int4 asym g128", "nf4 g64 scale_fp32 dq" and "fp8_e4m3 channel" (and "int4-asym-g128").
+
+Storage convention (`bits_per_weight` and `QTensor.nbytes` agree): codes cost `bits` each, densely
+packed; each scale costs its scale dtype; an asymmetric int zero point is an integer code but is stored
+in the scale dtype next to its scale (as torchao / Hugging Face do), so int4 asym g128 with fp16 scales
+is 4 + 32/128 = 4.25 bits per weight. GPTQ's checkpoints pack zeros at `bits` bits instead (4.156);
+we do not model that. With `double_quant` each scale costs 8 bits plus one fp32 per 256 scales plus one
+fp32 mean per tensor: NF4 at blocksize 64 is 4 + 8/64 + 32/(64*256) = 4.127 (QLoRA's figure).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+
+import torch
+
+FORMATS = ("int", "nf4", "fp4", "fp8_e4m3", "fp8_e5m2")
+CODEBOOK_FORMATS = ("nf4", "fp4")
+FP8_FORMATS = ("fp8_e4m3", "fp8_e5m2")
+GRANULARITIES = ("tensor", "channel", "group")
+SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DOUBLE_QUANT_BLOCK = 256  # scales per fp32 block scale when double-quantizing (bitsandbytes)
+DOUBLE_QUANT_BITS = 8
+
+_SCALE_DTYPE_ALIASES = {
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+}
+_SHORT_SCALE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    bits: int = 8  # width of one code; 4-bit codes pack two per byte
+    format: str = "int"  # the grid: uniform int, a 16-value codebook (nf4/fp4) or a float8 type
+    symmetric: bool = True  # int only: absmax around 0, or min/max range plus a zero point
+    granularity: str = "channel"  # who shares a scale: whole tensor, each row/token, or each group of a row
+    group_size: int | None = None  # elements per group along the last (input) dim; only with "group"
+    clip_ratio: float = 1.0  # shrink the observed range before scaling: <1 clips outliers for resolution
+    scale_dtype: str = "float16"  # how scales (and zero points) are stored; bnb keeps absmax in float32
+    double_quant: bool = False  # QLoRA: quantize the scales again to 8 bits in blocks of 256
+
+    def __post_init__(self) -> None:
+        for name in ("bits", "group_size"):  # numpy / torch integers from widgets become plain ints
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                object.__setattr__(self, name, int(value))
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+            raise ValueError(
+                f"bits must be an integer from 2 to 8 (got {self.bits!r}); "
+                "for an unquantized baseline compare against the original model instead"
+            )
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        if self.format in CODEBOOK_FORMATS and self.bits != 4:
+            raise ValueError(
+                f"format {self.format} is a 16-value (4-bit) codebook; set bits=4 "
+                f"(got {self.bits}) or use format='int' for {self.bits}-bit"
+            )
+        if self.format in FP8_FORMATS and self.bits != 8:
+            raise ValueError(
+                f"format {self.format} is an 8-bit float; set bits=8 (got {self.bits}) "
+                f"or use format='int' for {self.bits}-bit"
+            )
+        if not isinstance(self.symmetric, bool):
+            raise ValueError(f"symmetric must be True or False (got {self.symmetric!r})")
+        if self.format != "int" and not self.symmetric:
+            raise ValueError(
+                f"format {self.format} scales each block by its absmax and has no zero point; "
+                "set symmetric=True, or use format='int' for asymmetric (zero-point) quantization"
+            )
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(
+                f"unknown granularity {self.granularity!r}; choose one of {', '.join(GRANULARITIES)}"
+            )
+        if self.granularity == "group":
+            if self.group_size is None:
+                raise ValueError("granularity 'group' needs group_size (e.g. 32, 64 or 128)")
+            if (
+                isinstance(self.group_size, bool)
+                or not isinstance(self.group_size, int)
+                or self.group_size <= 0
+            ):
+                raise ValueError(
+                    f"group_size must be a positive integer (got {self.group_size!r}); "
+                    "typical values are 32, 64 and 128"
+                )
+        elif self.group_size is not None:
+            raise ValueError(
+                f"group_size {self.group_size} only applies to granularity 'group'; "
+                f"set granularity='group' or drop group_size (granularity is {self.granularity!r})"
+            )
+        if isinstance(self.clip_ratio, bool) or not isinstance(self.clip_ratio, (int, float)):
+            raise ValueError(f"clip_ratio must be a number in (0, 1] (got {self.clip_ratio!r})")
+        if not 0.0 < self.clip_ratio <= 1.0:
+            raise ValueError(
+                f"clip_ratio must be in (0, 1] (got {self.clip_ratio}); it scales the observed range "
+                "down, and 1.0 means no clipping"
+            )
+        object.__setattr__(self, "clip_ratio", float(self.clip_ratio))
+        object.__setattr__(self, "scale_dtype", _normalize_scale_dtype(self.scale_dtype))
+        if not isinstance(self.double_quant, bool):
+            raise ValueError(f"double_quant must be True or False (got {self.double_quant!r})")
+        if self.double_quant and self.granularity == "tensor":
+            raise ValueError(
+                "double_quant compresses many per-block scales, but granularity 'tensor' has a single "
+                "scale; use granularity 'group' or 'channel', or set double_quant=False"
+            )
+
+    # -- derived facts -------------------------------------------------------------------------
+    @property
+    def is_codebook(self) -> bool:
+        return self.format in CODEBOOK_FORMATS
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.format in FP8_FORMATS
+
+    @property
+    def has_zero_point(self) -> bool:
+        return self.format == "int" and not self.symmetric
+
+    @property
+    def torch_scale_dtype(self) -> torch.dtype:
+        return SCALE_DTYPES[self.scale_dtype]
+
+    @property
+    def scale_bits(self) -> int:
+        """Bits of one stored scale (or zero point) before any double quantization."""
+        return torch.finfo(self.torch_scale_dtype).bits
+
+    @property
+    def label(self) -> str:
+        parts = [f"int{self.bits}" if self.format == "int" else self.format]
+        if self.has_zero_point:
+            parts.append("asym")
+        parts.append(f"g{self.group_size}" if self.granularity == "group" else self.granularity)
+        if self.clip_ratio != 1.0:
+            parts.append(f"clip{Decimal(repr(self.clip_ratio)):f}")  # positional: no "e-05" hyphen
+        if self.scale_dtype != "float16":
+            parts.append(f"scale_{_SHORT_SCALE[self.scale_dtype]}")
+        if self.double_quant:
+            parts.append("dq")
+        return " ".join(parts)
+
+    def __str__(self) -> str:
+        return self.label
+
+    @classmethod
+    def from_label(cls, label: str) -> QuantScheme:
+        """Parse a label such as "int4 asym g128" or "nf4-g64-scale_fp32-dq" (see module docstring)."""
+        return parse_label(label)
+
+
+_GRAMMAR_HINT = (
+    "expected tokens like int4, nf4, fp4, fp8_e4m3, fp8_e5m2, sym, asym, tensor, channel, g128, "
+    "clip0.9, scale_fp32, dq"
+)
+
+
+def parse_label(label: str) -> QuantScheme:
+    """Read a scheme label back into a QuantScheme; the inverse of `QuantScheme.label`."""
+    if not isinstance(label, str) or not label.strip():
+        raise ValueError(f"empty scheme label; {_GRAMMAR_HINT}")
+    fields: dict[str, object] = {}
+
+    def put(key: str, value: object, token: str) -> None:
+        if key in fields:
+            raise ValueError(f"scheme label {label!r} sets {key} twice (at {token!r})")
+        fields[key] = value
+
+    for token in re.split(r"[\s,\-]+", label.strip().lower()):
+        if not token:
+            continue
+        if m := re.fullmatch(r"int(\d+)", token):
+            put("format", "int", token)
+            put("bits", int(m.group(1)), token)
+        elif token in CODEBOOK_FORMATS:
+            put("format", token, token)
+            put("bits", 4, token)
+        elif token in FP8_FORMATS:
+            put("format", token, token)
+            put("bits", 8, token)
+        elif token in ("sym", "asym"):
+            put("symmetric", token == "sym", token)
+        elif token in ("tensor", "channel"):
+            put("granularity", token, token)
+        elif m := re.fullmatch(r"g(\d+)", token):
+            put("granularity", "group", token)
+            put("group_size", int(m.group(1)), token)
+        elif m := re.fullmatch(r"clip(\d*\.?\d+)", token):
+            put("clip_ratio", float(m.group(1)), token)
+        elif m := re.fullmatch(r"scale_(\w+)", token):
+            put("scale_dtype", m.group(1), token)
+        elif token == "dq":
+            put("double_quant", True, token)
+        else:
+            raise ValueError(f"cannot read {token!r} in scheme label {label!r}; {_GRAMMAR_HINT}")
+    if "format" not in fields:
+        raise ValueError(f"scheme label {label!r} names no format; {_GRAMMAR_HINT}")
+    return QuantScheme(**fields)  # type: ignore[arg-type]
+
+
+def _normalize_scale_dtype(value: object) -> str:
+    if isinstance(value, torch.dtype):
+        for name, dtype in SCALE_DTYPES.items():
+            if dtype == value:
+                return name
+    elif isinstance(value, str) and value.lower() in _SCALE_DTYPE_ALIASES:
+        return _SCALE_DTYPE_ALIASES[value.lower()]
+    raise ValueError(f"scale_dtype must be one of float16, bfloat16, float32 (got {value!r})")
+
+
+# -- shapes ----------------------------------------------------------------------------------------
+
+
+def suggest_group_sizes(in_features: int) -> list[int]:
+    """Group sizes that divide `in_features`: multiples of 32 if any, else divisors >= 8, else all."""
+    divisors = [d for d in range(1, in_features + 1) if in_features % d == 0]
+    for pick in ([d for d in divisors if d % 32 == 0], [d for d in divisors if d >= 8]):
+        if pick:
+            return pick
+    return divisors
+
+
+def check_shape(scheme: QuantScheme, shape: tuple[int, ...] | torch.Size) -> None:
+    """Raise ValueError when a tensor of `shape` cannot be quantized with `scheme`."""
+    if len(shape) == 0:
+        raise ValueError("cannot quantize a 0-d tensor; reshape it to at least one dimension")
+    if math.prod(shape) == 0:
+        raise ValueError(f"cannot quantize an empty tensor of shape {tuple(shape)}")
+    if scheme.granularity == "group":
+        in_features = shape[-1]
+        if in_features % scheme.group_size:
+            choices = ", ".join(map(str, suggest_group_sizes(in_features)))
+            raise ValueError(
+                f"group_size {scheme.group_size} does not divide in_features {in_features}; "
+                f"pick one of {choices}"
+            )
+
+
+# -- storage cost ----------------------------------------------------------------------------------
+
+
+def storage_bits(scheme: QuantScheme, shape: tuple[int, ...] | torch.Size) -> int:
+    """Exact storage in bits of a tensor of `shape` under `scheme` (see the module's convention)."""
+    check_shape(scheme, shape)
+    numel = math.prod(shape)
+    if scheme.granularity == "tensor":
+        n_scales = 1
+    elif scheme.granularity == "channel":
+        n_scales = numel // shape[-1]
+    else:
+        n_scales = numel // scheme.group_size
+    code_bits = math.ceil(numel * scheme.bits / 8) * 8
+    if scheme.double_quant:
+        n_blocks = math.ceil(n_scales / DOUBLE_QUANT_BLOCK)
+        scale_bits = n_scales * DOUBLE_QUANT_BITS + n_blocks * 32 + 32
+    else:
+        scale_bits = n_scales * scheme.scale_bits
+    zero_bits = n_scales * scheme.scale_bits if scheme.has_zero_point else 0
+    return code_bits + scale_bits + zero_bits
+
+
+def bits_per_weight(
+    scheme: QuantScheme, in_features: int | None = None, out_features: int | None = None
+) -> float:
+    """Effective storage bits per weight, scales and zero points included, without any tensor.
+
+    With both dims the figure is exact for an (out_features, in_features) weight and equals
+    `QTensor.bits_per_weight`. Otherwise it is the large-matrix limit: group needs nothing, channel
+    needs in_features, and tensor returns `bits` (one scale is negligible).
+    """
+    if in_features is not None and out_features is not None:
+        return storage_bits(scheme, (out_features, in_features)) / (out_features * in_features)
+    if scheme.granularity == "tensor":
+        return float(scheme.bits)
+    if scheme.granularity == "channel":
+        if in_features is None:
+            raise ValueError(
+                "per-channel scales cost depends on the row length; pass in_features "
+                "(e.g. bits_per_weight(scheme, in_features=4096))"
+            )
+        per_scale = in_features
+    else:
+        if in_features is not None:
+            check_shape(scheme, (in_features,))
+        per_scale = scheme.group_size
+    scale_cost = DOUBLE_QUANT_BITS + 32 / DOUBLE_QUANT_BLOCK if scheme.double_quant else scheme.scale_bits
+    zero_cost = scheme.scale_bits if scheme.has_zero_point else 0
+    return scheme.bits + (scale_cost + zero_cost) / per_scale

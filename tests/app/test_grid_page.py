@@ -1,0 +1,65 @@
+"""The grid page under AppTest: widget changes change the numbers; bad schemes are clear errors."""
+
+from __future__ import annotations
+
+from tests.app.conftest import no_exceptions, open_page
+
+
+def _metric(app, label):
+    return next(metric.value for metric in app.metric if metric.label == label)
+
+
+def _table_schemes(app):
+    return list(app.dataframe[0].value["scheme"])
+
+
+def test_grid_page_default_model_warns_about_prior_grid(app):
+    open_page(app, "grid")
+    assert any("already sits on a low-bit grid" in warning.value for warning in app.warning)
+    assert _metric(app, "Bits per weight") == "4.250"  # int4 sym g64, fp16 scale
+    assert len(_table_schemes(app)) >= 40
+
+
+def test_changing_bits_and_granularity_changes_the_numbers(app):
+    open_page(app, "grid")
+    before = float(_metric(app, "SQNR").split()[0])
+    app.select_slider(key="qe_scheme_bits").set_value(8).run()
+    no_exceptions(app)
+    after_bits = float(_metric(app, "SQNR").split()[0])
+    assert after_bits > before + 15  # int8 vs int4: ~6 dB per bit
+    app.radio(key="qe_scheme_granularity").set_value("tensor").run()
+    no_exceptions(app)
+    assert _metric(app, "Bits per weight") == "8.000"
+    assert float(_metric(app, "SQNR").split()[0]) < after_bits
+
+
+def test_synthetic_outlier_demo(app):
+    open_page(app, "grid")
+    app.segmented_control(key="grid_source").set_value("Synthetic").run()
+    no_exceptions(app)
+    app.radio(key="qe_scheme_granularity").set_value("tensor").run()
+    per_tensor = float(_metric(app, "SQNR").split()[0])
+    app.radio(key="qe_scheme_granularity").set_value("group").run()
+    per_group = float(_metric(app, "SQNR").split()[0])
+    assert per_group > per_tensor + 5
+
+
+def test_group_size_that_does_not_divide_is_explained(app):
+    open_page(app, "grid")
+    app.select_slider(key="qe_scheme_group").set_value(128).run()
+    no_exceptions(app)
+    assert any("does not divide in_features 576" in error.value for error in app.error)
+
+
+def test_other_layer_and_weight(app):
+    open_page(app, "grid")
+    first = _metric(app, "MSE")
+    app.selectbox(key="grid_layer").set_value("layer 29").run()
+    no_exceptions(app)
+    app.selectbox(key="grid_weight").select_index(6).run()  # down_proj, 576 x 1536
+    no_exceptions(app)
+    assert _metric(app, "MSE") != first
+    app.slider(key="grid_row").set_value(575).run()
+    app.slider(key="grid_block").set_value(23).run()
+    no_exceptions(app)
+    assert _metric(app, "Clipped in block").endswith("/ 64")

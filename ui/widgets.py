@@ -1,0 +1,78 @@
+"""Reusable widgets. `scheme_picker` turns a handful of controls into a validated QuantScheme."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from engine.schemes import FORMATS, QuantScheme
+from ui.errors import show_error
+
+DEFAULT_SCHEME = QuantScheme(4, "int", True, "group", 64)  # not Q4_1's asym g32 grid: no fake zero error
+GROUP_SIZES = [16, 32, 64, 96, 128, 192, 256]
+FORMAT_HELP = {
+    "int": "Uniform integer grid (absmax or min/max with a zero point).",
+    "nf4": "QLoRA's NormalFloat4: 16 levels at normal quantiles, scaled by the block absmax.",
+    "fp4": "bitsandbytes' FP4 (e2m1): 16 float levels, dense near zero.",
+    "fp8_e4m3": "8-bit float, 4 exponent + 3 mantissa bits (more precision, range ±448).",
+    "fp8_e5m2": "8-bit float, 5 exponent + 2 mantissa bits (more range, ±57344).",
+}
+
+
+def scheme_picker(prefix: str, where=st, default: QuantScheme = DEFAULT_SCHEME) -> QuantScheme | None:
+    """Controls for every QuantScheme field; returns the scheme, or None after showing why it is invalid."""
+    fmt = where.selectbox(
+        "Format",
+        FORMATS,
+        index=FORMATS.index(default.format),
+        key=f"{prefix}_format",
+        help=" ".join(f"**{name}**: {text}" for name, text in FORMAT_HELP.items()),
+    )
+    if fmt == "int":
+        bits = where.select_slider("Bits", [2, 3, 4, 5, 6, 7, 8], value=default.bits, key=f"{prefix}_bits")
+        symmetric = where.toggle(
+            "Symmetric (absmax)",
+            value=default.symmetric,
+            key=f"{prefix}_symmetric",
+            help="Off: asymmetric, a min/max range with a zero point (better for one-sided data).",
+        )
+    else:
+        bits, symmetric = (4 if fmt in ("nf4", "fp4") else 8), True
+    granularity = where.radio(
+        "Granularity",
+        ["tensor", "channel", "group"],
+        index=["tensor", "channel", "group"].index(default.granularity),
+        horizontal=True,
+        key=f"{prefix}_granularity",
+        help="Who shares one scale: the whole tensor, each row (output channel / token), or each group of a row.",
+    )
+    group_size = None
+    if granularity == "group":
+        group_size = where.select_slider(
+            "Group size", GROUP_SIZES, value=default.group_size or 64, key=f"{prefix}_group"
+        )
+    with where.expander("Advanced"):
+        clip_ratio = st.slider(
+            "Clip ratio",
+            0.5,
+            1.0,
+            default.clip_ratio,
+            0.01,
+            key=f"{prefix}_clip",
+            help="Shrink the range before scaling: clips outliers, gains resolution for the rest.",
+        )
+        scale_dtype = st.selectbox(
+            "Scale dtype",
+            ["float16", "bfloat16", "float32"],
+            index=["float16", "bfloat16", "float32"].index(default.scale_dtype),
+            key=f"{prefix}_scale_dtype",
+        )
+        double_quant = st.checkbox(
+            "Double quantization of scales (QLoRA)", value=default.double_quant, key=f"{prefix}_dq"
+        )
+    try:
+        return QuantScheme(
+            bits, fmt, symmetric, granularity, group_size, clip_ratio, scale_dtype, double_quant
+        )
+    except ValueError as exc:
+        show_error(exc, where=where, prefix="Impossible scheme: ")
+        return None
