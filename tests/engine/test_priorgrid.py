@@ -108,6 +108,7 @@ def _timed(fn, *args):
     return time.perf_counter() - start
 
 
+@pytest.mark.slow
 def test_real_q4_1_and_q8_0_weights_of_the_default_gguf():
     """SmolLM2-135M ships as Q4_1 (linear layers) with a Q8_0 token embedding: both must be found."""
     import importlib.util
