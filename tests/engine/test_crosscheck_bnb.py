@@ -7,6 +7,8 @@ from engine.metrics import sqnr_db
 from engine.primitives import fake_quantize, pack_int4, quantize
 from engine.schemes import QuantScheme
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 bnb_functional = pytest.importorskip("bitsandbytes.functional")
 
 BLOCKSIZE = 64

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 from engine import formats
 from engine.schemes import QuantScheme
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def _qlora_normal_map(offset: float = 0.9677083) -> torch.Tensor:
     """NF4 rebuilt from QLoRA's recipe (bitsandbytes' create_normal_map), independently of our table."""

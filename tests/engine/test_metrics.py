@@ -15,6 +15,8 @@ from engine.metrics import (
     top1_agreement,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def test_known_values():
     x = torch.ones(100)

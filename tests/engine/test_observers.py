@@ -8,6 +8,8 @@ from engine.observers import MinMaxObserver, MovingAverageMinMaxObserver, MSEObs
 from engine.primitives import fake_quantize, qparams_from_range
 from engine.schemes import QuantScheme
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 PER_TENSOR_INT8 = QuantScheme(8, granularity="tensor")
 
 

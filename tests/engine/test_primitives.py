@@ -25,6 +25,8 @@ from engine.primitives import (
 )
 from engine.schemes import QuantScheme, bits_per_weight
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 FORMATS = [
     ("int", 8, True),
     ("int", 8, False),

@@ -9,6 +9,8 @@ from engine.primitives import fake_quantize
 from engine.priorgrid import PriorGrid, detect_prior_grid
 from engine.schemes import QuantScheme
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def _weight(rows=1536, cols=576, seed=0):
     return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * 0.02

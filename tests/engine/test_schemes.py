@@ -18,6 +18,8 @@ from engine.schemes import (
     suggest_group_sizes,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def scheme_strategy() -> st.SearchStrategy[QuantScheme]:
     """Every valid scheme shape: format x bits x symmetry x granularity x options."""
