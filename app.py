@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from ui import page
+
 st.set_page_config(page_title="Quantization Explorer", page_icon="🗜️", layout="wide")
 
 PAGES = {
@@ -25,4 +27,5 @@ PAGES = {
 }
 
 navigation = st.navigation(PAGES)
+page.mark_routed()
 navigation.run()

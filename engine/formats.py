@@ -6,7 +6,8 @@ Three families, all applied to values already grouped into blocks that share one
   scale = absmax / (2**(b-1) - 1): the block's absmax lands on the top code and the extra negative code
   -2**(b-1) is only reached by clipping (clip_ratio < 1 or static scales), as with torchao's int ranges;
   LLM.int8() instead restricts codes to +-127. Asymmetric codes are unsigned, in [0, 2**b - 1], with an
-  integer zero point: x ~ (q - zero) * scale.
+  integer zero point: x ~ (q - zero) * scale; or, with zero_kind "float" (llama.cpp's Q4_1), a float
+  minimum offset: x ~ q * scale + min, where the block's min and max are both exact but 0 may not be.
 - codebook (nf4, fp4): 16 values in [-1, 1], exactly bitsandbytes' tables and in bitsandbytes' index
   order (NF4 is sorted; FP4 is in sign/exponent/mantissa bit-pattern order), so our codes are the
   bytes bitsandbytes packs. Values are scaled by the block absmax and rounded to the nearest entry with
@@ -170,6 +171,8 @@ def encode(
     inv = 1.0 / scale
     if scheme.format == "int":
         qmin, qmax = int_range(scheme.bits, scheme.symmetric)
+        if scheme.zero_kind == "float":  # q = round((x - min) / scale)
+            return out.copy_(((x - zero) * inv).round_().clamp_(qmin, qmax))
         q = (x * inv).round_()
         if zero is not None:
             q.add_(zero)
@@ -189,6 +192,8 @@ def decode(codes: Tensor, scale: Tensor, zero: Tensor | None, scheme: QuantSchem
         values = torch.index_select(_codebook(scheme.format), 0, codes.reshape(-1).int())
         return values.view(codes.shape).mul_(scale)
     values = codes.to(torch.float32, copy=True)
+    if scheme.zero_kind == "float":  # x = q * scale + min
+        return values.mul_(scale).add_(zero)
     if zero is not None:
         values.sub_(zero)
     return values.mul_(scale)
@@ -205,6 +210,8 @@ def fake(
     inv = 1.0 / scale
     if scheme.format == "int":
         qmin, qmax = int_range(scheme.bits, scheme.symmetric)
+        if scheme.zero_kind == "float":
+            return torch.sub(x, zero, out=out).mul_(inv).round_().clamp_(qmin, qmax).mul_(scale).add_(zero)
         q = torch.mul(x, inv, out=out).round_()
         if zero is None:
             return q.clamp_(qmin, qmax).mul_(scale)

@@ -31,7 +31,7 @@ class BlockPicture:
     levels: Tensor  # (levels,) every real value this block's codes can represent, sorted
     clipped: Tensor  # (n,) bool: beyond the outermost level, so the error exceeds rounding
     scale: float  # the block's stored scale
-    zero_point: float | None  # integer zero point (asymmetric int only)
+    zero_point: float | None  # asymmetric int only: the integer zero point, or the float minimum (asym_min)
     description: str  # "row 3, group 2 of 18 (elements 64-95)"
     block_elements: int  # elements sharing this scale (before sampling)
 
@@ -118,6 +118,9 @@ def standard_schemes() -> list[QuantScheme]:
             schemes.append(QuantScheme(bits, "int", symmetric, "channel"))
             for group in (32, 64, 128):
                 schemes.append(QuantScheme(bits, "int", symmetric, "group", group))
+        if bits in (4, 3):  # llama.cpp's Q4_1 / Q3-style float-minimum grids
+            for group in (32, 64):
+                schemes.append(QuantScheme(bits, "int", False, "group", group, zero_kind="float"))
     for fmt in ("nf4", "fp4"):
         schemes.append(QuantScheme(4, fmt, True, "group", 64, scale_dtype="float32"))
         schemes.append(QuantScheme(4, fmt, True, "group", 64, scale_dtype="float32", double_quant=True))

@@ -16,7 +16,8 @@ calibrated `scale` (and `zero_point`) broadcastable to x, e.g. from an observer:
 Where we depart from the libraries:
 - Stored scales are rounded *up* to the scale dtype (never down), so a block's absmax cannot overflow
   the grid because of fp16 rounding; codes are always computed with the scale as stored.
-- Asymmetric int ranges always include 0 (torchao, GPTQ), so zero is exact; llama.cpp's Q4_1 does not.
+- Asymmetric int ranges always include 0 (torchao, GPTQ), so zero is exact; llama.cpp's Q4_1 does not:
+  `zero_kind="float"` reproduces it (offset = block minimum, scale stored to nearest, not rounded up).
 - Double quantization follows QLoRA's layout (scales minus their mean, 8-bit codes in blocks of 256,
   one fp32 scale per block) but uses a linear symmetric int8 grid where bitsandbytes uses its 8-bit
   dynamic-tree code, and our codes use the reconstructed scales (bitsandbytes codes with the exact
@@ -141,14 +142,15 @@ def _blocks(x: Tensor, scheme: QuantScheme) -> Tensor:
 # -- choosing scales ---------------------------------------------------------------------------------
 
 
-def _store(scale: Tensor, dtype: torch.dtype) -> Tensor:
-    """float32 values representable in `dtype`, rounded up; empty blocks get scale 1."""
+def _store(scale: Tensor, dtype: torch.dtype, round_up: bool = True) -> Tensor:
+    """float32 values representable in `dtype`, rounded up (or to nearest); empty blocks get scale 1."""
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     stored = scale.to(dtype)
     tiny = torch.finfo(dtype).tiny * torch.finfo(dtype).eps  # smallest subnormal
-    stored = torch.where(
-        stored.float() < scale, torch.nextafter(stored, torch.full_like(stored, math.inf)), stored
-    )
+    if round_up:
+        stored = torch.where(
+            stored.float() < scale, torch.nextafter(stored, torch.full_like(stored, math.inf)), stored
+        )
     if torch.isinf(stored).any():
         raise ValueError(
             f"a scale of {scale.max().item():.3g} overflows {dtype}; use scale_dtype='float32' "
@@ -161,8 +163,9 @@ def _raw_scale(lo: Tensor, hi: Tensor, scheme: QuantScheme) -> tuple[Tensor, Ten
     """(float32 scale before storage rounding, the range's low end) from a value range."""
     lo, hi = lo.float(), hi.float()
     if scheme.has_zero_point:
-        lo = torch.clamp(lo, max=0.0) * scheme.clip_ratio
-        hi = torch.clamp(hi, min=0.0) * scheme.clip_ratio
+        if scheme.zero_kind == "int":  # the integer grid must contain 0
+            lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
+        lo, hi = lo * scheme.clip_ratio, hi * scheme.clip_ratio
         qmin, qmax = formats.int_range(scheme.bits, symmetric=False)
         return (hi - lo) / (qmax - qmin), lo
     absmax = torch.maximum(lo.abs(), hi.abs()) * scheme.clip_ratio
@@ -172,6 +175,8 @@ def _raw_scale(lo: Tensor, hi: Tensor, scheme: QuantScheme) -> tuple[Tensor, Ten
 def _zero_point(lo: Tensor, scale: Tensor, scheme: QuantScheme) -> Tensor | None:
     if not scheme.has_zero_point:
         return None
+    if scheme.zero_kind == "float":  # the block minimum itself, as stored (nearest value of the dtype)
+        return lo.to(scheme.torch_scale_dtype).float()
     qmin, qmax = formats.int_range(scheme.bits, symmetric=False)
     return (qmin - torch.round(lo / scale)).clamp_(qmin, qmax)
 
@@ -179,7 +184,7 @@ def _zero_point(lo: Tensor, scale: Tensor, scheme: QuantScheme) -> Tensor | None
 def qparams_from_range(lo: Tensor, hi: Tensor, scheme: QuantScheme) -> QParams:
     """Scale (stored precision, as float32) and zero point for values in [lo, hi]; any matching shapes."""
     raw, low = _raw_scale(lo, hi, scheme)
-    scale = _store(raw, scheme.torch_scale_dtype)
+    scale = _store(raw, scheme.torch_scale_dtype, round_up=scheme.zero_kind == "int")
     return QParams(scale, _zero_point(low, scale, scheme))
 
 
@@ -206,7 +211,7 @@ def _block_qparams(xb: Tensor, scheme: QuantScheme) -> tuple[Tensor, Tensor | No
         smallest = torch.finfo(torch.float32).tiny
         scale = scale_quant.dequantize().clamp_(min=smallest).view_as(raw)
     else:
-        scale = _store(raw, scheme.torch_scale_dtype)
+        scale = _store(raw, scheme.torch_scale_dtype, round_up=scheme.zero_kind == "int")
     return scale, _zero_point(low, scale, scheme), scale_quant
 
 
@@ -272,7 +277,7 @@ def quantize(
     """Quantize x under `scheme`; dynamic by default, static when `scale` (and `zero_point`) are given."""
     if scale is not None:
         _check_static(x, scheme, scale, zero_point)
-        stored = _store(scale.float(), scheme.torch_scale_dtype)
+        stored = _store(scale.float(), scheme.torch_scale_dtype, round_up=scheme.zero_kind == "int")
         zero = None if zero_point is None else zero_point.float()
         codes = formats.encode(x.float(), stored, zero, scheme)
         return QTensor(
@@ -323,7 +328,7 @@ def fake_quantize(
     """quantize(x).dequantize() without storing codes; same dtype and shape as x."""
     if scale is not None:
         _check_static(x, scheme, scale, zero_point)
-        stored = _store(scale.float(), scheme.torch_scale_dtype)
+        stored = _store(scale.float(), scheme.torch_scale_dtype, round_up=scheme.zero_kind == "int")
         zero = None if zero_point is None else zero_point.float()
         return formats.fake(x.float(), stored, zero, scheme).to(x.dtype)
     xb = _blocks(x, scheme)  # (n_blocks, block_size)

@@ -7,7 +7,8 @@ Label grammar (`QuantScheme.label` writes it, `QuantScheme.from_label` reads it 
 separated by spaces, hyphens or commas, in any order when parsing:
 
     int4 | int8 | ... | nf4 | fp4 | fp8_e4m3 | fp8_e5m2      format (and bits; required)
-    sym | asym                                              int only; sym is the default and is omitted
+    sym | asym | asym_min                                   int only; sym is the default and is omitted;
+                                                            asym_min = float minimum offset (Q4_1 style)
     tensor | channel | g<N>                                 granularity; g128 = groups of 128
     clip<r>                                                 clip_ratio, omitted when 1.0
     scale_fp32 | scale_bf16 | scale_fp16                    scale dtype, omitted when fp16
@@ -18,7 +19,8 @@ so "int4 asym g128", "nf4 g64 scale_fp32 dq" and "fp8_e4m3 channel" (and "int4-a
 Storage convention (`bits_per_weight` and `QTensor.nbytes` agree): codes cost `bits` each, densely
 packed; each scale costs its scale dtype; an asymmetric int zero point is an integer code but is stored
 in the scale dtype next to its scale (as torchao / Hugging Face do), so int4 asym g128 with fp16 scales
-is 4 + 32/128 = 4.25 bits per weight. GPTQ's checkpoints pack zeros at `bits` bits instead (4.156);
+is 4 + 32/128 = 4.25 bits per weight. A float minimum offset (`asym_min`) costs the same: llama.cpp's Q4_1
+is int4 asym_min g32 with fp16 scale and min, 5 bits per weight. GPTQ's checkpoints pack zeros at `bits` bits instead (4.156);
 we do not model that. With `double_quant` each scale costs 8 bits plus one fp32 per 256 scales plus one
 fp32 mean per tensor: NF4 at blocksize 64 is 4 + 8/64 + 32/(64*256) = 4.127 (QLoRA's figure).
 """
@@ -64,6 +66,8 @@ class QuantScheme:
     clip_ratio: float = 1.0  # shrink the observed range before scaling: <1 clips outliers for resolution
     scale_dtype: str = "float16"  # how scales (and zero points) are stored; bnb keeps absmax in float32
     double_quant: bool = False  # QLoRA: quantize the scales again to 8 bits in blocks of 256
+    zero_kind: str = "int"  # asymmetric only: "int" zero point (torchao, GPTQ: 0 exact) or "float" minimum
+    # offset (llama.cpp Q4_1: x ~ q * scale + min, the block's min and max are both exact)
 
     def __post_init__(self) -> None:
         for name in ("bits", "group_size"):  # numpy / torch integers from widgets become plain ints
@@ -124,6 +128,13 @@ class QuantScheme:
             )
         object.__setattr__(self, "clip_ratio", float(self.clip_ratio))
         object.__setattr__(self, "scale_dtype", _normalize_scale_dtype(self.scale_dtype))
+        if self.zero_kind not in ("int", "float"):
+            raise ValueError(f"zero_kind must be 'int' or 'float' (got {self.zero_kind!r})")
+        if self.zero_kind == "float" and not (self.format == "int" and not self.symmetric):
+            raise ValueError(
+                "a float minimum offset (zero_kind='float', llama.cpp's Q4_1 style) only exists for "
+                "asymmetric int formats; set symmetric=False and format='int', or zero_kind='int'"
+            )
         if not isinstance(self.double_quant, bool):
             raise ValueError(f"double_quant must be True or False (got {self.double_quant!r})")
         if self.double_quant and self.granularity == "tensor":
@@ -158,7 +169,7 @@ class QuantScheme:
     def label(self) -> str:
         parts = [f"int{self.bits}" if self.format == "int" else self.format]
         if self.has_zero_point:
-            parts.append("asym")
+            parts.append("asym_min" if self.zero_kind == "float" else "asym")
         parts.append(f"g{self.group_size}" if self.granularity == "group" else self.granularity)
         if self.clip_ratio != 1.0:
             parts.append(f"clip{Decimal(repr(self.clip_ratio)):f}")  # positional: no "e-05" hyphen
@@ -208,6 +219,9 @@ def parse_label(label: str) -> QuantScheme:
             put("bits", 8, token)
         elif token in ("sym", "asym"):
             put("symmetric", token == "sym", token)
+        elif token == "asym_min":
+            put("symmetric", False, token)
+            put("zero_kind", "float", token)
         elif token in ("tensor", "channel"):
             put("granularity", token, token)
         elif m := re.fullmatch(r"g(\d+)", token):

@@ -65,7 +65,12 @@ except ValueError as exc:
 if prior is not None and prior.detected:
     st.warning(
         f"**This tensor already sits on a low-bit grid.** {prior.description} Re-quantizing to a matching or "
-        "finer grid shows (near) zero error that says nothing about the original float model.",
+        "finer grid shows (near) zero error that says nothing about the original float model"
+        + (
+            " — here `int4 asym_min g32` (llama.cpp's Q4_1 layout) reproduces the weights exactly."
+            if prior.bits == 4 and prior.group_size == 32
+            else "."
+        ),
         icon=":material/grid_4x4:",
     )
 
@@ -80,10 +85,14 @@ elif n_blocks == 1:
 picture, curve, errors, block_errors, summary = cache.grid_view(tensor_key, scheme, row, block)
 st.markdown(f"**{scheme.label}** on this tensor")
 metrics = st.columns(5)
-metrics[0].metric("SQNR", f"{summary['sqnr_db']:.1f} dB", help="Signal-to-quantization-noise ratio, whole tensor")
+metrics[0].metric(
+    "SQNR", f"{summary['sqnr_db']:.1f} dB", help="Signal-to-quantization-noise ratio, whole tensor"
+)
 metrics[1].metric("MSE", f"{summary['mse']:.3g}")
 metrics[2].metric("Max abs error", f"{summary['max_abs_err']:.3g}")
-metrics[3].metric("Bits per weight", f"{summary['bits/weight']:.3f}", help="Codes plus scales and zero points")
+metrics[3].metric(
+    "Bits per weight", f"{summary['bits/weight']:.3f}", help="Codes plus scales and zero points"
+)
 metrics[4].metric("Clipped in block", f"{int(picture.clipped.sum())} / {picture.block_elements}")
 
 left, right = st.columns(2)
@@ -95,7 +104,13 @@ left.caption(
 right.plotly_chart(charts.mapping_staircase(*curve, picture), width="stretch")
 right.caption(
     f"Scale {picture.scale:.4g}"
-    + (f", zero point {picture.zero_point:.0f}" if picture.zero_point is not None else "")
+    + (
+        ""
+        if picture.zero_point is None
+        else f", minimum offset {picture.zero_point:.4g}"
+        if scheme.zero_kind == "float"
+        else f", zero point {picture.zero_point:.0f}"
+    )
     + ". Each step is one code: every value on a step comes back as the same number."
 )
 st.plotly_chart(charts.error_histogram(errors, block_errors), width="stretch")

@@ -9,6 +9,11 @@ from ui.errors import show_error
 
 DEFAULT_SCHEME = QuantScheme(4, "int", True, "group", 64)  # not Q4_1's asym g32 grid: no fake zero error
 GROUP_SIZES = [16, 32, 64, 96, 128, 192, 256]
+RANGE_CHOICES = {
+    "symmetric": "symmetric (absmax)",
+    "asymmetric (int zero)": "asymmetric, integer zero point",
+    "asymmetric (float zero)": "asymmetric, float minimum (Q4_1)",
+}
 FORMAT_HELP = {
     "int": "Uniform integer grid (absmax or min/max with a zero point).",
     "nf4": "QLoRA's NormalFloat4: 16 levels at normal quantiles, scaled by the block absmax.",
@@ -27,14 +32,21 @@ def scheme_picker(prefix: str, where=st, default: QuantScheme = DEFAULT_SCHEME) 
         key=f"{prefix}_format",
         help=" ".join(f"**{name}**: {text}" for name, text in FORMAT_HELP.items()),
     )
+    zero_kind = "int"
     if fmt == "int":
         bits = where.select_slider("Bits", [2, 3, 4, 5, 6, 7, 8], value=default.bits, key=f"{prefix}_bits")
-        symmetric = where.toggle(
-            "Symmetric (absmax)",
-            value=default.symmetric,
-            key=f"{prefix}_symmetric",
-            help="Off: asymmetric, a min/max range with a zero point (better for one-sided data).",
+        default_range = "symmetric" if default.symmetric else f"asymmetric ({default.zero_kind} zero)"
+        value_range = where.radio(
+            "Range",
+            list(RANGE_CHOICES),
+            index=list(RANGE_CHOICES).index(default_range),
+            format_func=RANGE_CHOICES.get,
+            key=f"{prefix}_range",
+            help="Symmetric: ±absmax, no zero point. Asymmetric: min..max with an integer zero point (0 stays "
+            "exact; torchao, GPTQ) or with a float minimum offset (min and max exact; llama.cpp Q4_1).",
         )
+        symmetric = value_range == "symmetric"
+        zero_kind = "float" if value_range == "asymmetric (float zero)" else "int"
     else:
         bits, symmetric = (4 if fmt in ("nf4", "fp4") else 8), True
     granularity = where.radio(
@@ -71,7 +83,7 @@ def scheme_picker(prefix: str, where=st, default: QuantScheme = DEFAULT_SCHEME) 
         )
     try:
         return QuantScheme(
-            bits, fmt, symmetric, granularity, group_size, clip_ratio, scale_dtype, double_quant
+            bits, fmt, symmetric, granularity, group_size, clip_ratio, scale_dtype, double_quant, zero_kind
         )
     except ValueError as exc:
         show_error(exc, where=where, prefix="Impossible scheme: ")

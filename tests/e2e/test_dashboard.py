@@ -18,6 +18,17 @@ def test_health_endpoint(server_url):
         assert response.read().strip() == b"ok"
 
 
+def test_a_page_url_as_the_servers_first_request(server_url, browser):
+    """Must run before any other browser test: Streamlit's v1 multipage mode would otherwise run
+    pages/grid.py without the router (raw file names in the navigation, no page config)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server_url}/grid")
+    page.get_by_text("All schemes on this tensor").first.wait_for(timeout=90_000)
+    assert page.get_by_role("link", name="Quantization grid").count() >= 1
+    assert page.get_by_role("link", name="grid", exact=True).count() == 0
+    page.close()
+
+
 def test_every_page_in_the_browser(server_url, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
     console_errors: list[str] = []

@@ -1,0 +1,103 @@
+"""The Learn page under AppTest: every tab renders (tabs run together), every control changes its takeaway,
+the QAT button trains, and nothing raises."""
+
+from __future__ import annotations
+
+from tests.app.conftest import no_exceptions, open_page
+
+
+def _takeaways(app) -> list[str]:
+    return [info.value for info in app.info]
+
+
+def _takeaway(app, needle: str) -> str:
+    found = [text for text in _takeaways(app) if needle in text]
+    assert found, (needle, _takeaways(app))
+    return found[0]
+
+
+def _metric(app, label: str) -> str:
+    return next(metric.value for metric in app.metric if metric.label == label)
+
+
+def test_learn_page_opens_with_every_lesson(app):
+    open_page(app, "learn")
+    assert [tab.label for tab in app.tabs] == [
+        "Linear vs quantile grids",
+        "Symmetric vs asymmetric",
+        "Granularity",
+        "PTQ & calibration",
+        "QAT & the STE",
+        "Why not faster?",
+    ]
+    assert "NF4's MSE is" in _takeaway(app, "On gaussian data in blocks of 64")
+    assert "asymmetric int4 has" in _takeaway(app, "On ReLU outputs")
+    assert "extra bits per weight" in _takeaway(app, "Groups of 64")
+    assert _takeaway(app, "Static int4")
+    assert "memory-bound" in _takeaway(app, "At 1 token")
+    assert any("model.layers.3.mlp.down_proj" in caption.value for caption in app.caption)
+    assert not any("QAT steps" in text for text in _takeaways(app)), "QAT waits for the button"
+
+
+def test_first_three_tabs_follow_their_controls(app):
+    open_page(app, "learn")
+    app.segmented_control(key="learn_map_dist").set_value("uniform").run()
+    app.select_slider(key="learn_map_block").set_value(256).run()
+    no_exceptions(app)
+    assert "int4's MSE is" in _takeaway(app, "On uniform data in blocks of 256")
+
+    app.segmented_control(key="learn_sym_data").set_value("gaussian").run()
+    app.select_slider(key="learn_sym_bits").set_value(8).run()
+    no_exceptions(app)
+    assert "within 10%" in _takeaway(app, "On Gaussian (two-sided)")
+
+    before = _takeaway(app, "Groups of 64")
+    app.segmented_control(key="learn_gran_bits").set_value(8).run()
+    app.slider(key="learn_gran_outliers").set_value(0).run()
+    app.slider(key="learn_gran_size").set_value(50.0).run()
+    no_exceptions(app)
+    after = _takeaway(app, "Groups of 64")
+    assert after != before and "(8.250 vs 8.000)." in after
+
+
+def test_calibration_tab_real_layers_and_synthetic(app):
+    open_page(app, "learn")
+    app.slider(key="learn_ptq_layer").set_value(29).run()
+    app.select_slider(key="learn_ptq_bits").set_value(8).run()
+    no_exceptions(app)
+    assert _takeaway(app, "Static int8")
+    assert any("model.layers.29.mlp.down_proj" in caption.value for caption in app.caption)
+    app.segmented_control(key="learn_ptq_source").set_value("Synthetic").run()
+    app.select_slider(key="learn_ptq_bits").set_value(4).run()
+    no_exceptions(app)
+    assert "lower MSE than min-max" in _takeaway(app, "Static int4")
+    assert any("synthetic heavy-tailed" in caption.value for caption in app.caption)
+
+
+def test_qat_button_trains_and_reports(app):
+    open_page(app, "learn")
+    app.segmented_control(key="learn_qat_bits").set_value(3).run()
+    app.slider(key="learn_qat_steps").set_value(100).run()
+    app.number_input(key="learn_qat_seed").set_value(0).run()
+    app.button(key="learn_qat_run").click().run()
+    no_exceptions(app)
+    text = _takeaway(app, "At 3 bits")
+    assert "100 QAT steps" in text
+    ptq, qat = (float(_metric(app, label).rstrip("%")) for label in ("PTQ int3", "QAT int3"))
+    assert qat > ptq + 20
+    assert float(_metric(app, "Float accuracy").rstrip("%")) > 97
+    assert any("Gradient check" in block.value for block in app.markdown)
+    app.run()  # a rerun keeps the cached report on screen
+    assert _takeaway(app, "At 3 bits") == text
+
+
+def test_speed_tab_controls(app):
+    open_page(app, "learn")
+    app.selectbox(key="learn_speed_device").set_value("NVIDIA A100 80GB SXM").run()
+    app.selectbox(key="learn_speed_layer").set_value("SmolLM2-135M down_proj (1536 → 576)").run()
+    app.select_slider(key="learn_speed_tokens").set_value(1).run()
+    no_exceptions(app)
+    text = _takeaway(app, "At 1 token")
+    assert "ridge 153" in text and "Raise the token count" in text
+    app.select_slider(key="learn_speed_tokens").set_value(8192).run()
+    assert "At 8,192 tokens it is compute-bound and int4 is" in _takeaway(app, "At 1 token")
