@@ -1,5 +1,52 @@
-"""Quantization Explorer engine: pure PyTorch, no Streamlit.
+"""Quantization Explorer engine: pure PyTorch, no Streamlit, no printing; long work reports progress
+through `progress(fraction, message)` callbacks.
 
-Read in order: schemes -> formats -> primitives -> observers/metrics -> modules -> methods.
-Model sources and loading live in `models`; text in `data`; memory sizing in `memory`.
+Read in order: schemes -> formats -> primitives -> observers / metrics -> grid / priorgrid -> lessons / qat.
+Model sources and loading live in `sources` and `models`, generation in `generation`, text in `data`.
+The names below are the public API; submodules hold the rest.
 """
+
+from engine.metrics import (
+    error_summary,
+    kl_divergence,
+    max_abs_err,
+    mse,
+    relative_error,
+    sqnr_db,
+    top1_agreement,
+)
+from engine.models import LoadedModel, describe, load_model
+from engine.observers import MinMaxObserver, MovingAverageMinMaxObserver, MSEObserver, PercentileObserver
+from engine.primitives import QParams, QTensor, choose_qparams, dequantize, fake_quantize, quantize
+from engine.priorgrid import PriorGrid, detect_prior_grid
+from engine.schemes import QuantScheme, bits_per_weight
+from engine.sources import ModelSource, ModelSourceError
+
+__all__ = [
+    "LoadedModel",
+    "MSEObserver",
+    "MinMaxObserver",
+    "ModelSource",
+    "ModelSourceError",
+    "MovingAverageMinMaxObserver",
+    "PercentileObserver",
+    "PriorGrid",
+    "QParams",
+    "QTensor",
+    "QuantScheme",
+    "bits_per_weight",
+    "choose_qparams",
+    "dequantize",
+    "describe",
+    "detect_prior_grid",
+    "error_summary",
+    "fake_quantize",
+    "kl_divergence",
+    "load_model",
+    "max_abs_err",
+    "mse",
+    "quantize",
+    "relative_error",
+    "sqnr_db",
+    "top1_agreement",
+]
