@@ -1,0 +1,93 @@
+"""The Outliers page under AppTest on the default model: collect once, then drive every tab's controls.
+
+AppTest renders all tabs at once, so every chart and table is built on each run. The collection uses
+2 windows of 128 tokens to stay quick; the statistics live in a process-wide registry, so the tests after
+the first reuse them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from tests.app.conftest import no_exceptions, open_page
+
+pytestmark = pytest.mark.slow
+
+
+def _collected(app):
+    open_page(app, "outliers")
+    assert any("Collect statistics" in info.value for info in app.info)
+    app.number_input(key="outliers_windows").set_value(2)
+    app.select_slider(key="outliers_window").set_value(128)
+    app.button(key="outliers_collect").click().run()
+    no_exceptions(app)
+    return app
+
+
+def _metrics(app):
+    return {metric.label: metric.value for metric in app.metric}
+
+
+def test_collect_reports_residual_outlier_and_kv_contrast(app):
+    _collected(app)
+    metrics = _metrics(app)
+    assert metrics["Residual outlier channel"] == "#507"
+    assert float(metrics["Its largest |x|"].replace(",", "")) > 5_000
+    key_ratio, value_ratio = (
+        float(part.rstrip("×")) for part in metrics["Key vs value spread"].split(" vs ")
+    )
+    assert key_ratio > 2.5 and key_ratio > 1.5 * value_ratio
+    assert metrics["Tokens measured"] == "256"
+    assert any("Residual-stream channel **#507**" in markdown.value for markdown in app.markdown)
+    assert len(app.tabs) == 4 and len(app.get("plotly_chart")) >= 10
+
+
+def test_tabs_controls_change_the_view(app):
+    _collected(app)
+    charts_before = len(app.get("plotly_chart"))
+    app.radio(key="outliers_w_stat").set_value("kurtosis").run()
+    app.selectbox(key="outliers_w_layer").set_value(29).run()
+    app.radio(key="outliers_w_module").set_value("down_proj").run()
+    no_exceptions(app)
+    assert any("1536" in caption.value for caption in app.caption)  # down_proj is 576 x 1536
+    app.radio(key="outliers_a_stat").set_value("outlier channels").run()
+    app.selectbox(key="outliers_a_layer").set_value(3).run()
+    app.radio(key="outliers_a_site").set_value("down_proj in").run()
+    app.segmented_control(key="outliers_a_view").set_value("3-D surface").run()
+    app.selectbox(key="outliers_kv_layer").set_value(20).run()
+    no_exceptions(app)
+    assert len(app.get("plotly_chart")) == charts_before
+    assert app.dataframe[0].value["feature dim"].iloc[0] == 247  # the LLM.int8() table, systematic first
+    app.number_input(key="outliers_threshold").set_value(100_000.0).run()
+    no_exceptions(app)
+    assert any("No feature meets all three criteria" in markdown.value for markdown in app.markdown)
+
+
+def test_sensitivity_follows_the_sidebar_scheme(app):
+    _collected(app)
+    ranking = app.dataframe[-1].value
+    assert set(ranking["kind"]) == {"weight", "activation", "key", "value"}
+    worst_int4 = ranking["SQNR (dB)"].min()
+    assert app.get("download_button")
+    app.select_slider(key="qe_scheme_bits").set_value(8).run()
+    no_exceptions(app)
+    assert app.dataframe[-1].value["SQNR (dB)"].min() > worst_int4 + 10
+
+
+def test_other_texts_and_clear_errors(app):
+    open_page(app, "outliers")
+    app.selectbox(key="outliers_corpus").set_value("pydoc")
+    app.number_input(key="outliers_windows").set_value(1)
+    app.select_slider(key="outliers_window").set_value(64)
+    app.button(key="outliers_collect").click().run()
+    no_exceptions(app)
+    assert _metrics(app)["Tokens measured"] == "64"
+    app.selectbox(key="outliers_corpus").set_value("upload").run()
+    assert any("Upload a plain-text file" in info.value for info in app.info)
+    if importlib.util.find_spec("datasets") is None:  # offline without `datasets`: a clear message
+        app.selectbox(key="outliers_corpus").set_value("wikitext2").run()
+        app.button(key="outliers_collect").click().run()
+        no_exceptions(app)
+        assert any("needs the `datasets` package" in error.value for error in app.error)

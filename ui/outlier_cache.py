@@ -1,0 +1,91 @@
+"""Cached engine calls for the Outliers page (to be folded into ui/cache.py; same rules: DESIGN rule 3).
+
+Collecting statistics reports progress, so it runs outside any `st.cache_*` function and its results
+live in a small process-wide LRU keyed by (model, corpus, windows, tokens per window), the pattern
+`ui.cache.load` uses for models. A `Stats` is a few tens of MB and is never mutated, so every session
+shares it. Weight statistics depend on the model only (`st.cache_resource`). Sensitivity depends on the
+sidebar scheme too and is small (`st.cache_data`, keyed by StatsKey and scheme; the Stats itself is an
+unhashed `_stats` argument).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import streamlit as st
+
+from engine import outliers
+from engine.data import WindowSpec, load_text, text_fingerprint, token_windows
+from engine.schemes import QuantScheme
+from engine.sources import ModelSource
+from engine.stats import Stats, collect_stats
+from ui import cache, state
+from ui.progress import progress_bar
+
+STATS_KEPT = 4  # collections kept in memory at once (~40 MB each for a 135M model)
+
+
+class StatsKey(NamedTuple):
+    source: ModelSource
+    device: str
+    dtype: str
+    corpus: str  # a name from engine.data.CORPORA, or "upload:<fingerprint>"
+    windows: int
+    window: int  # tokens per window
+
+
+def stats_key(corpus: str, windows: int, window: int, text: str | None = None) -> StatsKey:
+    """The key for the sidebar's model; uploads are keyed by a fingerprint of their text."""
+    name = f"upload:{text_fingerprint(text)}" if text is not None else corpus
+    return StatsKey(*state.selection(), name, int(windows), int(window))
+
+
+@st.cache_resource
+def _registry() -> cache.LruRegistry:
+    return cache.LruRegistry(STATS_KEPT)
+
+
+def cached(key: StatsKey) -> Stats | None:
+    """Statistics already collected for `key` (in any session), else None."""
+    registry = _registry()
+    return registry.get_or_create(key, lambda: None) if key in registry else None
+
+
+def collect(key: StatsKey, text: str | None = None, where=st) -> Stats:
+    """Collect (or fetch) statistics with a live progress bar; raises DataError / StatsError with reasons."""
+    update, clear = progress_bar(where)
+    try:
+        return _registry().get_or_create(key, lambda: _collect(key, text, update))
+    finally:
+        clear()
+
+
+def _collect(key: StatsKey, text: str | None, progress) -> Stats:
+    loaded = cache.load(key.source, key.device, key.dtype)
+    if text is None:
+        progress(0.0, f"Reading the {key.corpus} text")
+        text = load_text(key.corpus)
+    ids = token_windows(loaded.tokenizer, text, WindowSpec(window=key.window, count=key.windows))
+    return collect_stats(loaded.model, ids, progress=progress)
+
+
+@st.cache_resource(show_spinner="Measuring every linear weight (once per model)")
+def _weights(source: ModelSource, device: str, dtype: str) -> list[outliers.WeightStats]:
+    return outliers.weight_stats(cache.load(source, device, dtype).model)
+
+
+def weights() -> list[outliers.WeightStats]:
+    return _weights(*state.selection())
+
+
+@st.cache_data(show_spinner="Quantizing every tensor with the sidebar scheme", max_entries=16)
+def sensitivity(key: StatsKey, scheme: QuantScheme, _stats: Stats) -> list[dict]:
+    model = cache.load(key.source, key.device, key.dtype).model
+    return outliers.sensitivity(_stats, model, scheme)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def sample_tokens(key: StatsKey, _stats: Stats) -> list[str]:
+    """The sampled tokens as short printable strings, for heatmap rows."""
+    tokenizer = cache.load(key.source, key.device, key.dtype).tokenizer
+    return [repr(tokenizer.decode([token]))[1:-1][:12] for token in _stats.sample_ids.tolist()]
