@@ -270,15 +270,22 @@ def _in_chunks(
         kernel(xb[part], scale[part], None if zero is None else zero[part], scheme, out=out[part])
 
 
+def _static_qparams(
+    x: Tensor, scheme: QuantScheme, scale: Tensor, zero_point: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """Validated static (scale as stored, zero point) as float32, broadcastable to x."""
+    _check_static(x, scheme, scale, zero_point)
+    stored = _store(scale.float(), scheme.torch_scale_dtype, round_up=scheme.zero_kind == "int")
+    return stored, None if zero_point is None else zero_point.float()
+
+
 @torch.no_grad()
 def quantize(
     x: Tensor, scheme: QuantScheme, scale: Tensor | None = None, zero_point: Tensor | None = None
 ) -> QTensor:
     """Quantize x under `scheme`; dynamic by default, static when `scale` (and `zero_point`) are given."""
     if scale is not None:
-        _check_static(x, scheme, scale, zero_point)
-        stored = _store(scale.float(), scheme.torch_scale_dtype, round_up=scheme.zero_kind == "int")
-        zero = None if zero_point is None else zero_point.float()
+        stored, zero = _static_qparams(x, scheme, scale, zero_point)
         codes = formats.encode(x.float(), stored, zero, scheme)
         return QTensor(
             codes,
@@ -327,9 +334,7 @@ def fake_quantize(
 ) -> Tensor:
     """quantize(x).dequantize() without storing codes; same dtype and shape as x."""
     if scale is not None:
-        _check_static(x, scheme, scale, zero_point)
-        stored = _store(scale.float(), scheme.torch_scale_dtype, round_up=scheme.zero_kind == "int")
-        zero = None if zero_point is None else zero_point.float()
+        stored, zero = _static_qparams(x, scheme, scale, zero_point)
         return formats.fake(x.float(), stored, zero, scheme).to(x.dtype)
     xb = _blocks(x, scheme)  # (n_blocks, block_size)
     block_scale, block_zero, _ = _block_qparams(xb, scheme)  # (n_blocks, 1)
