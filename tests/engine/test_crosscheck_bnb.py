@@ -1,5 +1,6 @@
-"""Cross-check NF4 / FP4 against bitsandbytes' own CPU implementation (skipped without bitsandbytes)."""
+"""Cross-check NF4 / FP4 against bitsandbytes' own CPU implementation (bitsandbytes is a pinned requirement)."""
 
+import bitsandbytes.functional as bnb_functional
 import pytest
 import torch
 
@@ -9,7 +10,6 @@ from engine.schemes import QuantScheme
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-bnb_functional = pytest.importorskip("bitsandbytes.functional")
 
 BLOCKSIZE = 64
 
