@@ -7,7 +7,7 @@ import streamlit as st
 
 from engine.grid import block_count
 from engine.tensors import SYNTHETIC_KINDS
-from ui import cache, charts, page, state
+from ui import cache, charts, outlier_cache, page, state
 from ui.errors import show_error
 
 page.start(
@@ -21,9 +21,50 @@ if scheme is None:
     st.stop()
 
 source_kind = st.segmented_control(
-    "Tensor", ["Model weight", "Synthetic"], default="Model weight", key="grid_source", width="stretch"
+    "Tensor",
+    ["Model weight", "Activation", "Synthetic"],
+    default="Model weight",
+    key="grid_source",
+    width="stretch",
 )
-if source_kind == "Synthetic":
+row_label = "Row (output channel)"
+if source_kind == "Activation":
+    collected = outlier_cache.latest_for_current_model()
+    if collected is None:
+        st.info(
+            "Activations come from real text: press **Collect statistics** on the Outliers page first, then "
+            "come back to see any layer's inputs, residual stream, keys or values under this scheme.",
+            icon=":material/scatter_plot:",
+        )
+        st.stop()
+    stats_key, stats = collected
+    sites = [site for site in stats.sites if site.sample.numel()]
+    layer_names = sorted({site.layer for site in sites})
+    cols = st.columns([1, 2])
+    act_layer = cols[0].selectbox(
+        "Layer", layer_names, index=min(1, len(layer_names) - 1), key="grid_act_layer"
+    )
+    in_layer = {site.name: site for site in sites if site.layer == act_layer}  # names: SiteStats hold tensors
+    site = in_layer[
+        cols[1].selectbox(
+            "Tensor",
+            list(in_layer),
+            format_func=lambda name: (
+                f"{in_layer[name].label}  ({in_layer[name].sample.shape[0]} tokens × "
+                f"{in_layer[name].sample.shape[1]} channels)"
+            ),
+            key="grid_act_site",
+        )
+    ]
+    tensor_key = cache.ActivationKey(stats_key, site.name)
+    row_label = "Row (token)"
+    st.caption(
+        f"The first {site.sample.shape[0]} tokens of the first window of {stats_key.corpus!r} "
+        f"({stats.tokens:,} tokens collected). Per-channel granularity here means one scale per token, the "
+        "dynamic per-token activation quantization of W8A8 / LLM.int8()."
+    )
+    prior = None
+elif source_kind == "Synthetic":
     cols = st.columns(6)
     kind = cols[0].selectbox("Distribution", SYNTHETIC_KINDS, key="grid_syn_kind")
     rows = cols[1].number_input("Rows", 1, 1024, 64, key="grid_syn_rows")
@@ -75,7 +116,7 @@ if prior is not None and prior.detected:
     )
 
 cols = st.columns(2)
-row = cols[0].slider("Row (output channel)", 0, n_rows - 1, 0, key="grid_row") if n_rows > 1 else 0
+row = cols[0].slider(row_label, 0, n_rows - 1, 0, key="grid_row") if n_rows > 1 else 0
 block = cols[1].slider("Group in the row", 0, n_blocks - 1, 0, key="grid_block") if n_blocks > 1 else 0
 if n_rows == 1 and n_blocks == 1:
     cols[0].caption("Per-tensor: every value shares one scale, so there is only one block to show.")

@@ -60,6 +60,11 @@ class LruRegistry:
         with self._lock:
             return key in self._items
 
+    def keys(self) -> list[Hashable]:
+        """Keys from least to most recently used."""
+        with self._lock:
+            return list(self._items)
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
@@ -131,6 +136,13 @@ class SyntheticKey(NamedTuple):
     seed: int
 
 
+class ActivationKey(NamedTuple):
+    """A (tokens, channels) sample kept by the Outliers page's statistics collection."""
+
+    stats_key: tuple  # ui.outlier_cache.StatsKey
+    site: str  # SiteStats.name
+
+
 def weight_list() -> list[WeightInfo]:
     return _weight_list(*state.selection())
 
@@ -140,13 +152,22 @@ def _weight_list(source: ModelSource, device: str, dtype: str) -> list[WeightInf
     return weight_tensors(load(source, device, dtype).model)
 
 
-def tensor(key: WeightKey | SyntheticKey) -> torch.Tensor:
+def tensor(key: WeightKey | SyntheticKey | ActivationKey) -> torch.Tensor:
     if isinstance(key, SyntheticKey):
         return synthetic_tensor(*key)
+    if isinstance(key, ActivationKey):
+        from ui import outlier_cache
+
+        stats = outlier_cache.cached(key.stats_key)
+        if stats is None:
+            raise ValueError(
+                "Those statistics are no longer in memory; collect them again on the Outliers page."
+            )
+        return next(site.sample for site in stats.sites if site.name == key.site)
     return get_weight(load(key.source, key.device, key.dtype).model, key.name)
 
 
-def tensor_shape(key: WeightKey | SyntheticKey) -> tuple[int, ...]:
+def tensor_shape(key: WeightKey | SyntheticKey | ActivationKey) -> tuple[int, ...]:
     return tuple(tensor(key).shape)
 
 
@@ -166,7 +187,7 @@ def _row_sample(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 
 @st.cache_data(show_spinner="Measuring every standard scheme on this tensor", max_entries=64)
-def scheme_table(key: WeightKey | SyntheticKey) -> list[dict]:
+def scheme_table(key: WeightKey | SyntheticKey | ActivationKey) -> list[dict]:
     x, sampled = _row_sample(tensor(key))
     rows = grid_engine.scheme_table(x, grid_engine.standard_schemes())
     if sampled:
@@ -178,7 +199,7 @@ def scheme_table(key: WeightKey | SyntheticKey) -> list[dict]:
 
 
 @st.cache_data(show_spinner="Quantizing", max_entries=32)
-def grid_view(key: WeightKey | SyntheticKey, scheme: QuantScheme, row: int, block: int):
+def grid_view(key: WeightKey | SyntheticKey | ActivationKey, scheme: QuantScheme, row: int, block: int):
     """(block picture, staircase curve, sampled errors, block errors, summary) for the grid page."""
     x = tensor(key)
     picture = grid_engine.block_picture(x, scheme, row, block)

@@ -51,6 +51,15 @@ def cached(key: StatsKey) -> Stats | None:
     return registry.get_or_create(key, lambda: None) if key in registry else None
 
 
+def latest_for_current_model() -> tuple[StatsKey, Stats] | None:
+    """The most recently used statistics collected for the sidebar's model, if any."""
+    selection = tuple(state.selection())
+    for key in reversed(_registry().keys()):
+        if tuple(key[:3]) == selection and (stats := cached(key)) is not None:
+            return key, stats
+    return None
+
+
 def collect(key: StatsKey, text: str | None = None, where=st) -> Stats:
     """Collect (or fetch) statistics with a live progress bar; raises DataError / StatsError with reasons."""
     update, clear = progress_bar(where)
