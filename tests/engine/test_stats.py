@@ -17,6 +17,7 @@ from engine.stats import (
     collect_stats,
     histogram_edges,
 )
+from engine.weight_stats import weight_numbers
 from tests.conftest import build_tiny_llama
 
 HIDDEN, LAYERS, KV_HEADS, HEAD_DIM = 64, 2, 2, 16
@@ -234,7 +235,7 @@ def test_weight_stats_find_a_planted_input_channel():
 
 def test_gaussian_weights_have_gaussian_statistics():
     gaussian = torch.randn(512, 2048, generator=torch.Generator().manual_seed(0))
-    numbers = outliers._weight_numbers(gaussian, k=3.0)
+    numbers = weight_numbers(gaussian, k=3.0)
     assert numbers["kurtosis"] == pytest.approx(3.0, abs=0.05)
     assert numbers["beyond_k"] == pytest.approx(0.0027, abs=0.0005)
     assert float(numbers["out_kurtosis"].median()) == pytest.approx(3.0, abs=0.2)
