@@ -56,6 +56,7 @@ def count_parameters_from_config(config) -> int:
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    model.tie_weights()  # built untied on the meta device; tie outside init_empty_weights, which re-registers
     return sum(p.numel() for p in model.parameters())
 
 

@@ -129,3 +129,12 @@ def test_default_model_says_paris(default_loaded):
         GenerationSettings(max_new_tokens=12),
     )
     assert "Paris" in result.text
+
+
+def test_parameter_count_from_config_counts_tied_embeddings_once():
+    from engine.models import count_parameters_from_config
+    from tests.conftest import build_tiny_llama
+
+    for tied in (True, False):
+        model = build_tiny_llama(tie_word_embeddings=tied)
+        assert count_parameters_from_config(model.config) == sum(p.numel() for p in model.parameters())
