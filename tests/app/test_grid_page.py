@@ -80,7 +80,9 @@ def test_activations_need_collected_statistics_then_show_a_real_sample(app):
     no_exceptions(app)
     assert any("tokens collected" in caption.value for caption in app.caption)
     app.selectbox(key="grid_act_layer").set_value(11).run()
-    residual = next(site for site in app.selectbox(key="grid_act_site").options if site.startswith("residual"))
+    residual = next(
+        site for site in app.selectbox(key="grid_act_site").options if site.startswith("residual")
+    )
     app.selectbox(key="grid_act_site").set_value(residual).run()
     app.radio(key="qe_scheme_granularity").set_value("tensor").run()
     no_exceptions(app)
