@@ -119,6 +119,7 @@ def test_weights_under_int4_g128_pay_for_their_scales(tiny_model_dir):
     counts = parameters_by_kind(AutoConfig.from_pretrained(tiny_model_dir))
     scheme = QuantScheme(4, "int", True, "group", 128)
     linear = {"attention": 1_000_000, "mlp": 2_000_000}
+    assert weight_bytes(linear, "int4-g128", 4096).bits_per_weight == pytest.approx(4.125)
     assert weight_bytes(linear, scheme, 4096).bits_per_weight == pytest.approx(4.125)
     assert weight_bytes(linear, None, 4096).total == 6_000_000
     mixed = weight_bytes(counts, scheme, 128)

@@ -1,0 +1,78 @@
+"""The Memory page under AppTest: catalog models, formats, uploads and the loaded model's measured bytes."""
+
+from __future__ import annotations
+
+from tests.app.conftest import no_exceptions, open_page
+
+
+def _metric(app, label):
+    return next(metric.value for metric in app.metric if metric.label == label)
+
+
+def _table(app, index=0):
+    return app.dataframe[index].value
+
+
+def test_default_is_llama_31_8b_with_the_published_kv_figure(app):
+    open_page(app, "memory")
+    assert _metric(app, "Parameters") == "8.030 B"
+    assert _metric(app, "KV per token") == "128.0 KiB"
+    table = _table(app)
+    assert list(table["weights"])[:3] == [
+        "bf16 / fp16",
+        "int8 per-channel (W8, SmoothQuant)",
+        "int4 g128, fp16 scales",
+    ]
+    assert table["total GiB"][:3].is_monotonic_decreasing  # nf4 (4.5 bpw) sits above int4 g128 (4.125)
+    assert len(app.get("plotly_chart")) >= 2
+
+
+def test_changing_context_batch_and_kv_changes_the_kv_cache(app):
+    open_page(app, "memory")
+    before = _metric(app, "KV cache")
+    app.select_slider(key="memory_context").set_value(131072).run()
+    no_exceptions(app)
+    assert _metric(app, "KV cache") == "16.00 GiB"
+    app.number_input(key="memory_batch").set_value(4).run()
+    app.selectbox(key="memory_kv").set_value("int4").run()
+    no_exceptions(app)
+    assert _metric(app, "KV cache") == "18.00 GiB"  # 4 x 16 GiB x 4.5/16
+    assert before != _metric(app, "KV cache")
+
+
+def test_moe_and_mla_catalog_models(app):
+    open_page(app, "memory")
+    from engine.catalog import catalog_models
+
+    deepseek = next(model for model in catalog_models() if model.name.startswith("DeepSeek-V3"))
+    app.selectbox(key="memory_catalog").set_value(deepseek).run()
+    no_exceptions(app)
+    assert "B" in _metric(app, "Active per token")
+    assert any("MLA" in caption.value for caption in app.caption)
+
+
+def test_uploading_a_hostile_config_is_a_clear_error(app):
+    open_page(app, "memory")
+    app.segmented_control(key="memory_source").set_value("Upload config.json").run()
+    no_exceptions(app)
+    assert any("Upload a model's config.json" in info.value for info in app.info)
+
+
+def test_loaded_model_estimate_within_one_percent_of_real_bytes(app):
+    open_page(app, "memory")
+    app.segmented_control(key="memory_source").set_value("Loaded model").run()
+    no_exceptions(app)
+    assert _metric(app, "Parameters") == "0.135 B"
+    difference = float(_metric(app, "Difference").rstrip("%"))
+    assert abs(difference) < 1.0
+
+
+def test_gguf_and_sidebar_scheme_formats(app):
+    open_page(app, "memory")
+    app.multiselect(key="memory_formats").set_value(["bf16", "Q4_K_M", "Q8_0"]).run()
+    app.checkbox(key="memory_add_sidebar").check().run()
+    no_exceptions(app)
+    labels = list(_table(app)["weights"])
+    assert labels == ["bf16 / fp16", "GGUF Q4_K_M", "GGUF Q8_0", "int4 g64 (your scheme)"]
+    bits = list(_table(app)["bits/weight"])
+    assert abs(bits[1] - 4.89) < 0.05
