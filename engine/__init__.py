@@ -6,6 +6,11 @@ Model sources and loading live in `sources` and `models`, generation in `generat
 The names below are the public API; submodules hold the rest.
 """
 
+from engine.eval_grid import run_grid
+from engine.evaluate import evaluate_against_reference, kl_to_reference, perplexity
+from engine.kv_cache import KVCacheConfig, make_kv_cache
+from engine.memory import MemoryBreakdown, estimate
+from engine.methods import RTNConfig, quantize_model
 from engine.metrics import (
     error_summary,
     kl_divergence,
@@ -23,7 +28,9 @@ from engine.schemes import QuantScheme, bits_per_weight
 from engine.sources import ModelSource, ModelSourceError
 
 __all__ = [
+    "KVCacheConfig",
     "LoadedModel",
+    "MemoryBreakdown",
     "MSEObserver",
     "MinMaxObserver",
     "ModelSource",
@@ -34,10 +41,18 @@ __all__ = [
     "QParams",
     "QTensor",
     "QuantScheme",
+    "RTNConfig",
     "bits_per_weight",
     "choose_qparams",
     "dequantize",
     "describe",
+    "estimate",
+    "evaluate_against_reference",
+    "kl_to_reference",
+    "make_kv_cache",
+    "perplexity",
+    "quantize_model",
+    "run_grid",
     "detect_prior_grid",
     "error_summary",
     "fake_quantize",

@@ -10,8 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from engine.kv_cache import KVCacheConfig
+    from engine.schemes import QuantScheme
 
 MAX_NEW_TOKENS_CAP = 1024  # beyond this a CPU demo runs for minutes; the UI slider stops here too
 
@@ -102,9 +107,19 @@ def generate(
     on_token: Callable[[int, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     past_key_values=None,
+    kv_scheme: QuantScheme | KVCacheConfig | None = None,
 ) -> GenerationResult:
-    """Generate up to `settings.max_new_tokens`; `on_token(token_id, text_so_far)` fires per token."""
+    """Generate up to `settings.max_new_tokens`; `on_token(token_id, text_so_far)` fires per token.
+
+    `kv_scheme` stores the KV cache quantized (engine.kv_cache); None keeps transformers' own cache.
+    """
     settings = settings or GenerationSettings()
+    if kv_scheme is not None:
+        if past_key_values is not None:
+            raise GenerationError("Pass either past_key_values or kv_scheme, not both.")
+        from engine.kv_cache import make_kv_cache
+
+        past_key_values = make_kv_cache(model.config, kv_scheme)
     limit = max_context(model)
     ids = encode_prompt(tokenizer, prompt, settings.chat, limit).to(_device_of(model))
     max_new = settings.max_new_tokens if limit is None else min(settings.max_new_tokens, limit - ids.shape[1])
