@@ -48,3 +48,20 @@ def test_every_page_in_the_browser(server_url, browser):
         name = title.lower().replace(" ", "-")
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
     assert not console_errors, (console_errors, failed)
+
+
+def test_memory_estimate_in_the_browser(server_url, browser):
+    """Pick a catalog model and a context in the real page; the numbers follow."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(f"{server_url}/memory")
+    page.get_by_text("Memory by component").first.wait_for(timeout=90_000)
+    assert "8.030 B" in page.inner_text("body")  # Llama-3.1-8B by default
+    select = page.locator("[data-testid='stSelectbox']").filter(has_text="Catalog model")
+    select.locator("input").first.click()
+    page.keyboard.type("Mixtral-8x7B")  # the select filters as you type
+    page.get_by_role("option").filter(has_text="Mixtral-8x7B").first.click()
+    page.get_by_text("46.703 B").first.wait_for(timeout=30_000)  # total parameters
+    assert "12.880 B" in page.inner_text("body")  # active per token: 2 of 8 experts
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "memory-mixtral.png"), full_page=True)
+    page.close()

@@ -253,3 +253,14 @@ def test_falcon_kv_heads_come_from_its_own_field():
 
     falcon = catalog_model("falcon-180b").config()
     assert kv_bytes_per_token(falcon) == 2 * 80 * 8 * 64 * 2  # 8 KV heads of 64, not 232 heads: 160 KiB
+
+
+@pytest.mark.parametrize(
+    ("slug", "active"),
+    [("deepseek-v3", 37e9), ("qwen3-30b-a3b", 3.3e9), ("mixtral-8x22b-v0.1", 39e9)],
+)
+def test_moe_active_parameters_match_published_figures(slug, active):
+    from engine.catalog import catalog_model
+
+    counts = estimate(catalog_model(slug).config(), "bf16", context=1).parameters
+    assert counts.active == pytest.approx(active, rel=0.025)  # published figures are rounded
