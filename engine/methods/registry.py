@@ -40,6 +40,29 @@ class QuantizedModel:
         return sum(r.bits_per_weight for r in self.layers) / len(self.layers) if self.layers else 16.0
 
 
+class NotEnoughMemoryError(MemoryError):
+    """Quantizing would need more memory than is free; the message has the numbers."""
+
+
+def model_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def check_room_for_copy(model: nn.Module, headroom: float = 1.3) -> None:
+    """Refuse before copying when the copy (plus transients) would not fit in free memory."""
+    from engine.models import free_memory_bytes
+
+    device = next(model.parameters()).device
+    needed = int(model_bytes(model) * headroom)
+    free = free_memory_bytes(str(device))
+    if needed > free:
+        raise NotEnoughMemoryError(
+            f"Quantizing makes a copy of the model: about {needed / 1024**3:.1f} GiB, but only "
+            f"{free / 1024**3:.1f} GiB is free on {device}. Close other quantized variants (they are evicted "
+            "oldest first), use a smaller model, or load it in a 16-bit dtype."
+        )
+
+
 def register(config_type: type) -> Callable:
     def decorator(handler: Callable) -> Callable:
         _HANDLERS[config_type] = handler
@@ -54,6 +77,7 @@ def quantize_model(model: nn.Module, config, calib=None, progress: Progress | No
     if handler is None:
         known = ", ".join(sorted(t.__name__ for t in _HANDLERS))
         raise ValueError(f"no quantization method registered for {type(config).__name__}; known: {known}")
+    check_room_for_copy(model)
     start = time.perf_counter()
     copied = copy.deepcopy(model)
     copied.eval()

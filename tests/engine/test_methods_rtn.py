@@ -76,3 +76,12 @@ def test_impossible_schemes_name_the_layer(tiny):
         RTNConfig(QuantScheme(8), QuantScheme(8, "int", True, "group", 32))
     with pytest.raises(ValueError, match="no quantization method registered"):
         quantize_model(tiny, object())
+
+
+def test_quantizing_refuses_without_room_for_the_copy(tiny, monkeypatch):
+    import engine.models
+    from engine.methods.registry import NotEnoughMemoryError
+
+    monkeypatch.setattr(engine.models, "free_memory_bytes", lambda device: 1024)
+    with pytest.raises(NotEnoughMemoryError, match=r"only 0.0 GiB is free on cpu"):
+        quantize_model(tiny, RTNConfig(QuantScheme(8)))
