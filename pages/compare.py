@@ -1,11 +1,145 @@
-"""Compare generations: not built yet; the page says what it will show."""
+"""Compare generations: the reference and 1-3 quantized variants on one prompt, side by side.
+
+Models run one after another with the same settings and seed; tokens stream into each column. Results
+live in session state (ui.compare_view.CompareRun), so reruns redraw them without generating again.
+"""
+
+from __future__ import annotations
 
 import streamlit as st
 
-from ui import page
+from engine.generation import MAX_NEW_TOKENS_CAP, GenerationError, GenerationSettings
+from ui import cache, page, state
+from ui import compare_view as view
+from ui.errors import show_error
+from ui.variants import variant
 
-page.start("Compare generations")
-st.warning("This page is not built yet.", icon=":material/construction:")
-st.markdown(
-    "The reference model and quantized variants side by side on one prompt: tokens streaming into each column, the first divergence highlighted, per-token probabilities and KL, and measured prefill/decode speed and memory."
+RUN_KEY = "compare_run"  # the CompareRun shown on this page
+DEFAULT_PROMPT = "What is the capital of France? Answer in one sentence."
+DEFAULT_VARIANTS = ["W4", "KV4"]  # on the default model: one diverges late, one at once
+LEGEND = (
+    "highlighted from the first token that differs from the reference (outlined); hover a token for details"
 )
+
+page.start(
+    "Compare generations",
+    "Does the quantized model still say the same thing? The reference and up to three variants generate from "
+    "one prompt with the same settings; hover a token for its probability under both models and the KL.",
+)
+loaded = cache.current_model_or_stop()
+options = view.quick_variants(loaded.model, state.scheme())
+
+with st.form("compare_settings"):
+    prompt = st.text_area("Prompt", DEFAULT_PROMPT, height=80, max_chars=20_000, key="compare_prompt")
+    picked = st.multiselect(
+        "Variants (up to three)",
+        list(options),
+        default=[key for key in DEFAULT_VARIANTS if key in options],
+        format_func=lambda key: options[key].label,
+        max_selections=3,
+        key="compare_variants",
+        help="Weight schemes are round-to-nearest on every linear layer except the head, with a group size "
+        "that divides this model's widths. KV variants keep the reference's weights and quantize its KV cache.",
+    )
+    cols = st.columns([2, 1, 1, 1, 1])
+    max_new_tokens = cols[0].slider(
+        "Max new tokens", 1, min(256, MAX_NEW_TOKENS_CAP), 48, key="compare_max_new_tokens"
+    )
+    temperature = cols[1].number_input(
+        "Temperature", 0.0, 2.0, 0.0, 0.1, key="compare_temperature", help="0 = greedy (argmax)."
+    )
+    top_p = cols[2].number_input(
+        "Top-p", 0.05, 1.0, 1.0, 0.05, key="compare_top_p", help="Nucleus mass; used when temperature > 0."
+    )
+    seed = cols[3].number_input("Seed", 0, 2**31 - 1, 0, key="compare_seed", help="The same for every model.")
+    chat = cols[4].checkbox("Chat template", value=True, key="compare_chat")
+    run_clicked = st.form_submit_button(
+        "Generate", type="primary", icon=":material/play_arrow:", key="compare_generate"
+    )
+
+left, right = st.columns([1, 3], vertical_alignment="center")
+left.button(
+    "Stop",
+    icon=":material/stop:",
+    key="compare_stop",
+    help="Stop the running generation; the tokens generated so far are kept. (Any other click while "
+    "generating stops it too: Streamlit reruns the page.)",
+)
+shade_kl = right.checkbox(
+    "Underline tokens by KL",
+    key="compare_shade_kl",
+    help=f"A red underline as strong as the token's KL(reference ‖ variant), full at {view.KL_FULL_SHADE} nats.",
+)
+
+previous = st.session_state.get(RUN_KEY)
+if previous is not None and not previous.finished:  # a click (Stop or any widget) interrupted that run
+    view.mark_interrupted(previous, loaded.tokenizer)
+
+run = None
+if run_clicked:
+    try:
+        if not picked:
+            raise GenerationError("Pick at least one variant to compare with the reference.")
+        settings = GenerationSettings(int(max_new_tokens), float(temperature), float(top_p), int(seed), chat)
+        view.check_prompt(loaded.tokenizer, loaded.model, prompt, chat)
+    except GenerationError as exc:
+        show_error(exc)
+    else:
+        columns = [view.ColumnRun(f"Reference ({loaded.dtype} on {loaded.device})", None)]
+        run = view.CompareRun(
+            loaded.source.label,
+            prompt,
+            settings,
+            columns + [view.ColumnRun(options[key].label, options[key]) for key in picked],
+        )
+
+if run is not None:
+    st.session_state[RUN_KEY] = run  # before any work: a Stop click finds the run and keeps what it made
+    building = st.container()
+    models = view.prepare_models(run, loaded, lambda config: variant(loaded, config, where=building))
+    st.caption(f"Model: {run.model_label} · {LEGEND}")
+    bodies = []
+    for col, column in zip(st.columns(len(run.columns), border=True), run.columns, strict=True):
+        col.markdown(f"**{column.label}**")
+        bodies.append(col.empty())
+        bodies[-1].caption("Waiting for its turn…")
+    view.stream_run(run, models, loaded, bodies, shade_kl)
+elif previous is not None:
+    run = previous
+    short = run.prompt if len(run.prompt) <= 80 else run.prompt[:80] + "…"
+    st.caption(f"Model: {run.model_label} · prompt: “{short}” · {LEGEND}")
+    if run.interrupted:
+        st.info(
+            "The last run was stopped; its columns show the tokens generated so far.",
+            icon=":material/stop_circle:",
+        )
+    for col, column in zip(st.columns(len(run.columns), border=True), run.columns, strict=True):
+        col.markdown(f"**{column.label}**")
+        view.draw_column(column, run.reference, shade_kl, where=col)
+else:
+    st.info("Pick variants and press **Generate**.", icon=":material/compare:")
+
+if run is not None and run.finished:
+    rows = view.summary_rows(run)
+    if rows:
+        st.dataframe(
+            rows,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "prefill tok/s": st.column_config.NumberColumn(format="%.0f"),
+                "decode tok/s": st.column_config.NumberColumn(format="%.1f"),
+                "first token ms": st.column_config.NumberColumn(format="%.0f"),
+                "memory MiB": st.column_config.NumberColumn(
+                    format="%.1f", help="Measured: weights + KV cache bytes."
+                ),
+                "agreement": st.column_config.NumberColumn(format="percent"),
+                "mean KL (nats)": st.column_config.NumberColumn(format="%.4f"),
+            },
+        )
+    st.caption(
+        "Agreement counts identical tokens position by position; after a divergence the texts usually drift apart, so the "
+        "teacher-forced numbers (mean KL, top-1 agreement on the same prefix) say more about the quantization. "
+        "Memory is measured: on CPU the real bytes of the weights plus the KV cache, since the CPU allocator "
+        "keeps no peak."
+    )

@@ -1,0 +1,51 @@
+"""The Compare page under AppTest: the reference and an int8 variant generate side by side."""
+
+from __future__ import annotations
+
+from tests.app.conftest import no_exceptions, open_page
+
+
+def _metric(app, label):
+    return [metric.value for metric in app.metric if metric.label == label]
+
+
+def _token_boxes(app):
+    return [markdown.value for markdown in app.markdown if 'title="token 0:' in markdown.value]
+
+
+def test_reference_and_int8_side_by_side(app):
+    open_page(app, "compare")
+    app.multiselect(key="compare_variants").set_value(["W8"])
+    app.slider(key="compare_max_new_tokens").set_value(8)
+    app.button(key="compare_generate").click().run()
+    no_exceptions(app)
+    assert not app.error, [error.value for error in app.error]
+    boxes = _token_boxes(app)
+    assert len(boxes) == 2  # the reference and the int8 column, each with per-token tooltips
+    assert all("p reference" in box for box in boxes)
+    assert "KL(reference" in boxes[1]
+    agreement = _metric(app, "Agreement")
+    assert agreement[0] == "—" and agreement[1].endswith("%")
+    assert any("tok/s" in caption.value for caption in app.caption)
+    # a rerun (toggling a checkbox) redraws the stored run without generating again
+    stored = app.session_state["compare_run"]
+    app.checkbox(key="compare_shade_kl").check().run()
+    no_exceptions(app)
+    assert app.session_state["compare_run"] is stored
+    assert len(_token_boxes(app)) == 2
+    assert "border-bottom:3px" in _token_boxes(app)[1]
+
+
+def test_empty_prompt_is_a_clear_error_and_the_page_keeps_working(app):
+    open_page(app, "compare")
+    app.text_area(key="compare_prompt").set_value("   ")
+    app.button(key="compare_generate").click().run()
+    no_exceptions(app)
+    assert any("prompt is empty" in error.value for error in app.error)
+    app.text_area(key="compare_prompt").set_value("Name a colour.")
+    app.multiselect(key="compare_variants").set_value(["KV4"])
+    app.slider(key="compare_max_new_tokens").set_value(4)
+    app.button(key="compare_generate").click().run()
+    no_exceptions(app)
+    assert not app.error
+    assert len(_token_boxes(app)) == 2

@@ -1,0 +1,411 @@
+"""Helpers for the Compare page: quick variants, one column's generation and scoring, and its drawing.
+
+A comparison is a `CompareRun` kept in `st.session_state`: one `ColumnRun` per model (the reference
+first), filled in place while tokens stream, so a rerun (a checkbox, or the Stop button interrupting the
+run) redraws the same results without generating again. Tokens are drawn as HTML spans: from the first
+token where a column departs from the reference on they are highlighted, and each span's `title=` tooltip
+holds the token's probability under both models and the per-token KL (`engine.token_compare`).
+
+Memory is measured, not estimated: the real bytes of the model's parameters and buffers
+(`engine.memory.measured_bytes`) plus the KV cache's tensors after generation; on CUDA also the
+allocator's peak during the generation (the CPU allocator keeps no peak).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import streamlit as st
+import torch
+
+from engine.eval_grid import pick_group_size
+from engine.generation import GenerationResult, GenerationSettings, encode_prompt, generate, max_context
+from engine.kv_cache import KVCacheConfig, KVCacheError, make_kv_cache
+from engine.memory import measured_bytes
+from engine.methods import RTNConfig
+from engine.schemes import QuantScheme
+from engine.token_compare import TokenStat, agreement, compare_tokens, first_divergence, token_pieces
+
+KL_FULL_SHADE = 1.0  # nats: a token's KL at which its underline is fully opaque
+DIVERGED_BG = "rgba(255, 164, 33, 0.28)"  # tokens after the first divergence
+FIRST_DIVERGED_BG = "rgba(255, 75, 75, 0.40)"  # the first token that differs from the reference
+SPAN_STYLE = "border-radius:3px;padding:1px 0;cursor:help;"
+BOX_STYLE = (
+    "white-space:pre-wrap;word-break:break-word;line-height:1.7;font-size:0.95rem;"
+    "padding:0.5rem 0.6rem;border-radius:0.5rem;background:rgba(128,128,128,0.06);min-height:3rem;"
+)
+
+
+# -- variants ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    key: str  # stable option id ("W8", "KV4", "sidebar"): survives a model change, unlike the label
+    label: str  # the column header
+    method: RTNConfig | None  # None: the reference's own weights (a KV-cache-only variant)
+    kv: KVCacheConfig | None = None  # None: the model's usual 16-bit cache
+
+
+def quick_variants(model, sidebar_scheme: QuantScheme | None) -> dict[str, VariantSpec]:
+    """The page's quick schemes, with group sizes that divide every layer of `model` (576 wide -> 64)."""
+    try:
+        group = pick_group_size(model, (128, 64, 32))
+        grouped = {
+            bits: (f"int{bits} g{group}", QuantScheme(bits, "int", True, "group", group))
+            for bits in (4, 3, 2)
+        }
+    except ValueError:  # odd widths: fall back to one scale per output channel
+        grouped = {
+            bits: (f"int{bits} per-channel", QuantScheme(bits, "int", True, "channel")) for bits in (4, 3, 2)
+        }
+    per_channel8 = QuantScheme(8, "int", True, "channel")
+    per_token = {bits: QuantScheme(bits, "int", True, "channel") for bits in (8, 4)}
+    specs = [
+        VariantSpec("W8", "int8 per-channel (W8)", RTNConfig(per_channel8)),
+        VariantSpec("W4", f"{grouped[4][0]} (W4)", RTNConfig(grouped[4][1])),
+        VariantSpec("W3", f"{grouped[3][0]} (W3)", RTNConfig(grouped[3][1])),
+        VariantSpec("W2", f"{grouped[2][0]} (W2)", RTNConfig(grouped[2][1])),
+        VariantSpec(
+            "W8A8", "W8A8 (int8 weights, int8 per-token activations)", RTNConfig(per_channel8, per_token[8])
+        ),
+        VariantSpec(
+            "W4A4",
+            f"W4A4 ({grouped[4][0]} weights, int4 per-token activations)",
+            RTNConfig(grouped[4][1], per_token[4]),
+        ),
+    ]
+    for bits in (8, 4, 2):  # asymmetric, one scale and zero per token and head (as the Evaluate grid)
+        kv = KVCacheConfig(QuantScheme(bits, "int", False, "channel"))
+        specs.append(VariantSpec(f"KV{bits}", f"KV{bits} cache (int{bits} per token and head)", None, kv))
+    if sidebar_scheme is not None:
+        specs.append(
+            VariantSpec("sidebar", f"sidebar scheme ({sidebar_scheme.label})", RTNConfig(sidebar_scheme))
+        )
+    return {spec.key: spec for spec in specs}
+
+
+# -- one comparison ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    weight_bytes: int  # real bytes of parameters and buffers (tied weights once)
+    kv_bytes: int | None  # KV cache tensors resident after generation; None when the cache is not ours
+    kv_packed_bytes: int | None  # what the cache stores with codes densely packed (quantized caches)
+    cuda_peak_bytes: int | None  # allocator peak during this generation; None on CPU
+
+    @property
+    def total(self) -> int:
+        return self.weight_bytes + (self.kv_bytes or 0)
+
+
+@dataclass
+class ColumnRun:
+    label: str  # header of the column
+    spec: VariantSpec | None  # None: the reference
+    token_ids: list[int] = field(default_factory=list)  # generated so far (streamed in place)
+    text: str = ""
+    status: str = "waiting"  # waiting | running | done | stopped | failed
+    result: GenerationResult | None = None
+    memory: MemoryUse | None = None
+    bits_per_weight: float | None = None  # of a weight-quantized variant (its layers' mean)
+    pieces: list[str] = field(default_factory=list)  # the text each token adds
+    stats: list[TokenStat] | None = None  # teacher-forced scores (variants; None when not scored)
+    top1_text: list[str] = field(default_factory=list)  # the reference's top-1 token text per position
+    error: BaseException | None = None
+
+
+@dataclass
+class CompareRun:
+    model_label: str  # which reference the columns belong to
+    prompt: str
+    settings: GenerationSettings
+    columns: list[ColumnRun]
+    finished: bool = False  # False while generating; a rerun finding False means it was interrupted
+    interrupted: bool = False
+
+    @property
+    def reference(self) -> ColumnRun:
+        return self.columns[0]
+
+
+def check_prompt(tokenizer, model, prompt: str, chat: bool) -> None:
+    """Raise GenerationError (empty, too long) before any model runs."""
+    encode_prompt(tokenizer, prompt, chat, max_context(model))
+
+
+def generate_column(
+    model,
+    tokenizer,
+    prompt: str,
+    settings: GenerationSettings,
+    kv: KVCacheConfig | None,
+    on_token: Callable[[int, str], None],
+) -> tuple[GenerationResult, MemoryUse]:
+    """Generate with a cache we can weigh; raises GenerationError / KVCacheError with reasons."""
+    try:
+        cache = make_kv_cache(model.config, kv)  # scheme None reproduces transformers' DynamicCache
+    except KVCacheError:
+        if kv is not None:
+            raise
+        cache = None  # sliding-window or other layer kinds: transformers' own cache, not weighed
+    device = next(model.parameters()).device
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    result = generate(model, tokenizer, prompt, settings, on_token=on_token, past_key_values=cache)
+    peak = torch.cuda.max_memory_allocated(device) if on_cuda else None
+    memory = MemoryUse(
+        weight_bytes=sum(measured_bytes(model).values()),
+        kv_bytes=None if cache is None else cache.resident_bytes(),
+        kv_packed_bytes=None if cache is None or kv is None or kv.scheme is None else cache.nbytes(),
+        cuda_peak_bytes=peak,
+    )
+    return result, memory
+
+
+def score_column(reference_model, model, tokenizer, prompt: str, chat: bool, column: ColumnRun) -> None:
+    """Fill `column.pieces` and, for a variant, its teacher-forced scores against the reference."""
+    column.pieces = token_pieces(tokenizer, column.token_ids)
+    if column.spec is None or not column.token_ids:
+        return
+    prompt_ids = encode_prompt(tokenizer, prompt, chat, max_context(reference_model))
+    comparison = compare_tokens(
+        reference_model, model, prompt_ids, column.token_ids, variant_kv=column.spec.kv
+    )
+    column.stats = comparison.tokens
+    column.top1_text = [tokenizer.decode([t.reference_top1]) for t in comparison.tokens]
+
+
+# -- drawing -------------------------------------------------------------------------------------------
+
+
+def _shown(piece: str) -> str:
+    """Token text for HTML: escaped, newlines visible, `$` kept away from Markdown's maths."""
+    return html.escape(piece).replace("$", "&#36;").replace("\n", "↵<br>")
+
+
+def _quoted(piece: str) -> str:
+    return '"' + piece.replace("\n", "\\n") + '"'
+
+
+def stream_html(text: str) -> str:
+    """What a column shows while its tokens arrive: the text so far and a cursor."""
+    return f'<div style="{BOX_STYLE}">{_shown(text)}▌</div>'
+
+
+def _tooltip(column: ColumnRun, index: int, reference_logprobs: list[float] | None) -> str:
+    piece = column.pieces[index] if index < len(column.pieces) else ""
+    lines = [f"token {index}: {_quoted(piece)}"]
+    if column.stats is not None and index < len(column.stats):
+        stat = column.stats[index]
+        lines.append(f"p reference {_prob(stat.p_reference)} · p variant {_prob(stat.p_variant)}")
+        lines.append(f"KL(reference ‖ variant) {stat.kl:.4f} nats")
+        if stat.reference_top1 != stat.token_id and index < len(column.top1_text):
+            lines.append(f"the reference's top-1 here: {_quoted(column.top1_text[index])}")
+    elif reference_logprobs is not None and index < len(reference_logprobs):
+        lines.append(f"p reference {_prob(math.exp(reference_logprobs[index]))}")
+    return "\n".join(lines)
+
+
+def tokens_html(column: ColumnRun, reference_tokens: list[int], shade_kl: bool = False) -> str:
+    """The column's tokens as spans: highlighted from the first divergence on, tooltips on hover."""
+    diverge = None if column.spec is None else first_divergence(reference_tokens, column.token_ids)
+    logprobs = column.result.token_logprobs if column.spec is None and column.result else None
+    pieces = column.pieces or [column.text]
+    spans = []
+    for index, piece in enumerate(pieces):
+        if not piece:
+            continue  # a token that only starts a multi-byte character
+        style = SPAN_STYLE
+        if diverge is not None and index >= diverge:
+            style += f"background:{FIRST_DIVERGED_BG if index == diverge else DIVERGED_BG};"
+            if index == diverge:
+                style += "box-shadow:0 0 0 1px rgba(255,75,75,0.9);"
+        if shade_kl and column.stats is not None and index < len(column.stats):
+            alpha = min(column.stats[index].kl / KL_FULL_SHADE, 1.0)
+            style += f"border-bottom:3px solid rgba(220,38,38,{alpha:.2f});"
+        tip = html.escape(_tooltip(column, index, logprobs), quote=True).replace("\n", "&#10;")
+        spans.append(f'<span title="{tip}" style="{style}">{_shown(piece)}</span>')
+    body = "".join(spans) or "<em>(the model stopped immediately)</em>"
+    return f'<div style="{BOX_STYLE}">{body}</div>'
+
+
+def _mib(n: float) -> str:
+    return f"{n / 1024**2:,.1f} MiB"
+
+
+def _size(n: float) -> str:
+    return _mib(n) if n >= 1024**2 else f"{n / 1024:,.1f} KiB"
+
+
+def _prob(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def memory_help(column: ColumnRun) -> str:
+    text = (
+        "Measured, not estimated: the real bytes of this model's parameters and buffers plus its KV cache "
+        "tensors after generation. On CPU the allocator keeps no peak, so this is what the weights and cache "
+        "occupy; on CUDA the allocator's peak during this generation is shown below."
+    )
+    if column.spec is not None and column.spec.method is not None:
+        text += (
+            " Fake-quantized weights are held dequantized, so they take as many bytes as the reference's; "
+            "packed storage would need the bits per weight shown (see the Memory page)."
+        )
+    return text
+
+
+def column_metrics(column: ColumnRun, reference: ColumnRun, where=st) -> None:
+    """Agreement, first divergence, speed and memory of one finished (or stopped) column."""
+    is_reference = column.spec is None
+    left, right = where.columns(2)
+    if is_reference:
+        left.metric("Agreement", "—", help="This is the reference: the other columns are compared with it.")
+        right.metric("First divergence", "—")
+    else:
+        share = agreement(reference.token_ids, column.token_ids)
+        diverge = first_divergence(reference.token_ids, column.token_ids)
+        left.metric(
+            "Agreement",
+            f"{share:.0%}",
+            help="Share of the reference's tokens this column reproduced at the same position.",
+        )
+        right.metric(
+            "First divergence",
+            "none" if diverge is None else f"token {diverge}",
+            help="Index (from 0) of the first generated token that differs from the reference.",
+        )
+    lines = []
+    result = column.result
+    if result is not None:
+        lines.append(
+            f"**{len(result.token_ids)}** tokens · prefill **{result.prefill_tokens_per_s:,.0f}** tok/s · "
+            f"decode **{result.decode_tokens_per_s:,.1f}** tok/s · first token **{result.prefill_seconds * 1000:,.0f}** ms"
+        )
+    elif column.token_ids:
+        lines.append(f"**{len(column.token_ids)}** tokens (stopped before timings were recorded)")
+    memory = column.memory
+    if memory is not None:
+        kv = "" if memory.kv_bytes is None else f" + KV {_size(memory.kv_bytes)}"
+        packed = "" if memory.kv_packed_bytes is None else f" (packed {_size(memory.kv_packed_bytes)})"
+        lines.append(f"memory **{_mib(memory.total)}** = weights {_mib(memory.weight_bytes)}{kv}{packed}")
+        if memory.cuda_peak_bytes is not None:
+            lines.append(f"CUDA allocator peak **{_mib(memory.cuda_peak_bytes)}**")
+    if column.bits_per_weight is not None:
+        lines.append(f"{column.bits_per_weight:.2f} bits per quantized weight")
+    if column.stats:
+        mean_kl = sum(s.kl for s in column.stats) / len(column.stats)
+        top1 = sum(s.reference_top1 == s.variant_top1 for s in column.stats) / len(column.stats)
+        lines.append(f"mean KL **{mean_kl:.4f}** nats · top-1 agreement (same prefix) **{top1:.0%}**")
+    if lines:
+        where.caption("  \n".join(lines), help=memory_help(column) if memory is not None else None)
+
+
+def prepare_models(run: CompareRun, loaded, build: Callable) -> dict[int, object]:
+    """Column index -> the model it runs; `build(config)` returns a cached QuantizedModel (ui.variants).
+
+    A variant that cannot be built (a group size that does not divide) fails its column, not the page.
+    """
+    models = {}
+    for index, column in enumerate(run.columns):
+        spec = column.spec
+        if spec is None or spec.method is None:
+            models[index] = loaded.model
+            continue
+        try:
+            quantized = build(spec.method)
+        except Exception as exc:  # noqa: BLE001  (fails this column only; rerun/stop signals are BaseException)
+            column.error, column.status = exc, "failed"
+        else:
+            models[index], column.bits_per_weight = quantized.model, quantized.bits_per_weight
+    return models
+
+
+def stream_run(run: CompareRun, models: dict[int, object], loaded, bodies: list, shade_kl: bool) -> None:
+    """Generate every column in turn into its `st.empty()` body, then score and draw it."""
+    for index, (column, body) in enumerate(zip(run.columns, bodies, strict=True)):
+        if column.error is None:
+            column.status = "running"
+            body.markdown(stream_html(""), unsafe_allow_html=True)
+
+            def on_token(token: int, text: str, column=column, body=body) -> None:
+                column.token_ids.append(token)
+                column.text = text
+                body.markdown(stream_html(text), unsafe_allow_html=True)
+
+            kv = column.spec.kv if column.spec is not None else None
+            try:
+                column.result, column.memory = generate_column(
+                    models[index], loaded.tokenizer, run.prompt, run.settings, kv, on_token
+                )
+                column.text, column.status = column.result.text, "done"
+                score_column(
+                    loaded.model, models[index], loaded.tokenizer, run.prompt, run.settings.chat, column
+                )
+            except Exception as exc:  # noqa: BLE001  (any failure fails this column only; Streamlit's
+                column.error, column.status = exc, "failed"  # rerun/stop signals are BaseException)
+        with body.container():
+            draw_column(column, run.reference, shade_kl)
+    run.finished = True
+
+
+def mark_interrupted(run: CompareRun, tokenizer) -> None:
+    """A rerun found `run` unfinished: Stop (or another click) cut it short; keep what it produced."""
+    run.finished = run.interrupted = True
+    for column in run.columns:
+        if column.status == "running":
+            column.status = "stopped"
+        if column.token_ids and not column.pieces:  # cut off before (or while) it was scored
+            column.pieces = token_pieces(tokenizer, column.token_ids)
+
+
+def draw_column(column: ColumnRun, reference: ColumnRun, shade_kl: bool, where=st) -> None:
+    """A finished, stopped or failed column (the header is drawn by the caller)."""
+    from ui.errors import show_error
+
+    if column.error is not None:
+        show_error(column.error, where=where)
+        return
+    if column.status == "waiting":
+        where.info("Not generated: the run was stopped first.", icon=":material/stop_circle:")
+        return
+    where.markdown(tokens_html(column, reference.token_ids, shade_kl), unsafe_allow_html=True)
+    if column.status == "stopped":
+        where.caption("Stopped: the tokens generated so far.")
+    column_metrics(column, reference, where)
+
+
+def summary_rows(run: CompareRun) -> list[dict]:
+    """One row per column for the table under the columns."""
+    reference = run.reference
+    rows = []
+    for column in run.columns:
+        if column.error is not None or column.status == "waiting":
+            continue
+        result, memory, stats = column.result, column.memory, column.stats
+        diverge = None if column.spec is None else first_divergence(reference.token_ids, column.token_ids)
+        rows.append(
+            {
+                "model": column.label,
+                "tokens": len(column.token_ids),
+                "prefill tok/s": result.prefill_tokens_per_s if result else None,
+                "decode tok/s": result.decode_tokens_per_s if result else None,
+                "first token ms": result.prefill_seconds * 1000 if result else None,
+                "memory MiB": memory.total / 1024**2 if memory else None,
+                "agreement": agreement(reference.token_ids, column.token_ids),
+                "first divergence": "—"
+                if column.spec is None
+                else ("none" if diverge is None else str(diverge)),
+                "mean KL (nats)": 0.0
+                if column.spec is None
+                else (sum(s.kl for s in stats) / len(stats) if stats else None),
+            }
+        )
+    return rows
