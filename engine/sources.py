@@ -230,14 +230,38 @@ def download_hub(repo_id: str, allow_pickle: bool, progress: Progress | None = N
     return Path(path)
 
 
+def allowed_roots() -> list[Path]:
+    """Folders typed paths must live under, from QE_MODEL_ROOTS (os.pathsep-separated); empty: anywhere.
+
+    Set it on a shared server so that users can only point the app at model folders you provide. Either
+    way a typed path is only ever read as a model (config.json, weights, a GGUF header), never shown.
+    """
+    raw = os.environ.get("QE_MODEL_ROOTS", "")
+    return [Path(part).expanduser().resolve() for part in raw.split(os.pathsep) if part.strip()]
+
+
+def check_allowed(path: Path) -> Path:
+    resolved = Path(path).expanduser().resolve()
+    roots = allowed_roots()
+    if roots and not any(resolved == root or root in resolved.parents for root in roots):
+        raise ModelSourceError(
+            f"{path} is outside the folders this server allows models from "
+            f"({', '.join(str(root) for root in roots)}); ask its operator, or use the offline default."
+        )
+    return resolved
+
+
 def resolve_folder(source: ModelSource, progress: Progress | None = None) -> Path:
     """Turn any source into a validated local folder with config, tokenizer and weights."""
     if source.kind == "default":
         return check_folder(prepare_default_model(progress), allow_pickle=False)
     if source.kind == "folder":
+        if source.location.strip():
+            check_allowed(Path(source.location))
         return check_folder(Path(source.location), source.allow_pickle)
     if source.kind == "gguf":
         path = Path(source.location).expanduser()
+        check_allowed(path)
         if path.is_dir():
             raise ModelSourceError(f"{path} is a folder; choose the 'Local folder' source for it.")
         if path.suffix.lower() != ".gguf":

@@ -116,3 +116,15 @@ def test_gguf_conversion_is_cached(tmp_path):
     marker = json.loads((first / "qe_conversion.json").read_text())
     assert marker["gguf_file"].endswith(".gguf")
     assert prepare_default_model() == first
+
+
+def test_model_roots_restrict_typed_paths(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("QE_MODEL_ROOTS", str(tmp_path / "models"))
+    with pytest.raises(ModelSourceError, match="outside the folders this server allows"):
+        resolve_folder(ModelSource("folder", str(tiny_model_dir)))
+    with pytest.raises(ModelSourceError, match="outside the folders"):
+        resolve_folder(ModelSource("gguf", "/etc/../etc/passwd.gguf"))
+    monkeypatch.setenv("QE_MODEL_ROOTS", str(tiny_model_dir.parent))
+    assert resolve_folder(ModelSource("folder", str(tiny_model_dir))) == tiny_model_dir.resolve()
+    monkeypatch.delenv("QE_MODEL_ROOTS")
+    assert resolve_folder(ModelSource("folder", str(tiny_model_dir))) == tiny_model_dir.resolve()
