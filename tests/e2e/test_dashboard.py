@@ -65,3 +65,26 @@ def test_memory_estimate_in_the_browser(server_url, browser):
     assert page.locator("[data-testid='stException']").count() == 0
     page.screenshot(path=str(ARTIFACTS / "memory-mixtral.png"), full_page=True)
     page.close()
+
+
+def test_compare_generation_in_the_browser(server_url, browser):
+    """A short generation on the Compare page: the reference and two variants stream, then the summary."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(f"{server_url}/compare")
+    page.get_by_role("button", name="Generate").wait_for(timeout=90_000)
+    slider = (  # max new tokens: down to a few with the keyboard
+        page.locator("[data-testid='stSlider']").filter(has_text="Max new tokens").get_by_role("slider")
+    )
+    slider.focus()
+    for _ in range(40):
+        page.keyboard.press("ArrowLeft")
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("Agreement counts identical tokens").first.wait_for(
+        timeout=300_000
+    )  # after every column
+    body = page.inner_text("body")
+    assert "Paris" in body  # the reference answers the default prompt
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.wait_for_timeout(1500)  # let the summary table render
+    page.screenshot(path=str(ARTIFACTS / "compare-generation.png"), full_page=True)
+    page.close()
