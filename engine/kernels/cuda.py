@@ -1,0 +1,418 @@
+"""CUDA kernels: our Triton W4A16 / W8A16 kernels, PyTorch's tinygemm int4 op as the baseline, and
+`torch._int_mm` for W8A8.
+
+NOT YET RUN ON A GPU. This file was written in sessions without one: the Triton kernels were only
+checked for correctness in Triton's CPU interpreter (TRITON_INTERPRET=1; see tests/engine/test_kernels.py,
+skipped where Triton is missing), the tinygemm and `_int_mm` wrappers follow torchao's use of the same
+ops, and every threshold below is a guess until the GPU run of `bench/bench_kernels.py` sets it. No
+speed figure for this file has been measured. The GPU tests are marked `gpu` and skip without CUDA.
+
+Kernels (weights as QuantLinear stores them on a GPU; see engine/kernels/reference.py for the formats):
+- `w4a16`: int4 codes two per byte in pack_int4 order (element 2j in the high nibble), (N, K / 2)
+  uint8, with (N, K / group) scales and optional zeros. Up to GEMV_MAX_TOKENS rows: a GEMV that streams
+  the packed bytes once per row and reduces on the CUDA cores (decode is memory-bound: the point is to
+  read 4.x bits per weight instead of 16). Up to TRITON_GEMM_MAX_TOKENS rows: a tiled GEMM that
+  dequantizes one group-wide K tile to 16 bits in registers and feeds `tl.dot`. Beyond that: dequantize
+  the whole weight once and call cuBLAS, where the matmul dominates (prefill).
+- `w8a16`: the same three regimes for int8 codes (N, K) with one scale per row.
+- `tinygemm_*`: `aten._convert_weight_to_int4pack` / `aten._weight_int4pack_mm` (bf16 activations,
+  scales and zeros as (K / group, N, 2) bf16), built from the same codes: the baseline to beat.
+- `w8a8_mm`: per-token int8 activations, `torch._int_mm` (cuBLAS needs more than 16 rows, so small
+  batches are padded to INT_MM_MIN_ROWS) and a float epilogue with both scales.
+
+Triton is imported here at module import, and only when CUDA is available (or TRITON_INTERPRET=1 asks
+for the interpreter); QuantLinear imports this module only for tensors on a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from engine.kernels import reference
+from engine.primitives import pack_int4
+
+GEMV_MAX_TOKENS = 4  # guess: beyond a few rows the GEMV re-reads the weight once per row
+TRITON_GEMM_MAX_TOKENS = 128  # guess: beyond this, dequantize once and let cuBLAS run the matmul
+INT_MM_MIN_ROWS = 32  # torch._int_mm on CUDA needs more than 16 rows; pad small batches to this
+TINYGEMM_GROUP_SIZES = (32, 64, 128, 256)
+
+
+def _import_triton():
+    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        return None, None
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        return None, None
+    return triton, tl
+
+
+triton, tl = _import_triton()
+
+
+def triton_available() -> bool:
+    return triton is not None
+
+
+# -- Triton kernels ---------------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _w4a16_gemv_kernel(
+        x_ptr,
+        w_ptr,
+        s_ptr,
+        z_ptr,
+        y_ptr,
+        N,
+        K,
+        stride_x,
+        stride_y,
+        GROUP: tl.constexpr,
+        GROUPS_PER_BLOCK: tl.constexpr,
+        HAS_ZERO: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        # one program: BLOCK_N output rows of one token; K walked GROUPS_PER_BLOCK groups at a time
+        pid_n = tl.program_id(0)
+        m = tl.program_id(1)
+        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+        row_ok = rows < N
+        BLOCK_K: tl.constexpr = GROUP * GROUPS_PER_BLOCK
+        pairs = tl.arange(0, BLOCK_K // 2)  # byte j holds elements 2j (high nibble) and 2j + 1 (low)
+        groups = tl.arange(0, GROUPS_PER_BLOCK)
+        n_groups = K // GROUP
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            packed = tl.load(
+                w_ptr + rows[:, None] * (K // 2) + (k0 // 2 + pairs)[None, :], mask=row_ok[:, None], other=0
+            )  # (BLOCK_N, BLOCK_K / 2) uint8
+            high = (packed >> 4).to(tl.float32) - 8.0
+            low = (packed & 0xF).to(tl.float32) - 8.0
+            x_even = tl.load(x_ptr + m * stride_x + k0 + 2 * pairs).to(tl.float32)  # (BLOCK_K / 2,)
+            x_odd = tl.load(x_ptr + m * stride_x + k0 + 2 * pairs + 1).to(tl.float32)
+            products = high * x_even[None, :] + low * x_odd[None, :]  # (BLOCK_N, BLOCK_K / 2)
+            per_group = tl.sum(tl.reshape(products, (BLOCK_N, GROUPS_PER_BLOCK, GROUP // 2)), axis=2)
+            g0 = k0 // GROUP
+            qparam = rows[:, None] * n_groups + g0 + groups[None, :]  # (BLOCK_N, GROUPS_PER_BLOCK)
+            scales = tl.load(s_ptr + qparam, mask=row_ok[:, None], other=0.0).to(tl.float32)
+            acc += tl.sum(per_group * scales, axis=1)
+            if HAS_ZERO:  # zero * sum of the group's inputs
+                x_sums = tl.sum(tl.reshape(x_even + x_odd, (GROUPS_PER_BLOCK, GROUP // 2)), axis=1)
+                zeros = tl.load(z_ptr + qparam, mask=row_ok[:, None], other=0.0).to(tl.float32)
+                acc += tl.sum(zeros * x_sums[None, :], axis=1)
+        tl.store(y_ptr + m * stride_y + rows, acc.to(y_ptr.dtype.element_ty), mask=row_ok)
+
+    @triton.jit
+    def _w4a16_gemm_kernel(
+        x_ptr,
+        w_ptr,
+        s_ptr,
+        z_ptr,
+        y_ptr,
+        M,
+        N,
+        K,
+        stride_x,
+        stride_y,
+        GROUP: tl.constexpr,
+        HAS_ZERO: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        # one program: a (BLOCK_M, BLOCK_N) output tile; K walked one group (one scale per row) at a time
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        pairs = tl.arange(0, GROUP // 2)
+        ks = tl.arange(0, GROUP)
+        n_groups = K // GROUP
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for g in range(0, n_groups):
+            k0 = g * GROUP
+            x = tl.load(
+                x_ptr + rm[:, None] * stride_x + (k0 + ks)[None, :], mask=(rm < M)[:, None], other=0.0
+            )
+            packed = tl.load(
+                w_ptr + rn[:, None] * (K // 2) + (k0 // 2 + pairs)[None, :], mask=(rn < N)[:, None], other=0
+            )  # (BLOCK_N, GROUP / 2)
+            codes = tl.interleave(packed >> 4, packed & 0xF)  # (BLOCK_N, GROUP), in k order
+            scales = tl.load(s_ptr + rn * n_groups + g, mask=rn < N, other=0.0).to(tl.float32)
+            w = (codes.to(tl.float32) - 8.0) * scales[:, None]
+            if HAS_ZERO:
+                zeros = tl.load(z_ptr + rn * n_groups + g, mask=rn < N, other=0.0).to(tl.float32)
+                w += zeros[:, None]
+            acc += tl.dot(x, tl.trans(w.to(x.dtype)))  # (BLOCK_M, GROUP) @ (GROUP, BLOCK_N)
+        mask = (rm < M)[:, None] & (rn < N)[None, :]
+        tl.store(y_ptr + rm[:, None] * stride_y + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _w8a16_gemv_kernel(
+        x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_x, stride_y, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+    ):
+        pid_n = tl.program_id(0)
+        m = tl.program_id(1)
+        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_ok = ks < K
+            w = tl.load(
+                w_ptr + rows[:, None] * K + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0
+            )
+            x = tl.load(x_ptr + m * stride_x + ks, mask=k_ok, other=0.0).to(tl.float32)
+            acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+        scales = tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        tl.store(y_ptr + m * stride_y + rows, (acc * scales).to(y_ptr.dtype.element_ty), mask=row_ok)
+
+    @triton.jit
+    def _w8a16_gemm_kernel(
+        x_ptr,
+        w_ptr,
+        s_ptr,
+        y_ptr,
+        M,
+        N,
+        K,
+        stride_x,
+        stride_y,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_ok = ks < K
+            x = tl.load(
+                x_ptr + rm[:, None] * stride_x + ks[None, :],
+                mask=(rm < M)[:, None] & k_ok[None, :],
+                other=0.0,
+            )
+            w = tl.load(
+                w_ptr + rn[:, None] * K + ks[None, :], mask=(rn < N)[:, None] & k_ok[None, :], other=0
+            )
+            acc += tl.dot(x, tl.trans(w.to(x.dtype)))  # int8 codes are exact in 16 bits
+        scales = tl.load(s_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+        mask = (rm < M)[:, None] & (rn < N)[None, :]
+        out = acc * scales[None, :]
+        tl.store(y_ptr + rm[:, None] * stride_y + rn[None, :], out.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+GEMV_BLOCK_N = 32  # output rows per GEMV program: N / 32 programs per token (128 for N = 4096)
+GEMM_BLOCK_M, GEMM_BLOCK_N = 16, 64  # tl.dot needs tiles of at least 16
+
+
+def _groups_per_block(k: int, group_size: int) -> int:
+    """Groups the GEMV reads per step: up to 256 elements (128 bytes per row), dividing K."""
+    for count in (4, 2, 1):
+        if group_size * count <= 256 and k % (group_size * count) == 0:
+            return count
+    return 1
+
+
+def triton_group_ok(group_size: int | None) -> bool:
+    """Our int4 kernels take power-of-two groups from 16 to 256 (tl.arange and tl.dot sizes)."""
+    return group_size is not None and 16 <= group_size <= 256 and group_size & (group_size - 1) == 0
+
+
+def _check_triton() -> None:
+    if triton is None:
+        raise RuntimeError(
+            "Triton is not available: it needs CUDA (or TRITON_INTERPRET=1) and `pip install triton`"
+        )
+
+
+def w4a16(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int) -> Tensor:
+    """x (M, K) @ W^T for packed int4 W (N, K / 2) uint8; scales / zeros (N, K / group). Triton."""
+    _check_triton()
+    m, k = x.shape
+    n = qweight.shape[0]
+    if not triton_group_ok(group_size) or k % group_size or qweight.shape[1] * 2 != k:
+        raise ValueError(
+            f"w4a16 needs a power-of-two group_size in [16, 256] dividing K (got {group_size}, K={k})"
+        )
+    x = x.contiguous()
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    zero_arg = scales if zeros is None else zeros  # never read when HAS_ZERO is False
+    if m <= GEMV_MAX_TOKENS:
+        grid = (triton.cdiv(n, GEMV_BLOCK_N), m)
+        _w4a16_gemv_kernel[grid](
+            x,
+            qweight,
+            scales,
+            zero_arg,
+            y,
+            n,
+            k,
+            x.stride(0),
+            y.stride(0),
+            GROUP=group_size,
+            GROUPS_PER_BLOCK=_groups_per_block(k, group_size),
+            HAS_ZERO=zeros is not None,
+            BLOCK_N=GEMV_BLOCK_N,
+        )
+    else:
+        grid = (triton.cdiv(m, GEMM_BLOCK_M), triton.cdiv(n, GEMM_BLOCK_N))
+        _w4a16_gemm_kernel[grid](
+            x,
+            qweight,
+            scales,
+            zero_arg,
+            y,
+            m,
+            n,
+            k,
+            x.stride(0),
+            y.stride(0),
+            GROUP=group_size,
+            HAS_ZERO=zeros is not None,
+            BLOCK_M=GEMM_BLOCK_M,
+            BLOCK_N=GEMM_BLOCK_N,
+        )
+    return y
+
+
+def w8a16(x: Tensor, qweight: Tensor, scales: Tensor) -> Tensor:
+    """x (M, K) @ (codes * scales)^T for int8 codes (N, K) and per-row scales (N,). Triton."""
+    _check_triton()
+    m, k = x.shape
+    n = qweight.shape[0]
+    x = x.contiguous()
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m <= GEMV_MAX_TOKENS:
+        grid = (triton.cdiv(n, GEMV_BLOCK_N), m)
+        _w8a16_gemv_kernel[grid](
+            x, qweight, scales, y, n, k, x.stride(0), y.stride(0), BLOCK_N=GEMV_BLOCK_N, BLOCK_K=128
+        )
+    else:
+        grid = (triton.cdiv(m, GEMM_BLOCK_M), triton.cdiv(n, GEMM_BLOCK_N))
+        _w8a16_gemm_kernel[grid](
+            x,
+            qweight,
+            scales,
+            y,
+            m,
+            n,
+            k,
+            x.stride(0),
+            y.stride(0),
+            BLOCK_M=GEMM_BLOCK_M,
+            BLOCK_N=GEMM_BLOCK_N,
+            BLOCK_K=64,
+        )
+    return y
+
+
+# -- dequantize once, then cuBLAS (large batches) ---------------------------------------------------------
+
+
+def dequantize_nibbles(
+    qweight: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int, dtype: torch.dtype
+) -> Tensor:
+    """(N, K) weights in `dtype`, on qweight's device, from the portable int4 layout."""
+    n = qweight.shape[0]
+    codes = torch.stack([qweight >> 4, qweight & 0xF], dim=-1).view(n, -1, group_size)  # (N, G, group)
+    w = (codes.to(dtype) - reference.INT4_MIDPOINT) * scales.to(dtype).unsqueeze(-1)
+    if zeros is not None:
+        w += zeros.to(dtype).unsqueeze(-1)
+    return w.view(n, -1)
+
+
+# -- W8A8 -------------------------------------------------------------------------------------------------
+
+
+def w8a8_mm(x: Tensor, codes_t: Tensor, scales: Tensor) -> Tensor:
+    """Per-token int8 x (M, K) times int8 weights stored (K, N) contiguous; scales (N,) float32."""
+    x_codes, x_scales = reference.quantize_per_token(x)  # device-agnostic torch ops
+    m = x_codes.shape[0]
+    if m < INT_MM_MIN_ROWS:
+        x_codes = F.pad(x_codes, (0, 0, 0, INT_MM_MIN_ROWS - m))
+    y = torch._int_mm(x_codes, codes_t)[:m].float()  # (M, N) int32 sums
+    return (y * x_scales * scales.float()).to(x.dtype)
+
+
+# -- tinygemm: PyTorch's int4 op, the baseline -------------------------------------------------------------
+
+
+def tinygemm_supported(out_features: int, in_features: int, group_size: int) -> str | None:
+    if group_size not in TINYGEMM_GROUP_SIZES:
+        return f"tinygemm takes groups of {TINYGEMM_GROUP_SIZES}, not {group_size}"
+    if out_features % 8 or in_features % 32 or in_features % group_size:
+        return f"tinygemm needs N % 8 == 0 and K % 32 == 0 (got N={out_features}, K={in_features})"
+    return None
+
+
+def tinygemm_pack(codes: Tensor, scales: Tensor, zeros: Tensor, device) -> tuple[Tensor, Tensor]:
+    """(packed int4 weight, scales_and_zeros (G, N, 2) bf16) from W4A16 codes (N, K) uint8 in [0, 15]."""
+    n, k = codes.shape
+    inner_k_tiles = next(tiles for tiles in (8, 4, 2) if k % (tiles * 16) == 0)
+    nibbles = pack_int4(codes).view(n, k // 2).to(device)  # high nibble first, as torchao packs for CUDA
+    packed = torch.ops.aten._convert_weight_to_int4pack(nibbles, inner_k_tiles)
+    scales_and_zeros = torch.stack([scales.t(), zeros.t()], dim=-1).to(device, torch.bfloat16).contiguous()
+    return packed, scales_and_zeros
+
+
+def tinygemm_mm(x: Tensor, packed: Tensor, scales_and_zeros: Tensor, group_size: int) -> Tensor:
+    y = torch.ops.aten._weight_int4pack_mm(
+        x.to(torch.bfloat16).contiguous(), packed, group_size, scales_and_zeros
+    )
+    return y.to(x.dtype)
+
+
+class TinygemmLinear(nn.Module):
+    """The baseline as a layer: tinygemm on a QuantLinear's W4A16 codes (no bias), for the benchmarks."""
+
+    def __init__(self, module) -> None:
+        super().__init__()
+        packed, scales_and_zeros = tinygemm_pack(**module.codes_and_qparams(), device=module.qweight.device)
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_and_zeros", scales_and_zeros)
+        self.group_size = module.group_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return tinygemm_mm(x, self.packed, self.scales_and_zeros, self.group_size)
+
+
+# -- dispatch for QuantLinear -------------------------------------------------------------------------------
+
+
+def kernel_for(fmt: str, tokens: int, group_size: int | None = None) -> str:
+    if fmt == "W8A8":
+        return "cuda_int_mm"
+    if triton is None or tokens > TRITON_GEMM_MAX_TOKENS:
+        return "dequant_matmul"
+    if fmt == "W4A16" and not triton_group_ok(group_size):
+        return "dequant_matmul"
+    regime = "gemv" if tokens <= GEMV_MAX_TOKENS else "gemm"
+    return f"triton_{fmt.lower()}_{regime}"
+
+
+def run(kernel: str, module, rows: Tensor) -> Tensor:
+    """Run `kernel` (from kernel_for) for a QuantLinear on rows (tokens, in) on the GPU."""
+    zeros = getattr(module, "zeros", None) if module.fmt == "W4A16" else None
+    if kernel == "cuda_int_mm":
+        return w8a8_mm(rows, module.qweight, module.scales)
+    if kernel.startswith("triton_w4a16"):
+        return w4a16(rows, module.qweight, module.scales, zeros, module.group_size)
+    if kernel.startswith("triton_w8a16"):
+        return w8a16(rows, module.qweight, module.scales)
+    if kernel == "dequant_matmul":
+        if module.fmt == "W4A16":
+            weight = dequantize_nibbles(module.qweight, module.scales, zeros, module.group_size, rows.dtype)
+        else:
+            weight = module.qweight.to(rows.dtype) * module.scales.to(rows.dtype).unsqueeze(-1)
+        return F.linear(rows, weight)
+    raise ValueError(f"unknown CUDA kernel {kernel!r}")

@@ -1,0 +1,465 @@
+"""Measured speed on this device: linear-layer microbenchmarks and end-to-end decode beside its roofline.
+
+Microbenchmarks time one linear layer y = x @ W^T per format at several batch sizes (rows of x):
+16/32-bit `nn.functional.linear` (the baseline: fp32 on CPU, the activation dtype on a GPU) and the
+packed `QuantLinear` of engine.kernels (W8A16, W4A16, W8A8; tinygemm int4 too on CUDA). Each figure is
+the median of `repeats` calls after `warmup`, with a device synchronize around every call on a GPU.
+Calls rotate over enough copies of the weights (ROTATE_BYTES) that each one reads its weights from
+memory rather than from a cache that a whole model would never fit in; "GB/s" is weight bytes
+(scales included) plus activation bytes in and out, divided by the time.
+
+End-to-end decode runs engine.generation.generate (prefill and decode timed apart) on the reference and
+packed variants of a model, with the end-of-sequence token ignored so every variant decodes the same
+number of tokens. Its roofline is the bytes one decode step reads (every weight a token visits, the
+output head included, plus the KV cache at the mean context) divided by a measured copy bandwidth.
+
+`synthetic_model` builds any catalog config with random weights (for sizing speed without a download);
+it refuses, with the numbers, when the model would not fit in free memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from engine.generation import GenerationSettings, generate
+from engine.kernels import QuantLinear, to_quant_linears
+from engine.memory import kv_bytes_per_token, measured_bytes
+from engine.methods.registry import NotEnoughMemoryError
+from engine.models import count_parameters_from_config, free_memory_bytes
+from engine.modules import linear_names
+from engine.schemes import QuantScheme
+
+Progress = Callable[[float, str], None]
+BATCH_SIZES = (1, 4, 16, 64, 256)
+LLAMA_2_7B_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008))  # (out, in): q/k/v/o, gate/up, down
+ROTATE_BYTES = {"cpu": 64 * 2**20, "cuda": 256 * 2**20}  # beyond the last-level cache (H100 L2: 50 MB)
+MAX_COPIES = 64
+INT8_CHANNEL = QuantScheme(8, "int", True, "channel")
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
+SYNTHETIC_HEADROOM = 1.1  # weights plus the allocator's slack while building
+
+
+def int4_scheme(*in_features: int, group_size: int | None = None) -> QuantScheme:
+    """int4 asym (tinygemm's native form) in groups of the largest of 128 / 64 / 32 dividing every width."""
+    group = group_size or next((g for g in (128, 64, 32) if all(w % g == 0 for w in in_features)), 32)
+    return QuantScheme(4, "int", False, "group", group)
+
+
+def available_formats(device: str) -> list[str]:
+    if device.startswith("cuda"):
+        return ["fp16", "bf16", "W8A16", "W4A16", "W4A16 tinygemm", "W8A8"]
+    return ["fp32", "bf16", "W8A16", "W4A16", "W8A8"]
+
+
+def baseline_format(device: str) -> str:
+    return "bf16" if device.startswith("cuda") else "fp32"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_seconds(calls: list[Callable[[], object]], repeats: int, warmup: int, device: str) -> float:
+    """Median wall time of one call, rotating over `calls` (one per weight copy)."""
+    for index in range(warmup):
+        calls[index % len(calls)]()
+    _sync(device)
+    samples = []
+    for index in range(repeats):
+        start = time.perf_counter()
+        calls[index % len(calls)]()
+        _sync(device)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+# -- microbenchmarks ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinearShape:
+    out_features: int
+    in_features: int
+    count: int = 1  # layers of this shape in the model
+    names: tuple[str, ...] = ()  # their short names (q_proj, ...)
+
+    @property
+    def label(self) -> str:
+        names = f" {'/'.join(self.names)}" if self.names else ""
+        return f"{self.out_features}×{self.in_features}{names}"
+
+
+def model_linear_shapes(model: nn.Module) -> list[LinearShape]:
+    """The distinct (out, in) shapes of the model's quantizable linears, most weights first."""
+    counts: Counter = Counter()
+    names: dict[tuple[int, int], list[str]] = {}
+    for name in linear_names(model):
+        module = model.get_submodule(name)
+        shape = (module.out_features, module.in_features)
+        counts[shape] += 1
+        short = name.rpartition(".")[2]
+        if short not in names.setdefault(shape, []):
+            names[shape].append(short)
+    shapes = [LinearShape(o, i, counts[(o, i)], tuple(names[(o, i)])) for o, i in counts]
+    return sorted(shapes, key=lambda s: -s.count * s.out_features * s.in_features)
+
+
+@dataclass(frozen=True)
+class KernelTiming:
+    shape: LinearShape
+    batch: int
+    format: str
+    kernel: str  # what actually ran
+    seconds: float  # median
+    bytes: int  # weights with scales, plus activations in and out
+    flops: float
+    baseline_seconds: float | None = None
+
+    @property
+    def gbytes_per_s(self) -> float:
+        return self.bytes / self.seconds / 1e9
+
+    @property
+    def tflops(self) -> float:
+        return self.flops / self.seconds / 1e12
+
+    @property
+    def speedup(self) -> float | None:
+        return None if self.baseline_seconds is None else self.baseline_seconds / self.seconds
+
+
+class _Dense(nn.Module):
+    """The baseline: nn.functional.linear on a weight in one dtype."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+def layer_for(fmt: str, weight: torch.Tensor, group_size: int | None = None) -> nn.Module:
+    """A module computing x @ weight^T in format `fmt`, on weight's device."""
+    if fmt in DTYPES:
+        return _Dense(weight.to(DTYPES[fmt]))
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device)
+    linear.weight.data = weight.float()
+    if fmt in ("W4A16", "W4A16 tinygemm"):
+        module = QuantLinear.from_linear(linear, int4_scheme(weight.shape[1], group_size=group_size))
+        if fmt == "W4A16 tinygemm":
+            from engine.kernels.cuda import TinygemmLinear
+
+            return TinygemmLinear(module)
+        return module
+    if fmt == "W8A16":
+        return QuantLinear.from_linear(linear, INT8_CHANNEL)
+    if fmt == "W8A8":
+        return QuantLinear.from_linear(linear, INT8_CHANNEL, INT8_CHANNEL)
+    raise ValueError(f"unknown format {fmt!r}; choose from {available_formats(str(weight.device))}")
+
+
+def _kernel_name(layer: nn.Module, tokens: int) -> str:
+    if isinstance(layer, QuantLinear):
+        return layer.kernel_for(tokens)
+    return "tinygemm" if hasattr(layer, "scales_and_zeros") else f"linear {DTYPE_NAMES[layer.weight.dtype]}"
+
+
+def _nbytes(layer: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in layer.buffers())
+
+
+@torch.inference_mode()
+def microbenchmark(
+    shapes: list[LinearShape],
+    batches: tuple[int, ...] | list[int] = BATCH_SIZES,
+    formats: list[str] | None = None,
+    device: str = "cpu",
+    act_dtype: torch.dtype | None = None,
+    repeats: int = 20,
+    warmup: int = 3,
+    group_size: int | None = None,
+    rotate: bool = True,
+    progress: Progress | None = None,
+    seed: int = 0,
+) -> list[KernelTiming]:
+    """Time every (shape, batch, format); the baseline format is always measured, for the speed-ups.
+
+    Quantized formats take activations in `act_dtype` (float32 on CPU, bfloat16 on a GPU: what the
+    model feeds them); the 16/32-bit baselines take their own dtype.
+    """
+    formats = list(formats or available_formats(device))
+    unknown = set(formats) - set(available_formats(device))
+    if unknown:
+        raise ValueError(
+            f"formats {sorted(unknown)} do not run on {device}; choose from {available_formats(device)}"
+        )
+    base = baseline_format(device)
+    act_dtype = act_dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    order = [base] + [f for f in formats if f != base]
+    rotate_bytes = ROTATE_BYTES["cuda" if device.startswith("cuda") else "cpu"]
+    generator = torch.Generator().manual_seed(seed)
+    results: list[KernelTiming] = []
+    steps = len(shapes) * len(order)
+    for shape_index, shape in enumerate(shapes):
+        weight = (torch.randn(shape.out_features, shape.in_features, generator=generator) * 0.02).to(device)
+        baseline: dict[int, float] = {}
+        for fmt_index, fmt in enumerate(order):
+            if progress:
+                progress((shape_index * len(order) + fmt_index) / steps, f"{shape.label}: {fmt}")
+            layer = layer_for(fmt, weight, group_size)
+            weight_bytes = _nbytes(layer)
+            copies = min(MAX_COPIES, math.ceil(rotate_bytes / weight_bytes)) if rotate else 1
+            layers = [layer] + [copy.deepcopy(layer) for _ in range(copies - 1)]
+            x_dtype = DTYPES.get(fmt, act_dtype)
+            for batch in batches:
+                x = torch.randn(batch, shape.in_features, generator=generator).to(device, x_dtype)
+                seconds = median_seconds([lambda m=m, x=x: m(x) for m in layers], repeats, warmup, device)
+                activation_bytes = batch * (shape.in_features + shape.out_features) * x.element_size()
+                if fmt == base:
+                    baseline[batch] = seconds
+                results.append(
+                    KernelTiming(
+                        shape,
+                        batch,
+                        fmt,
+                        _kernel_name(layer, batch),
+                        seconds,
+                        weight_bytes + activation_bytes,
+                        2.0 * batch * shape.out_features * shape.in_features,
+                        baseline.get(batch),
+                    )
+                )
+            del layers, layer
+    if progress:
+        progress(1.0, "Microbenchmarks done")
+    return [r for r in results if r.format in formats]
+
+
+# -- memory bandwidth ----------------------------------------------------------------------------------------
+
+
+def measure_bandwidth(device: str = "cpu", nbytes: int | None = None, repeats: int = 5) -> float:
+    """Bytes/s of a large tensor copy (each byte read once and written once), median of `repeats`."""
+    nbytes = nbytes or (1 << 30 if device.startswith("cuda") else 256 << 20)
+    source = torch.ones(nbytes, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    seconds = median_seconds([lambda: target.copy_(source)], repeats, 1, device)
+    return 2 * nbytes / seconds
+
+
+# -- end-to-end decode ---------------------------------------------------------------------------------------
+
+
+def float_dtype(model: nn.Module) -> torch.dtype:
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def weight_read_bytes(model: nn.Module) -> int:
+    """Bytes of weights one decode step reads: all of them, except the input embedding table (one row is
+    read) unless it is tied to the output head, which reads all of it."""
+    total = sum(measured_bytes(model).values())
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    tied = (
+        head is not None
+        and getattr(head, "weight", None) is not None
+        and head.weight.data_ptr() == embedding.data_ptr()
+    )
+    return total if tied else total - embedding.numel() * embedding.element_size()
+
+
+@dataclass(frozen=True)
+class DecodeTiming:
+    variant: str
+    prompt_tokens: int
+    new_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+    weight_bytes: int  # measured bytes of parameters and buffers
+    bytes_per_token: float  # one decode step at the mean context: weights read + KV cache
+    bandwidth: float  # measured copy bandwidth, bytes/s
+    text: str = ""
+    token_ids: tuple[int, ...] = field(default=(), repr=False)
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return max(self.new_tokens - 1, 0) / self.decode_seconds if self.decode_seconds > 0 else float("nan")
+
+    @property
+    def roofline_tokens_per_s(self) -> float:
+        return self.bandwidth / self.bytes_per_token
+
+    @property
+    def roofline_fraction(self) -> float:
+        return self.decode_tokens_per_s / self.roofline_tokens_per_s
+
+
+class _IgnoreEos:
+    """A tokenizer with no end-of-sequence token, so every variant decodes exactly max_new_tokens."""
+
+    eos_token_id = None
+    chat_template = None
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    def __call__(self, *args, **kwargs):
+        return self._tokenizer(*args, **kwargs)
+
+    def decode(self, *args, **kwargs) -> str:
+        return self._tokenizer.decode(*args, **kwargs)
+
+
+class SyntheticTokenizer:
+    """For synthetic models: one token per character (code point modulo the vocabulary), no specials."""
+
+    eos_token_id = None
+    chat_template = None
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+
+    def __call__(self, text: str, return_tensors: str = "pt", **_) -> dict[str, torch.Tensor]:
+        return {"input_ids": torch.tensor([[1 + ord(c) % (self.vocab_size - 1) for c in text]])}
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+
+VARIANTS = ("fp32", "bf16", "fp16", "W8A16", "W4A16", "W8A8")
+
+
+def build_variant(
+    model: nn.Module, name: str, group_size: int | None = None, progress: Progress | None = None
+) -> nn.Module:
+    """The model itself (its own dtype), a recast copy, or a packed copy; `model` is never changed."""
+    if name in DTYPES:
+        if float_dtype(model) == DTYPES[name]:
+            return model
+        return copy.deepcopy(model).to(DTYPES[name])
+    if name == "W4A16":
+        widths = {model.get_submodule(n).in_features for n in linear_names(model)}
+        return to_quant_linears(model, int4_scheme(*widths, group_size=group_size), progress=progress)
+    if name == "W8A16":
+        return to_quant_linears(model, INT8_CHANNEL, progress=progress)
+    if name == "W8A8":
+        return to_quant_linears(model, INT8_CHANNEL, INT8_CHANNEL, progress=progress)
+    raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+
+
+def prompt_of_length(tokenizer, tokens: int) -> str:
+    """A text of about `tokens` tokens (exactly, for the synthetic tokenizer)."""
+    base = "The quick brown fox jumps over the lazy dog while the engineers measure memory bandwidth. "
+    text = base * (tokens // 8 + 2)
+    if isinstance(tokenizer, SyntheticTokenizer):
+        return text[:tokens]
+    ids = tokenizer(text, return_tensors="pt")["input_ids"][0, :tokens]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def decode_benchmark(
+    model: nn.Module,
+    tokenizer,
+    variant: str,
+    prompt: str,
+    new_tokens: int = 32,
+    bandwidth: float | None = None,
+    warmup_tokens: int = 2,
+) -> DecodeTiming:
+    """Prefill and greedy decode of `new_tokens` with `model` (already built for `variant`)."""
+    device = str(next(model.parameters()).device)
+    bandwidth = bandwidth or measure_bandwidth(device)
+    quiet = _IgnoreEos(tokenizer)
+    if warmup_tokens:  # first calls pay one-time costs (allocations, oneDNN / cuBLAS setup)
+        generate(model, quiet, prompt, GenerationSettings(max_new_tokens=warmup_tokens, chat=False))
+    result = generate(model, quiet, prompt, GenerationSettings(max_new_tokens=new_tokens, chat=False))
+    kv_bits = torch.finfo(float_dtype(model)).bits  # the cache is kept in the model's float dtype
+    mean_context = result.prompt_tokens + len(result.token_ids) / 2
+    kv_read = kv_bytes_per_token(model.config, kv_bits) * mean_context
+    return DecodeTiming(
+        variant=variant,
+        prompt_tokens=result.prompt_tokens,
+        new_tokens=len(result.token_ids),
+        prefill_seconds=result.prefill_seconds,
+        decode_seconds=result.decode_seconds,
+        weight_bytes=sum(measured_bytes(model).values()),
+        bytes_per_token=weight_read_bytes(model) + kv_read,
+        bandwidth=bandwidth,
+        text=result.text,
+        token_ids=tuple(result.token_ids),
+    )
+
+
+def decode_comparison(
+    model: nn.Module,
+    tokenizer,
+    variants: list[str],
+    prompt_tokens: int = 32,
+    new_tokens: int = 32,
+    group_size: int | None = None,
+    progress: Progress | None = None,
+) -> list[DecodeTiming]:
+    """Build each variant in turn (a copy at a time), decode with it, and free it."""
+    device = str(next(model.parameters()).device)
+    if progress:
+        progress(0.0, "Measuring memory bandwidth")
+    bandwidth = measure_bandwidth(device)
+    prompt = prompt_of_length(tokenizer, prompt_tokens)
+    results = []
+    for index, name in enumerate(variants):
+        if progress:
+            progress((index + 0.1) / len(variants), f"Building {name}")
+        built = build_variant(model, name, group_size)
+        if progress:
+            progress((index + 0.5) / len(variants), f"Decoding {new_tokens} tokens with {name}")
+        results.append(decode_benchmark(built, tokenizer, name, prompt, new_tokens, bandwidth))
+        del built
+    if progress:
+        progress(1.0, "Decode benchmarks done")
+    return results
+
+
+# -- synthetic models ----------------------------------------------------------------------------------------
+
+
+def synthetic_model(
+    config, dtype: torch.dtype = torch.bfloat16, device: str = "cuda", seed: int = 0
+) -> nn.Module:
+    """A model of `config`'s shape with random weights (std 0.02), built directly on `device`.
+
+    For speed only: its outputs are meaningless. Raises NotEnoughMemoryError, with the numbers, when the
+    weights would not fit in free memory.
+    """
+    from transformers import AutoModelForCausalLM
+
+    parameters = count_parameters_from_config(config)
+    needed = parameters * torch.finfo(dtype).bits / 8 * SYNTHETIC_HEADROOM
+    free = free_memory_bytes(device)
+    if needed > free:
+        raise NotEnoughMemoryError(
+            f"Random weights for this config ({parameters / 1e9:.2f} B parameters in "
+            f"{DTYPE_NAMES.get(dtype, dtype)}) "
+            f"need about {needed / 2**30:.1f} GiB, but only {free / 2**30:.1f} GiB is free on {device}. "
+            "Pick a smaller config or a 16-bit dtype, or run on a larger device."
+        )
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
