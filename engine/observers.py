@@ -78,7 +78,8 @@ class Observer:
 def _batch_range(x: Tensor, per_channel: bool) -> tuple[Tensor, Tensor]:
     x = x.detach().float()
     if per_channel:
-        return torch.aminmax(x.reshape(-1, x.shape[-1]), dim=0)  # (features,) each
+        rows = x.reshape(-1, x.shape[-1])  # amin + amax beat torch.aminmax along a dim on CPU
+        return rows.amin(dim=0), rows.amax(dim=0)  # (features,) each
     return torch.aminmax(x)
 
 
