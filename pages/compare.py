@@ -28,6 +28,13 @@ page.start(
 )
 loaded = cache.current_model_or_stop()
 options = view.quick_variants(loaded.model, state.scheme())
+built_in_lab = {
+    run.quantized.config: run.quantized for run in st.session_state.get("methods_runs", {}).values()
+}
+for run in st.session_state.get("methods_runs", {}).values():  # every model built on the Methods lab page
+    options[f"lab:{run.label}"] = view.VariantSpec(
+        f"lab:{run.label}", f"{run.label} (Methods lab)", run.quantized.config
+    )
 
 with st.form("compare_settings"):
     prompt = st.text_area("Prompt", DEFAULT_PROMPT, height=80, max_chars=20_000, key="compare_prompt")
@@ -96,7 +103,9 @@ if run_clicked:
 if run is not None:
     st.session_state[RUN_KEY] = run  # before any work: a Stop click finds the run and keeps what it made
     building = st.container()
-    models = view.prepare_models(run, loaded, lambda config: variant(loaded, config, where=building))
+    models = view.prepare_models(
+        run, loaded, lambda config: built_in_lab.get(config) or variant(loaded, config, where=building)
+    )
     st.caption(f"Model: {run.model_label} · {LEGEND}")
     bodies = []
     for col, column in zip(st.columns(len(run.columns), border=True), run.columns, strict=True):

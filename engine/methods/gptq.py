@@ -1,0 +1,462 @@
+"""GPTQ (Frantar et al. 2022): quantize each linear's columns in order and push every column's rounding
+error onto the columns not yet quantized, weighted by the inverse Hessian of the layer's inputs.
+
+The model is processed one decoder layer at a time (memory holds one layer's calibration inputs, not the
+whole model's activations): the inputs of decoder layer 0 are captured once (a pre-hook that stops the
+forward), then for each layer the Gram matrix H = 2/n X^T X of every linear's input is collected with
+forward pre-hooks, each linear is quantized with `gptq_quantize`, the linears become `FakeQuantLinear`s
+holding the dequantized weights, and the quantized layer's outputs feed the next layer (as the reference
+implementation does, so later layers calibrate on the errors of earlier ones).
+
+`gptq_quantize` follows the reference `fasterquant`: dead columns (diag(H) = 0) are zeroed, damping adds
+`damping * mean(diag(H))` to the diagonal, the upper Cholesky factor of H^-1 drives the updates, columns
+are processed in lazy blocks of `block_size`, `act_order` visits columns by decreasing diag(H) and undoes
+the permutation afterwards, and `static_groups` fixes every group's scale from the original weights.
+Scales and zero points come from `engine.primitives.choose_qparams` on a group slice and columns are
+rounded with `engine.formats.fake`, so the grid is exactly RTN's (with H = I, GPTQ returns RTN's weights).
+
+Where we depart from the reference (and from gptqmodel, which keeps its behaviour):
+- A group starting inside a lazy block takes its scale from the fully updated weights; the reference reads
+  its `W`, which misses the updates from earlier columns of the same block (the two agree when group_size
+  is a multiple of block_size, e.g. g128 with blocks of 128). Output errors agree with gptqmodel's within
+  ~2% per linear on the same Hessian (tests/engine/test_crosscheck_gptqmodel.py).
+- `true_sequential` (off by default as in the reference; on in AutoGPTQ and gptqmodel) groups the linears
+  of a layer by the tensor they read (q/k/v, o, gate/up, down on Llama) and quantizes group after group,
+  each calibrated on inputs that already went through the quantized groups before it. Each group's
+  forwards stop once its last linear has seen its input. Linears that read one tensor share one Gram.
+- If the damped Hessian is not positive definite, damping is multiplied by 10 and retried (gptqmodel
+  steps it up; the reference fails).
+- A linear that no calibration token reached (an unrouted expert) falls back to RTN instead of zeros.
+- With `act_order` and dynamic groups, a group is `group_size` consecutive columns *in the permuted order*
+  (as the reference): GPTQ checkpoints then store a g_idx per column, which `bits_per_weight` ignores.
+- Reported `output_error` is exact on all calibration tokens, computed from the Gram matrix:
+  ||X (W - Q)^T|| / ||X W^T|| = sqrt(tr(D G D^T) / tr(W G W^T)) with D = W - Q, G = X^T X.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from engine import formats
+from engine.methods.registry import LayerReport, Progress, register
+from engine.metrics import sqnr_db
+from engine.modules import FakeQuantLinear, linear_names
+from engine.primitives import choose_qparams, fake_quantize
+from engine.schemes import QuantScheme, bits_per_weight, check_shape
+from engine.stats import decoder_layers
+
+MAX_TOKENS_PER_FORWARD = 4096  # calibration rows are batched up to this many tokens per layer forward
+
+
+@dataclass(frozen=True)
+class GPTQConfig:
+    weights: QuantScheme  # the grid (int, group or channel); same grid as RTN's
+    damping: float = 0.01  # added to diag(H) as a fraction of its mean (the reference's percdamp)
+    act_order: bool = False  # visit columns by decreasing diag(H) ("desc_act"): outlier inputs first
+    block_size: int = 128  # columns per lazy batch update: speed; same result up to rounding if a
+    #                        multiple of group_size
+    static_groups: bool = False  # group scales from the original weights, before any update
+    true_sequential: bool = False  # q/k/v, then o, then gate/up, then down, each on already-quantized inputs
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.weights, QuantScheme):
+            raise ValueError(f"weights must be a QuantScheme (got {type(self.weights).__name__})")
+        if self.weights.double_quant:
+            raise ValueError("GPTQ fixes each group's scale as it goes; double_quant is not supported")
+        if not 0.0 < self.damping < 1.0:
+            raise ValueError(f"damping must be in (0, 1) (got {self.damping}); the papers use 0.01")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be a positive number of columns (got {self.block_size})")
+
+    @property
+    def label(self) -> str:
+        return f"GPTQ {self.weights.label}" + (" act-order" if self.act_order else "")
+
+
+@dataclass
+class GPTQResult:
+    weight: Tensor  # (out_features, in_features) dequantized, float32
+    loss: float  # sum of the reference's Losses: (w - q)^2 / Hinv_jj^2 / 2 over every weight
+    dead_columns: int  # inputs that were zero on every calibration token
+    damping: float  # the damping that made H positive definite (>= the configured one)
+
+
+# -- the column loop -----------------------------------------------------------------------------------
+
+
+def _inverse_cholesky(hessian: Tensor, damping: float) -> tuple[Tensor, float]:
+    """Upper Cholesky factor of (H + damp I)^-1, retrying with 10x damping while H is not PD."""
+    mean_diag = float(torch.mean(torch.diag(hessian)))
+    for _ in range(6):
+        damped = hessian.clone()
+        damped.diagonal().add_(damping * mean_diag)
+        factor, info = torch.linalg.cholesky_ex(damped)
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(factor)
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            if int(info) == 0:
+                return upper, damping
+        damping *= 10
+    raise ValueError("the Hessian is not positive definite even with heavy damping; add calibration data")
+
+
+@torch.no_grad()
+def gptq_quantize(
+    weight: Tensor,
+    hessian: Tensor,
+    scheme: QuantScheme,
+    damping: float = 0.01,
+    act_order: bool = False,
+    block_size: int = 128,
+    static_groups: bool = False,
+) -> GPTQResult:
+    """GPTQ of one weight (out_features, in_features) given H (in_features, in_features)."""
+    check_shape(scheme, tuple(weight.shape))
+    with _one_thread(weight.device):
+        return _gptq(weight, hessian, scheme, damping, act_order, block_size, static_groups)
+
+
+def _gptq(weight, hessian, scheme, damping, act_order, block_size, static_groups) -> GPTQResult:
+    W = weight.detach().float().clone()  # (rows, columns)
+    H = hessian.detach().float().clone()
+    rows, columns = W.shape
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    group = scheme.group_size if scheme.granularity == "group" else None
+    scale, zero = (None, None) if group else choose_qparams(W, scheme)  # channel (rows, 1), tensor (1, 1)
+    fixed_groups = None
+    if group and static_groups:
+        fixed_groups = [choose_qparams(W[:, c : c + group], scheme) for c in range(0, columns, group)]
+    perm = None
+    if act_order:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    Hinv, used_damping = _inverse_cholesky(H, damping)
+    del H
+    # Transposed layout: row j of WT is column j of W, so a column is contiguous and the rank-1
+    # update of the remaining columns is one `addr_` over contiguous rows.
+    WT = W.T.contiguous()  # (columns, rows)
+    QT = torch.empty_like(WT)
+    loss = _column_loop(WT, QT, Hinv, scheme, group, block_size, scale, zero, fixed_groups, perm)
+    if perm is not None:
+        QT = QT[torch.argsort(perm)]
+    return GPTQResult(QT.T.contiguous(), loss, int(dead.sum()), used_damping)
+
+
+@contextmanager
+def _one_thread(device: torch.device):
+    """GPTQ's column loop is thousands of small ops and its Cholesky factors are small: on a busy CPU,
+    OpenMP's barrier waits made them 10-30x slower with two threads than with one (measured at load 5.7
+    on 2 cores). The setting is process-wide while it runs."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def _column_loop(WT, QT, Hinv, scheme, group, block_size, scale, zero, fixed_groups, perm) -> float:
+    """Quantize WT (columns, rows) row by row into QT with lazy-batched error feedback; returns the loss."""
+    columns = WT.shape[0]
+    loss = 0.0
+    for i1 in range(0, columns, block_size):
+        i2 = min(i1 + block_size, columns)
+        W1 = WT[i1:i2].clone()  # (block, rows): this block's columns, updated as we go
+        Err1 = torch.empty_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        diag = Hinv1.diagonal().tolist()
+        for i in range(i2 - i1):
+            col = i1 + i
+            if fixed_groups is not None:
+                scale, zero = fixed_groups[int(perm[col] if perm is not None else col) // group]
+            elif group and col % group == 0:
+                end = col + group  # the group's current weights: this block's updated ones, then later
+                current = W1[i : i + group] if end <= i2 else torch.cat([W1[i:], WT[i2:end]])
+                scale, zero = choose_qparams(current.T, scheme)  # (rows, 1) each
+            w = W1[i]  # (rows,)
+            q = formats.fake(w, scale.view(-1), None if zero is None else zero.view(-1), scheme)
+            err = torch.sub(w, q, out=Err1[i]).div_(diag[i])  # (w - q) / Hinv_ii
+            W1[i + 1 :].addr_(Hinv1[i, i + 1 :], err, alpha=-1)
+            QT[col] = q
+        loss += float(Err1.double().square().sum()) / 2  # the reference's Losses: (w - q)^2 / d^2 / 2
+        WT[i2:].addmm_(Hinv[i1:i2, i2:].T, Err1, alpha=-1)
+    return loss
+
+
+def relative_output_error(weight: Tensor, quantized: Tensor, gram: Tensor) -> float:
+    """||X (W - Q)^T|| / ||X W^T|| over the tokens whose Gram matrix is gram = X^T X."""
+    W = weight.detach().float()
+    D = W - quantized.float()
+    noise = float(((D @ gram) * D).sum(dtype=torch.float64))
+    signal = float(((W @ gram) * W).sum(dtype=torch.float64))
+    if signal <= 0:
+        return 0.0 if noise <= 0 else math.inf
+    return math.sqrt(max(noise, 0.0) / signal)
+
+
+# -- layer-by-layer plumbing (shared with AWQ) ---------------------------------------------------------
+
+
+class _StopForward(Exception):
+    """Raised from a hook once everything needed from a forward has been seen."""
+
+
+@dataclass
+class LayerInputs:
+    """Calibration hidden states entering one decoder layer, in batches, with the layer's keyword args."""
+
+    hidden: list[Tensor]  # (batch, tokens, hidden) per batch
+    kwargs: list[dict]  # attention mask, position embeddings ... per batch
+
+    @property
+    def tokens(self) -> int:
+        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
+
+    @property
+    def samples(self) -> int:
+        return sum(h.shape[0] for h in self.hidden)
+
+
+def check_calibration(calib, method: str) -> Tensor:
+    """(n, tokens) token ids, or a ValueError that says what to pass."""
+    if calib is None:
+        raise ValueError(
+            f"{method} needs calibration data: pass calib=(n, tokens) token ids, e.g. "
+            "engine.data.token_windows(tokenizer, text, WindowSpec(window=512, count=32))"
+        )
+    ids = torch.as_tensor(calib)
+    if ids.dim() == 1:
+        ids = ids.unsqueeze(0)
+    if ids.dim() != 2 or ids.numel() == 0 or ids.dtype.is_floating_point:
+        raise ValueError(f"calibration must be (n, tokens) integer token ids (got {tuple(ids.shape)})")
+    return ids.long()
+
+
+@torch.no_grad()
+def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList, ids: Tensor) -> LayerInputs:
+    """Run the model on `ids` up to decoder layer 0 and keep what it receives (the reference's Catcher)."""
+    device = next(model.parameters()).device
+    rows = max(1, MAX_TOKENS_PER_FORWARD // ids.shape[1])
+    captured = LayerInputs([], [])
+
+    def catch(module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values")}
+        kwargs["use_cache"] = False
+        captured.hidden.append(hidden.detach())
+        captured.kwargs.append(kwargs)
+        raise _StopForward
+
+    handle = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for start in range(0, ids.shape[0], rows):
+            with suppress(_StopForward):
+                model(input_ids=ids[start : start + rows].to(device), use_cache=False)
+    finally:
+        handle.remove()
+    return captured
+
+
+@torch.no_grad()
+def forward_layer(layer: nn.Module, inputs: LayerInputs) -> LayerInputs:
+    """The layer's outputs on every batch: the next layer's inputs."""
+    outputs = []
+    for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True):
+        out = layer(hidden, **kwargs)
+        outputs.append(out[0] if isinstance(out, tuple) else out)
+    return LayerInputs(outputs, inputs.kwargs)
+
+
+def layer_linears(model: nn.Module, prefix: str, index: int) -> dict[str, nn.Linear]:
+    """{name relative to the layer: linear} for the quantizable linears of decoder layer `index`."""
+    start = f"{prefix}.{index}."
+    return {
+        name[len(start) :]: model.get_submodule(name)
+        for name in linear_names(model)
+        if name.startswith(start)
+    }
+
+
+@torch.no_grad()
+def input_sites(layer: nn.Module, linears: dict[str, nn.Linear], inputs: LayerInputs) -> list[list[str]]:
+    """Linears grouped by the tensor they read, in call order (q/k/v, o, gate/up, down on Llama).
+
+    Found by running the first batch; linears the forward never calls come last, one per group.
+    """
+    order: list[tuple[str, Tensor]] = []
+
+    def record(name):
+        return lambda module, args: order.append((name, args[0]))
+
+    handles = [linear.register_forward_pre_hook(record(name)) for name, linear in linears.items()]
+    try:
+        forward_layer(layer, LayerInputs(inputs.hidden[:1], inputs.kwargs[:1]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    sites: list[list[str]] = []
+    last = None
+    for name, tensor in order:
+        if any(name in site for site in sites):
+            continue
+        if last is not None and tensor is last:
+            sites[-1].append(name)
+        else:
+            sites.append([name])
+        last = tensor
+    seen = {name for site in sites for name in site}
+    return sites + [[name] for name in linears if name not in seen]
+
+
+class GramCollector:
+    """Sum of X^T X (and of |X|, per channel) of the inputs of chosen linears, one per input site.
+
+    `collect(layer, inputs, sites, stop_after)` runs the layer on every batch with pre-hooks on the
+    sites' first linears and, when `stop_after` names a linear, stops each forward once it has run.
+    """
+
+    def __init__(self, linears: dict[str, nn.Linear], keep_abs_sum: bool = False) -> None:
+        self.linears = linears
+        self.keep_abs_sum = keep_abs_sum
+        self.gram: dict[str, Tensor] = {}  # site leader -> (in, in) float32
+        self.abs_sum: dict[str, Tensor] = {}  # site leader -> (in,) float32
+        self.tokens: dict[str, int] = {}
+
+    def _hook(self, leader: str):
+        def hook(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (tokens, in)
+            if leader not in self.gram:
+                self.gram[leader] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
+                self.abs_sum[leader] = torch.zeros(x.shape[1], device=x.device)
+                self.tokens[leader] = 0
+            self.gram[leader].addmm_(x.T, x)
+            if self.keep_abs_sum:
+                self.abs_sum[leader] += x.abs().sum(0)
+            self.tokens[leader] += x.shape[0]
+
+        return hook
+
+    @torch.no_grad()
+    def collect(
+        self, layer: nn.Module, inputs: LayerInputs, sites: list[list[str]], stop_after: str | None = None
+    ) -> LayerInputs | None:
+        """Accumulate over every batch; returns the layer's outputs when no `stop_after` cut the forwards."""
+        handles = [self.linears[site[0]].register_forward_pre_hook(self._hook(site[0])) for site in sites]
+
+        def stop(module, args):
+            raise _StopForward
+
+        if stop_after is not None:  # registered after the Gram hooks, so they run first
+            handles.append(self.linears[stop_after].register_forward_pre_hook(stop))
+        outputs = []
+        try:
+            for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True):
+                try:
+                    out = layer(hidden, **kwargs)
+                    outputs.append(out[0] if isinstance(out, tuple) else out)
+                except _StopForward:
+                    pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return LayerInputs(outputs, inputs.kwargs) if stop_after is None else None
+
+
+def set_linear(parent: nn.Module, name: str, module: nn.Module) -> None:
+    owner_name, _, child = name.rpartition(".")
+    setattr(parent.get_submodule(owner_name) if owner_name else parent, child, module)
+
+
+# -- the method -------------------------------------------------------------------------------------------
+
+
+def _quantize_linear(
+    name: str, linear: nn.Linear, gram: Tensor | None, samples: int, config: GPTQConfig
+) -> LayerReport:
+    """GPTQ one linear in place (its weight becomes the dequantized one); the report says how it went."""
+    start = time.perf_counter()
+    original = linear.weight.detach().float().clone()  # the weight is overwritten below
+    rtn = fake_quantize(original, config.weights)
+    if gram is None:  # no calibration token reached this linear
+        quantized, detail = rtn, {"fallback": "rtn: no calibration token reached this linear"}
+        output_error = None
+    else:
+        result = gptq_quantize(
+            original,
+            gram * (2 / samples),  # the reference's H = 2/n sum X^T X, n = calibration samples
+            config.weights,
+            config.damping,
+            config.act_order,
+            config.block_size,
+            config.static_groups,
+        )
+        quantized = result.weight
+        output_error = relative_output_error(original, quantized, gram)
+        detail = {
+            "gptq_loss": result.loss,
+            "rtn_output_error": relative_output_error(original, rtn, gram),
+            "dead_columns": result.dead_columns,
+            "damping": result.damping,
+        }
+    linear.weight.data.copy_(quantized.to(linear.weight.dtype))
+    return LayerReport(
+        name,
+        bits_per_weight(config.weights, original.shape[1], original.shape[0]),
+        sqnr_db(original, quantized),
+        output_error,
+        seconds=time.perf_counter() - start,
+        detail=detail,
+    )
+
+
+@register(GPTQConfig)
+def gptq(model: nn.Module, config: GPTQConfig, calib, progress: Progress | None) -> list[LayerReport]:
+    ids = check_calibration(calib, "GPTQ")
+    prefix, layers = decoder_layers(model)
+    for name in linear_names(model):  # fail fast, before any forward
+        if name.startswith(prefix + "."):
+            try:
+                check_shape(config.weights, tuple(model.get_submodule(name).weight.shape))
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from exc
+    say: Callable[[float, str], None] = progress or (lambda fraction, message: None)
+    say(0.0, "Capturing the inputs of decoder layer 0")
+    inputs = capture_layer_inputs(model, layers, ids)
+    reports: list[LayerReport] = []
+    sites = None
+    for index, layer in enumerate(layers):
+        linears = layer_linears(model, prefix, index)
+        if sites is None or {name for site in sites for name in site} != set(linears):
+            sites = input_sites(layer, linears, inputs)  # found on layer 0, reused while names match
+        stages = [[site] for site in sites] if config.true_sequential else [sites]
+        for stage_index, stage in enumerate(stages):
+            collector = GramCollector(linears)
+            say(
+                (index + stage_index / len(stages)) / len(layers),
+                f"Layer {index + 1}/{len(layers)}: Hessians of {', '.join(s[0] for s in stage)}",
+            )
+            collector.collect(layer, inputs, stage, stop_after=stage[-1][-1])
+            for site in stage:
+                gram = collector.gram.get(site[0])
+                for name in site:
+                    full = f"{prefix}.{index}.{name}"
+                    reports.append(_quantize_linear(full, linears[name], gram, inputs.samples, config))
+        for name, linear in linears.items():
+            weight = linear.weight.detach()
+            bias = None if linear.bias is None else linear.bias.detach()
+            set_linear(layer, name, FakeQuantLinear(weight, bias, config.weights))
+        say((index + 1) / len(layers), f"Layer {index + 1}/{len(layers)}: recomputing outputs")
+        inputs = forward_layer(layer, inputs)
+    say(1.0, "GPTQ done")
+    return reports

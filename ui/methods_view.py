@@ -1,0 +1,202 @@
+"""The Methods lab's pieces: a form per method with the papers' defaults, the runner that quantizes and
+scores each one, and the figures (per-layer error, LLM.int8 kept dims, SmoothQuant maxima, GPTQ loss,
+AWQ search curve). Runs are kept in the session and offered to the Compare page."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from engine.evaluate import ComparisonResult, ReferenceCache, evaluate_against_reference
+from engine.methods import QuantizedModel, RTNConfig, quantize_model
+from engine.methods.awq import AWQConfig
+from engine.methods.bnb import BnbConfig
+from engine.methods.gptq import GPTQConfig
+from engine.methods.llm_int8 import LLMInt8Config
+from engine.methods.smoothquant import SmoothQuantConfig
+from engine.schemes import QuantScheme
+
+METHODS = ["RTN", "LLM.int8()", "SmoothQuant", "GPTQ", "AWQ", "bitsandbytes"]
+NEEDS_CALIBRATION = {"SmoothQuant", "GPTQ", "AWQ"}
+USES_CALIBRATION = NEEDS_CALIBRATION | {"LLM.int8()"}  # LLM.int8 reports its kept dims on calibration text
+RUNS = "methods_runs"  # session key: {label: MethodRun}
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+
+
+@dataclass
+class MethodRun:
+    label: str
+    method: str
+    quantized: QuantizedModel
+    comparison: ComparisonResult
+    seconds: float  # time to quantize
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.quantized.bits_per_weight
+
+
+def runs() -> dict[str, MethodRun]:
+    return st.session_state.setdefault(RUNS, {})
+
+
+def config_form(method: str, bits: int, group_size: int, where=st):
+    """The method's knobs with the papers' defaults; returns its config (raises ValueError if impossible)."""
+    scheme = QuantScheme(bits, "int", True, "group", group_size)
+    key = re.sub(r"\W", "", method.lower())
+    if method == "RTN":
+        return RTNConfig(scheme)
+    if method == "LLM.int8()":
+        threshold = where.number_input(
+            "Outlier threshold", 0.5, 1000.0, 6.0, 0.5, key=f"methods_{key}_threshold"
+        )
+        return LLMInt8Config(threshold=float(threshold))
+    if method == "SmoothQuant":
+        alpha = where.slider("Migration strength α", 0.0, 1.0, 0.5, 0.05, key=f"methods_{key}_alpha")
+        return SmoothQuantConfig(alpha=float(alpha))
+    if method == "GPTQ":
+        cols = where.columns(2)
+        damping = cols[0].number_input(
+            "Damping", 0.001, 0.5, 0.01, 0.005, format="%.3f", key=f"methods_{key}_damp"
+        )
+        act_order = cols[1].checkbox("Act order", key=f"methods_{key}_actorder")
+        return GPTQConfig(scheme, damping=float(damping), act_order=act_order)
+    if method == "AWQ":
+        grid = where.slider("Scale search points", 2, 40, 20, key=f"methods_{key}_grid")
+        return AWQConfig(QuantScheme(bits, "int", False, "group", group_size), grid=int(grid))
+    mode = where.radio("Format", ["nf4", "fp4", "int8"], horizontal=True, key=f"methods_{key}_mode")
+    double = where.checkbox("Double quantization", key=f"methods_{key}_dq", disabled=mode == "int8")
+    return BnbConfig(mode=mode, double_quant=bool(double and mode != "int8"))
+
+
+def label_of(method: str, config) -> str:
+    if isinstance(config, RTNConfig):
+        return f"RTN {config.weights.label}"
+    return getattr(config, "label", None) or f"{method} {config}"
+
+
+def run_method(
+    method: str, config, reference, calibration, evaluation, reference_cache: ReferenceCache, progress
+) -> MethodRun:
+    """Quantize a copy with `config` (progress 0-0.8), then score it against the reference (0.8-1)."""
+    start = time.perf_counter()
+    quantized = quantize_model(
+        reference,
+        config,
+        calib=calibration if method in USES_CALIBRATION else None,
+        progress=lambda f, m: progress(0.8 * f, m),
+    )
+    seconds = time.perf_counter() - start
+    comparison = evaluate_against_reference(
+        reference,
+        quantized.model,
+        evaluation,
+        reference_cache,
+        progress=lambda f, m: progress(0.8 + 0.2 * f, m),
+    )
+    return MethodRun(label_of(method, config), method, quantized, comparison, seconds)
+
+
+def _layer_index(name: str) -> str:
+    match = re.search(r"layers\.(\d+)\.(?:\w+\.)?(\w+)$", name)
+    return f"{match.group(1)}.{match.group(2)}" if match else name
+
+
+def per_layer_error(all_runs: list[MethodRun]) -> go.Figure:
+    """Weight SQNR of every quantized linear, one line per method (higher is better)."""
+    figure = go.Figure()
+    for index, run in enumerate(all_runs):
+        layers = run.quantized.layers
+        figure.add_scatter(
+            x=[_layer_index(r.name) for r in layers],
+            y=[r.weight_sqnr_db for r in layers],
+            mode="lines",
+            name=run.label,
+            line=dict(color=COLORS[index % len(COLORS)], width=1.5),
+            hovertemplate="%{x}: %{y:.1f} dB<extra>" + run.label + "</extra>",
+        )
+    figure.update_layout(
+        title="Weight SQNR per linear layer (dB, higher is closer to the original)",
+        height=360,
+        margin=dict(l=10, r=10, t=50, b=10),
+        xaxis=dict(title="layer.module", showticklabels=False),
+        yaxis_title="SQNR (dB)",
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+    )
+    return figure
+
+
+def output_error(all_runs: list[MethodRun]) -> go.Figure | None:
+    """Relative error of each layer's output on calibration inputs, for methods that measure it."""
+    measured = [r for r in all_runs if any(layer.output_error is not None for layer in r.quantized.layers)]
+    if not measured:
+        return None
+    figure = go.Figure()
+    for index, run in enumerate(measured):
+        layers = [layer for layer in run.quantized.layers if layer.output_error is not None]
+        figure.add_scatter(
+            x=[_layer_index(r.name) for r in layers],
+            y=[r.output_error for r in layers],
+            mode="lines",
+            name=run.label,
+            line=dict(color=COLORS[index % len(COLORS)]),
+        )
+        rtn = [layer.detail.get("rtn_output_error") for layer in layers]
+        if all(v is not None for v in rtn):
+            figure.add_scatter(
+                x=[_layer_index(r.name) for r in layers],
+                y=rtn,
+                mode="lines",
+                name=f"RTN on the same inputs ({run.label})",
+                line=dict(color=COLORS[index % len(COLORS)], dash="dot"),
+            )
+    figure.update_layout(
+        title="Layer output error on calibration inputs (relative; lower is better)",
+        height=340,
+        margin=dict(l=10, r=10, t=50, b=10),
+        xaxis=dict(title="layer.module", showticklabels=False),
+        yaxis=dict(title="relative error", type="log"),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+    )
+    return figure
+
+
+def detail_series(run: MethodRun, key: str) -> list[tuple[str, object]]:
+    return [(layer.name, layer.detail[key]) for layer in run.quantized.layers if key in layer.detail]
+
+
+def bar(names: list[str], values: list[float], title: str, y: str) -> go.Figure:
+    figure = go.Figure(go.Bar(x=[_layer_index(n) for n in names], y=values, marker_color="#1f77b4"))
+    figure.update_layout(title=title, height=300, margin=dict(l=10, r=10, t=50, b=10), yaxis_title=y)
+    return figure
+
+
+def curve(points: list, title: str, x: str, y: str, best: float | None = None) -> go.Figure:
+    figure = go.Figure(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers"))
+    if best is not None:
+        figure.add_vline(
+            x=best, line=dict(color="#d62728", dash="dash"), annotation_text=f"chosen {best:.2f}"
+        )
+    figure.update_layout(
+        title=title, height=300, margin=dict(l=10, r=10, t=50, b=10), xaxis_title=x, yaxis_title=y
+    )
+    return figure
+
+
+def maxima(before: list[float], after: list[float], layer: str) -> go.Figure:
+    figure = go.Figure()
+    figure.add_scatter(y=before, mode="lines", name="before smoothing", line=dict(color="#d62728"))
+    figure.add_scatter(y=after, mode="lines", name="after smoothing", line=dict(color="#1f77b4"))
+    figure.update_layout(
+        title=f"{layer}: per-channel max |X| of the input (the outliers SmoothQuant moves into the weights)",
+        height=320,
+        margin=dict(l=10, r=10, t=50, b=10),
+        xaxis_title="input channel",
+        yaxis=dict(title="max |x|", type="log"),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+    )
+    return figure
