@@ -88,3 +88,19 @@ def test_compare_generation_in_the_browser(server_url, browser):
     page.wait_for_timeout(1500)  # let the summary table render
     page.screenshot(path=str(ARTIFACTS / "compare-generation.png"), full_page=True)
     page.close()
+
+
+def test_changing_the_scheme_in_the_browser(server_url, browser):
+    """The sidebar's scheme drives the grid page: int4 -> int8 changes bits per weight and SQNR."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(f"{server_url}/grid")
+    page.get_by_text("All schemes on this tensor").first.wait_for(timeout=90_000)
+    page.get_by_text("4.250").first.wait_for(timeout=60_000)  # int4 g64 with fp16 scales
+    bits = page.locator("[data-testid='stSidebar'] [data-testid='stSlider']").filter(has_text="Bits")
+    bits.get_by_role("slider").focus()
+    for _ in range(4):  # 4 -> 8 bits
+        page.keyboard.press("ArrowRight")
+    page.get_by_text("8.250").first.wait_for(timeout=60_000)
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "grid-int8.png"), full_page=True)
+    page.close()
