@@ -30,7 +30,13 @@ Where we depart from the reference (and from gptqmodel, which keeps its behaviou
 - With `act_order` and dynamic groups, a group is `group_size` consecutive columns *in the permuted order*
   (as the reference): GPTQ checkpoints then store a g_idx per column, which `bits_per_weight` ignores.
 - Reported `output_error` is exact on all calibration tokens, computed from the Gram matrix:
-  ||X (W - Q)^T|| / ||X W^T|| = sqrt(tr(D G D^T) / tr(W G W^T)) with D = W - Q, G = X^T X.
+  ||X (W - Q)^T|| / ||X W^T|| = sqrt(tr(D G D^T) / tr(W G W^T)) with D = W - Q, G = X^T X; the detail
+  also gives RTN's error on the same inputs, so the page can show what compensation bought per layer.
+
+Memory: one layer's calibration inputs and outputs (2 x samples x tokens x hidden floats: 75 MB for
+32 x 512 tokens of SmolLM2-135M) and one Gram matrix per input site. Speed: the forwards and Gram
+matrices dominate; the column loop runs on one thread (see `_one_thread`). SmolLM2-135M at 4 bits with
+32 x 512 calibration tokens: 110 s on two cores (bench/bench_methods.py).
 """
 
 from __future__ import annotations
