@@ -64,6 +64,11 @@ class WeightPreset:
         return cls(scheme.label, f"{scheme.label} (your scheme)", scheme=scheme, note="Linear layers only.")
 
 
+def _gguf(name: str, bits: float, note: str) -> WeightPreset:
+    """llama.cpp formats quantize embeddings and head too, and keep norms in fp32."""
+    return WeightPreset(name, f"GGUF {name}", linear_bits=bits, embedding_bits=bits, norm_bits=32, note=note)
+
+
 def _scheme(label: str) -> QuantScheme:
     return QuantScheme.from_label(label)
 
@@ -134,54 +139,16 @@ PRESETS: dict[str, WeightPreset] = {
         WeightPreset(
             "fp4", "FP4 (bitsandbytes)", scheme=_scheme("fp4 g64 scale_fp32"), note="Same layout as NF4."
         ),
-        WeightPreset(
-            "Q8_0",
-            "GGUF Q8_0",
-            linear_bits=8.5,
-            embedding_bits=8.5,
-            norm_bits=32,
-            note="int8 with an fp16 scale per 32: 8.5 bpw.",
-        ),
-        WeightPreset(
-            "Q6_K",
-            "GGUF Q6_K",
-            linear_bits=6.5625,
-            embedding_bits=6.5625,
-            norm_bits=32,
-            note="Super-blocks of 256: 6.5625 bpw.",
-        ),
-        WeightPreset(
-            "Q5_K_M",
-            "GGUF Q5_K_M",
-            linear_bits=5.69,
-            embedding_bits=5.69,
-            norm_bits=32,
-            note="Mixed Q5_K / Q6_K; about 5.69 bpw on average.",
-        ),
-        WeightPreset(
-            "Q4_K_M",
-            "GGUF Q4_K_M",
-            linear_bits=4.89,
-            embedding_bits=4.89,
-            norm_bits=32,
-            note="Mixed Q4_K / Q6_K; about 4.89 bpw on average.",
-        ),
-        WeightPreset(
+        _gguf("Q8_0", 8.5, "int8 with an fp16 scale per 32: 8.5 bpw."),
+        _gguf("Q6_K", 6.5625, "Super-blocks of 256: 6.5625 bpw."),
+        _gguf("Q5_K_M", 5.69, "Mixed Q5_K / Q6_K; about 5.69 bpw on average."),
+        _gguf("Q4_K_M", 4.89, "Mixed Q4_K / Q6_K; about 4.89 bpw on average."),
+        _gguf(
             "Q4_1",
-            "GGUF Q4_1",
-            linear_bits=5.0,
-            embedding_bits=5.0,
-            norm_bits=32,
-            note="int4 with fp16 scale and min per 32: 5 bpw (how the default SmolLM2 was distributed).",
+            5.0,
+            "int4 with fp16 scale and min per 32: 5 bpw (how the default SmolLM2 was distributed).",
         ),
-        WeightPreset(
-            "Q4_0",
-            "GGUF Q4_0",
-            linear_bits=4.5,
-            embedding_bits=4.5,
-            norm_bits=32,
-            note="int4 with an fp16 scale per 32: 4.5 bpw.",
-        ),
+        _gguf("Q4_0", 4.5, "int4 with an fp16 scale per 32: 4.5 bpw."),
     )
 }
 

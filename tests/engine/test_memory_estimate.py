@@ -20,22 +20,13 @@ from engine.gpus import (
 from engine.memory import activations, estimate, kv_format
 from engine.memory_measure import weights_vs_real_bytes
 from engine.weight_presets import PRESETS, weight_preset
+from tests.engine.test_memory import LLAMA_31_8B, llama
 
 GIB = 1024**3
 
 
 def llama_31_8b():
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=128256,
-        max_position_embeddings=131072,
-    )
+    return llama(**LLAMA_31_8B, max_position_embeddings=131072)
 
 
 @pytest.mark.parametrize(
