@@ -14,6 +14,13 @@ from pathlib import Path
 
 import torch
 
+from engine.checkpoints import (
+    CheckpointError,
+    CheckpointQuantization,
+    check_loadable,
+    checkpoint_quantization,
+    preserved_environment,
+)
 from engine.sources import (
     ModelSource,
     ModelSourceError,
@@ -84,6 +91,7 @@ class LoadedModel:
     dtype: str
     load_seconds: float
     config: object = field(repr=False, default=None)
+    quantization: CheckpointQuantization | None = None  # set for GPTQ / AWQ / bnb checkpoints
 
 
 def _load_config(folder: Path):
@@ -110,6 +118,11 @@ def load_model(
     start = time.perf_counter()
     folder = resolve_folder(source, progress)
     config = _load_config(folder)
+    quantization = checkpoint_quantization(config)
+    try:
+        check_loadable(quantization)
+    except CheckpointError as exc:
+        raise ModelSourceError(str(exc)) from exc
     if progress:
         progress(0.85, "Checking free memory")
     check_fits(config, device, dtype)
@@ -117,14 +130,15 @@ def load_model(
         progress(0.9, f"Loading weights onto {device} as {dtype}")
     multi_gpu = device == "cuda" and torch.cuda.device_count() > 1
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            folder,
-            dtype=DTYPES[dtype],
-            trust_remote_code=False,
-            use_safetensors=None if source.allow_pickle else True,
-            device_map="auto" if multi_gpu else device,
-        )
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        with preserved_environment():  # gptqmodel's import sets process-wide variables
+            model = AutoModelForCausalLM.from_pretrained(
+                folder,
+                dtype=DTYPES[dtype],
+                trust_remote_code=False,
+                use_safetensors=None if source.allow_pickle else True,
+                device_map="auto" if multi_gpu else device,
+            )
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except ModelSourceError:
         raise
     except Exception as exc:  # corrupt weights surface as many exception types
@@ -143,6 +157,7 @@ def load_model(
         dtype=dtype,
         load_seconds=time.perf_counter() - start,
         config=config,
+        quantization=quantization,
     )
 
 
@@ -163,6 +178,7 @@ class ArchitectureSummary:
     dtype: str
     bytes_in_memory: int  # parameters + buffers as allocated, tied weights once
     bytes_on_disk: int  # safetensors files in the loaded folder
+    quantization: str | None = None  # a GPTQ / AWQ / bitsandbytes checkpoint: what its config says
 
 
 def parameter_kind(name: str) -> str:
@@ -212,4 +228,5 @@ def describe(loaded: LoadedModel) -> ArchitectureSummary:
         dtype=loaded.dtype,
         bytes_in_memory=total_bytes,
         bytes_on_disk=bytes_on_disk(loaded.folder),
+        quantization=None if loaded.quantization is None else loaded.quantization.label,
     )

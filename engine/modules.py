@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from engine.primitives import fake_quantize
+from engine.primitives import QParams, fake_quantize, quantize
 from engine.schemes import QuantScheme, bits_per_weight
 
 
@@ -27,6 +27,8 @@ class FakeQuantLinear(nn.Module):
         bias: Tensor | None,
         weight_scheme: QuantScheme | None,  # for reporting bits; None: the weight is unquantized
         act_scheme: QuantScheme | None = None,  # per-token dynamic quantization of the input
+        qparams: QParams | None = None,  # the scale (and zero point) the weight was quantized with
+        g_idx: Tensor | None = None,  # (in_features,) group of each input column when not in order
     ) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
@@ -34,6 +36,11 @@ class FakeQuantLinear(nn.Module):
         self.weight_scheme = weight_scheme
         self.act_scheme = act_scheme
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        # Kept so the weight can be exported as integer codes (engine.export); not part of state_dict.
+        scale, zero = qparams if qparams is not None else (None, None)
+        self.register_buffer("scale", None if scale is None else scale.float(), persistent=False)
+        self.register_buffer("zero_point", None if zero is None else zero.float(), persistent=False)
+        self.register_buffer("g_idx", g_idx, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.act_scheme is not None:
@@ -83,8 +90,29 @@ def replace_linears(
 def fake_quant_linear(
     linear: nn.Linear, weight_scheme: QuantScheme | None, act_scheme: QuantScheme | None = None
 ) -> FakeQuantLinear:
-    weight = linear.weight.detach()
-    if weight_scheme is not None:
-        weight = fake_quantize(weight, weight_scheme)
     bias = None if linear.bias is None else linear.bias.detach().clone()
-    return FakeQuantLinear(weight.clone(), bias, weight_scheme, act_scheme)
+    if weight_scheme is None:
+        return FakeQuantLinear(linear.weight.detach().clone(), bias, None, act_scheme)
+    return quantized_linear(linear.weight.detach(), bias, weight_scheme, act_scheme)
+
+
+@torch.no_grad()
+def quantized_linear(
+    weight: Tensor, bias: Tensor | None, scheme: QuantScheme, act_scheme: QuantScheme | None = None
+) -> FakeQuantLinear:
+    """Round-to-nearest of `weight` under `scheme` as a FakeQuantLinear that keeps its scales."""
+    if not keeps_scales(scheme):
+        return FakeQuantLinear(fake_quantize(weight, scheme), bias, scheme, act_scheme)
+    qt = quantize(weight, scheme)
+    dequantized = qt.dequantize().to(weight.dtype)
+    return FakeQuantLinear(dequantized, bias, scheme, act_scheme, QParams(qt.scale, qt.zero_point))
+
+
+def keeps_scales(scheme: QuantScheme | None) -> bool:
+    """Integer grids with an integer zero point: codes = round(w / scale) + zero recover exactly."""
+    return (
+        scheme is not None
+        and scheme.format == "int"
+        and scheme.zero_kind == "int"
+        and not scheme.double_quant
+    )

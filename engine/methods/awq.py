@@ -55,7 +55,7 @@ from engine.methods.gptq import (
 )
 from engine.methods.registry import LayerReport, Progress, register
 from engine.metrics import sqnr_db
-from engine.modules import FakeQuantLinear, linear_names
+from engine.modules import linear_names, quantized_linear
 from engine.primitives import fake_quantize
 from engine.schemes import QuantScheme, bits_per_weight, check_shape
 from engine.stats import decoder_layers
@@ -235,7 +235,8 @@ def awq_layer(
             linear.weight.copy_(search_clip(linear.weight.float(), scaled_gram, config.weights))
         if not quantize:
             continue
-        quantized = fake_quantize(linear.weight.float(), config.weights)
+        module = quantized_linear(linear.weight.detach(), linear.bias, config.weights)  # keeps its scales
+        quantized = module.weight.float()
         original = originals[name]
         rtn = fake_quantize(original, config.weights)
         reports.append(
@@ -248,8 +249,7 @@ def awq_layer(
                 detail={**detail[name], "rtn_output_error": relative_output_error(original, rtn, gram)},
             )
         )
-        weight = quantized.to(linear.weight.dtype)
-        set_linear(layer, name, FakeQuantLinear(weight, linear.bias, config.weights))
+        set_linear(layer, name, module)
     return outputs, reports
 
 

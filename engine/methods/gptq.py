@@ -53,8 +53,8 @@ from torch import Tensor, nn
 from engine import formats
 from engine.methods.registry import LayerReport, Progress, register
 from engine.metrics import sqnr_db
-from engine.modules import FakeQuantLinear, linear_names
-from engine.primitives import choose_qparams, fake_quantize
+from engine.modules import FakeQuantLinear, keeps_scales, linear_names
+from engine.primitives import QParams, choose_qparams, fake_quantize, quantize
 from engine.schemes import QuantScheme, bits_per_weight, check_shape
 from engine.stats import decoder_layers
 
@@ -92,6 +92,8 @@ class GPTQResult:
     loss: float  # sum of the reference's Losses: (w - q)^2 / Hinv_jj^2 / 2 over every weight
     dead_columns: int  # inputs that were zero on every calibration token
     damping: float  # the damping that made H positive definite (>= the configured one)
+    qparams: QParams | None = None  # scale, zero: (out_features, groups) in g_idx order
+    g_idx: Tensor | None = None  # (in_features,) group of each input column; None: column // group
 
 
 # -- the column loop -----------------------------------------------------------------------------------
@@ -151,10 +153,22 @@ def _gptq(weight, hessian, scheme, damping, act_order, block_size, static_groups
     # update of the remaining columns is one `addr_` over contiguous rows.
     WT = W.T.contiguous()  # (columns, rows)
     QT = torch.empty_like(WT)
-    loss = _column_loop(WT, QT, Hinv, scheme, group, block_size, scale, zero, fixed_groups, perm)
+    chosen: list[QParams] = []
+    loss = _column_loop(WT, QT, Hinv, scheme, group, block_size, scale, zero, fixed_groups, perm, chosen)
+    g_idx = None
+    if fixed_groups is not None:
+        chosen = fixed_groups  # in the columns' own order whatever act-order did
+    elif group and perm is not None:  # groups were formed in quantization order
+        g_idx = (torch.argsort(perm) // group).to(torch.int32)
+    if not group:
+        chosen = [QParams(scale.expand(rows, 1), None if zero is None else zero.expand(rows, 1))]
+    qparams = QParams(
+        torch.cat([q.scale for q in chosen], dim=1),
+        None if chosen[0].zero_point is None else torch.cat([q.zero_point for q in chosen], dim=1),
+    )
     if perm is not None:
         QT = QT[torch.argsort(perm)]
-    return GPTQResult(QT.T.contiguous(), loss, int(dead.sum()), used_damping)
+    return GPTQResult(QT.T.contiguous(), loss, int(dead.sum()), used_damping, qparams, g_idx)
 
 
 @contextmanager
@@ -172,8 +186,10 @@ def _one_thread(device: torch.device):
             torch.set_num_threads(threads)
 
 
-def _column_loop(WT, QT, Hinv, scheme, group, block_size, scale, zero, fixed_groups, perm) -> float:
-    """Quantize WT (columns, rows) row by row into QT with lazy-batched error feedback; returns the loss."""
+def _column_loop(WT, QT, Hinv, scheme, group, block_size, scale, zero, fixed_groups, perm, chosen) -> float:
+    """Quantize WT (columns, rows) row by row into QT with lazy-batched error feedback; returns the loss.
+
+    Appends each group's (scale, zero) to `chosen` as it is formed (in quantization order)."""
     columns = WT.shape[0]
     loss = 0.0
     for i1 in range(0, columns, block_size):
@@ -190,6 +206,7 @@ def _column_loop(WT, QT, Hinv, scheme, group, block_size, scale, zero, fixed_gro
                 end = col + group  # the group's current weights: this block's updated ones, then later
                 current = W1[i : i + group] if end <= i2 else torch.cat([W1[i:], WT[i2:end]])
                 scale, zero = choose_qparams(current.T, scheme)  # (rows, 1) each
+                chosen.append(QParams(scale, zero))
             w = W1[i]  # (rows,)
             q = formats.fake(w, scale.view(-1), None if zero is None else zero.view(-1), scheme)
             err = torch.sub(w, q, out=Err1[i]).div_(diag[i])  # (w - q) / Hinv_ii
@@ -389,14 +406,19 @@ def set_linear(parent: nn.Module, name: str, module: nn.Module) -> None:
 
 def _quantize_linear(
     name: str, linear: nn.Linear, gram: Tensor | None, samples: int, config: GPTQConfig
-) -> LayerReport:
-    """GPTQ one linear in place (its weight becomes the dequantized one); the report says how it went."""
+) -> tuple[LayerReport, tuple[QParams | None, Tensor | None]]:
+    """GPTQ one linear in place (its weight becomes the dequantized one); the report says how it went,
+    (scale and zero point, g_idx) say how to export it."""
     start = time.perf_counter()
     original = linear.weight.detach().float().clone()  # the weight is overwritten below
     rtn = fake_quantize(original, config.weights)
     if gram is None:  # no calibration token reached this linear
         quantized, detail = rtn, {"fallback": "rtn: no calibration token reached this linear"}
         output_error = None
+        qt = quantize(original, config.weights)  # scale (rows, groups), or (1, 1) per tensor
+        rows = original.shape[0]
+        zero = None if qt.zero_point is None else qt.zero_point.expand(rows, -1)
+        kept = (QParams(qt.scale.expand(rows, -1), zero), None)
     else:
         result = gptq_quantize(
             original,
@@ -408,6 +430,7 @@ def _quantize_linear(
             config.static_groups,
         )
         quantized = result.weight
+        kept = (result.qparams, result.g_idx)
         output_error = relative_output_error(original, quantized, gram)
         detail = {
             "gptq_loss": result.loss,
@@ -416,7 +439,7 @@ def _quantize_linear(
             "damping": result.damping,
         }
     linear.weight.data.copy_(quantized.to(linear.weight.dtype))
-    return LayerReport(
+    report = LayerReport(
         name,
         bits_per_weight(config.weights, original.shape[1], original.shape[0]),
         sqnr_db(original, quantized),
@@ -424,6 +447,7 @@ def _quantize_linear(
         seconds=time.perf_counter() - start,
         detail=detail,
     )
+    return report, kept if keeps_scales(config.weights) else (None, None)
 
 
 @register(GPTQConfig)
@@ -446,6 +470,7 @@ def gptq(model: nn.Module, config: GPTQConfig, calib, progress: Progress | None)
         if sites is None or {name for site in sites for name in site} != set(linears):
             sites = input_sites(layer, linears, inputs)  # found on layer 0, reused while names match
         stages = [[site] for site in sites] if config.true_sequential else [sites]
+        kept: dict[str, tuple[QParams | None, Tensor | None]] = {}
         for stage_index, stage in enumerate(stages):
             collector = GramCollector(linears)
             say(
@@ -457,11 +482,13 @@ def gptq(model: nn.Module, config: GPTQConfig, calib, progress: Progress | None)
                 gram = collector.gram.get(site[0])
                 for name in site:
                     full = f"{prefix}.{index}.{name}"
-                    reports.append(_quantize_linear(full, linears[name], gram, inputs.samples, config))
+                    report, kept[name] = _quantize_linear(full, linears[name], gram, inputs.samples, config)
+                    reports.append(report)
         for name, linear in linears.items():
             weight = linear.weight.detach()
             bias = None if linear.bias is None else linear.bias.detach()
-            set_linear(layer, name, FakeQuantLinear(weight, bias, config.weights))
+            qparams, g_idx = kept.get(name, (None, None))
+            set_linear(layer, name, FakeQuantLinear(weight, bias, config.weights, None, qparams, g_idx))
         say((index + 1) / len(layers), f"Layer {index + 1}/{len(layers)}: recomputing outputs")
         inputs = forward_layer(layer, inputs)
     say(1.0, "GPTQ done")
