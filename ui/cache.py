@@ -99,10 +99,18 @@ def current_model_or_stop() -> LoadedModel:
     from ui.errors import show_error
 
     try:
-        return current_model()
+        loaded = current_model()
     except ModelSourceError as exc:
         show_error(exc, prefix="The selected model could not be loaded. ")
         st.stop()
+    if loaded.quantization is not None:
+        st.info(
+            f"This checkpoint is already quantized: **{loaded.quantization.label}**. Generation, evaluation "
+            "and memory use it as it is; pages that quantize or inspect float weights see only its "
+            "unquantized layers (embeddings, norms, head). Load its float original to quantize it here.",
+            icon=":material/inventory_2:",
+        )
+    return loaded
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
