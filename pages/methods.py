@@ -1,4 +1,4 @@
-"""Methods lab: RTN, LLM.int8(), SmoothQuant, GPTQ, AWQ and bitsandbytes on the loaded model, side by side."""
+"""Methods lab: RTN, LLM.int8(), SmoothQuant, GPTQ, AWQ, bitsandbytes and QAT on the loaded model, side by side."""
 
 from __future__ import annotations
 
@@ -22,13 +22,17 @@ runs = methods_view.runs()
 
 left, right = st.columns([3, 2])
 methods = left.multiselect(
-    "Methods", methods_view.METHODS, default=["RTN", "GPTQ"], key="methods_pick", max_selections=6
+    "Methods",
+    methods_view.METHODS,
+    default=["RTN", "GPTQ"],
+    key="methods_pick",
+    max_selections=len(methods_view.METHODS),
 )
 try:
     widths_group = pick_group_size(loaded.model)
 except ValueError:
     widths_group = 32
-bits = right.select_slider("Weight bits (RTN, GPTQ, AWQ)", [2, 3, 4, 8], 4, key="methods_bits")
+bits = right.select_slider("Weight bits (RTN, GPTQ, AWQ, QAT)", [2, 3, 4, 8], 4, key="methods_bits")
 group_size = right.select_slider(
     "Group size",
     [g for g in (32, 64, 128) if g <= widths_group or g == widths_group],
@@ -201,3 +205,12 @@ for run in all_runs:
                 width="stretch",
                 key=f"methods_awq_{run.label}",
             )
+    if run.method == "QAT":
+        trace = methods_view.trace_of(run)
+        if trace is not None:
+            st.plotly_chart(
+                methods_view.qat_curve(trace, f"{run.label}: training loss and held-out losses"),
+                width="stretch",
+                key=f"methods_qat_{run.label}",
+            )
+            st.caption(methods_view.qat_takeaway(trace, run))

@@ -1,9 +1,10 @@
 """The Methods lab's pieces: a form per method with the papers' defaults, the runner that quantizes and
 scores each one, and the figures (per-layer error, LLM.int8 kept dims, SmoothQuant maxima, GPTQ loss,
-AWQ search curve). Runs are kept in the session and offered to the Compare page."""
+AWQ search curve, QAT training curve). Runs are kept in the session and offered to the Compare page."""
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -17,11 +18,12 @@ from engine.methods.awq import AWQConfig
 from engine.methods.bnb import BnbConfig
 from engine.methods.gptq import GPTQConfig
 from engine.methods.llm_int8 import LLMInt8Config
+from engine.methods.qat import QATConfig, QATTrace, qat_trace
 from engine.methods.smoothquant import SmoothQuantConfig
 from engine.schemes import QuantScheme
 
-METHODS = ["RTN", "LLM.int8()", "SmoothQuant", "GPTQ", "AWQ", "bitsandbytes"]
-NEEDS_CALIBRATION = {"SmoothQuant", "GPTQ", "AWQ"}
+METHODS = ["RTN", "LLM.int8()", "SmoothQuant", "GPTQ", "AWQ", "bitsandbytes", "QAT"]
+NEEDS_CALIBRATION = {"SmoothQuant", "GPTQ", "AWQ", "QAT"}
 USES_CALIBRATION = NEEDS_CALIBRATION | {"LLM.int8()"}  # LLM.int8 reports its kept dims on calibration text
 RUNS = "methods_runs"  # session key: {label: MethodRun}
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
@@ -68,6 +70,26 @@ def config_form(method: str, bits: int, group_size: int, where=st):
     if method == "AWQ":
         grid = where.slider("Scale search points", 2, 40, 20, key=f"methods_{key}_grid")
         return AWQConfig(QuantScheme(bits, "int", False, "group", group_size), grid=int(grid))
+    if method == "QAT":
+        cols = where.columns(2)
+        steps = cols[0].number_input(
+            "Training steps",
+            1,
+            500,
+            10,
+            key=f"methods_{key}_steps",
+            help="One forward and backward of one calibration window each: 4-7 s a step on two CPU cores "
+            "for SmolLM2-135M with 256-token windows, so the default 10 take about a minute.",
+        )
+        lr = cols[1].select_slider(
+            "Learning rate",
+            [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3],
+            3e-4,
+            format_func=lambda v: f"{v:g}",
+            key=f"methods_{key}_lr",
+            help="Peak Adam rate, cosine-decayed to 0. 3e-4 recovered the most in 4-10 steps at 3 bits.",
+        )
+        return QATConfig(QuantScheme(bits, "int", False, "group", group_size), steps=int(steps), lr=float(lr))
     mode = where.radio("Format", ["nf4", "fp4", "int8"], horizontal=True, key=f"methods_{key}_mode")
     double = where.checkbox("Double quantization", key=f"methods_{key}_dq", disabled=mode == "int8")
     return BnbConfig(mode=mode, double_quant=bool(double and mode != "int8"))
@@ -84,10 +106,13 @@ def run_method(
 ) -> MethodRun:
     """Quantize a copy with `config` (progress 0-0.8), then score it against the reference (0.8-1)."""
     start = time.perf_counter()
+    calib = calibration if method in USES_CALIBRATION else None
+    if method == "QAT":  # trains on the calibration windows, measures its loss on the evaluation ones
+        calib = (calibration, evaluation)
     quantized = quantize_model(
         reference,
         config,
-        calib=calibration if method in USES_CALIBRATION else None,
+        calib=calib,
         progress=lambda f, m: progress(0.8 * f, m),
     )
     seconds = time.perf_counter() - start
@@ -200,3 +225,71 @@ def maxima(before: list[float], after: list[float], layer: str) -> go.Figure:
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
     )
     return figure
+
+
+def trace_of(run: MethodRun) -> QATTrace | None:
+    return qat_trace(run.quantized.layers)
+
+
+def qat_curve(trace: QATTrace, title: str) -> go.Figure:
+    """Training loss per step, the float and PTQ held-out losses as lines, QAT's held-out loss as a star."""
+    steps = list(range(1, len(trace.train_loss) + 1))
+    figure = go.Figure()
+    figure.add_scatter(
+        x=steps,
+        y=trace.train_loss,
+        mode="lines+markers",
+        name="training loss (this step's window)",
+        line=dict(color="#1f77b4"),
+    )
+    for value, name, color in (
+        (trace.float_loss, "float, held-out", "#2ca02c"),
+        (trace.ptq_loss, "PTQ (step 0), held-out", "#d62728"),
+    ):
+        figure.add_scatter(
+            x=[0, len(steps)], y=[value, value], mode="lines", name=name, line=dict(color=color, dash="dash")
+        )
+    figure.add_scatter(
+        x=[len(steps)],
+        y=[trace.qat_loss],
+        mode="markers",
+        name="QAT, held-out",
+        marker=dict(symbol="star", size=16, color="#9467bd"),
+    )
+    figure.update_layout(
+        title=title,
+        height=340,
+        margin=dict(l=10, r=10, t=50, b=10),
+        xaxis=dict(title="step", rangemode="tozero"),
+        yaxis_title="next-token loss (nats)",
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+    )
+    return figure
+
+
+def qat_takeaway(trace: QATTrace, run: MethodRun) -> str:
+    """What the steps bought, on the held-out (evaluation) text."""
+    sentence = (
+        f"Rounding (PTQ) takes the held-out loss from {trace.float_loss:.3f} to {trace.ptq_loss:.3f} nats; "
+        f"{len(trace.train_loss)} QAT steps ({trace.seconds_per_step:.1f} s each) bring it to "
+        f"{trace.qat_loss:.3f}"
+    )
+    recovered = trace.recovered
+    if math.isnan(recovered):  # PTQ lost nothing
+        sentence += "."
+    elif recovered > 1:
+        sentence += (
+            ", below the float model: training on text like the held-out text also adapts the model to it, "
+            "so part of the gain is fine-tuning, not recovery."
+        )
+    else:
+        sentence += f", {max(recovered, 0.0):.0%} of what PTQ lost."
+    sentences = [sentence]
+    moved = [value for _, value in detail_series(run, "moved")]
+    if moved:
+        sentences.append(
+            f"{sum(moved) / len(moved):.1%} of the weights end on another level than round-to-nearest's; the "
+            "rest of the difference is group scales and zero points following the trained ranges."
+        )
+    sentences.append("Each step trains on a different calibration window, so the training curve is noisy.")
+    return " ".join(sentences)

@@ -4,14 +4,16 @@ Read in order: registry.py (the dispatcher and the report every method returns),
 nearest: weights, weights + activations), llm_int8.py (vector-wise int8 with 16-bit outlier dims),
 smoothquant.py (activation smoothing folded into the norms, then W8A8), gptq.py (column-wise
 quantization with inverse-Hessian error compensation), awq.py (activation-aware scale search), bnb.py (bitsandbytes' own
-int8 / NF4 / FP4 layers, as transformers builds them).
+int8 / NF4 / FP4 layers, as transformers builds them), qat.py (quantization-aware training: a few steps of
+fine-tuning the linears' latent weights through the straight-through estimator of engine/qat.py).
 """
 
-from engine.methods import awq, bnb, gptq, llm_int8, rtn, smoothquant  # noqa: F401  (each registers its config)
+from engine.methods import awq, bnb, gptq, llm_int8, qat, rtn, smoothquant  # noqa: F401  (each registers its config)
 from engine.methods.awq import AWQConfig
 from engine.methods.bnb import BnbConfig
 from engine.methods.gptq import GPTQConfig
 from engine.methods.llm_int8 import LLMInt8Config
+from engine.methods.qat import QATConfig
 from engine.methods.registry import LayerReport, QuantizedModel, quantize_model, register
 from engine.methods.rtn import RTNConfig
 from engine.methods.smoothquant import SmoothQuantConfig
@@ -22,6 +24,7 @@ __all__ = [
     "BnbConfig",
     "LLMInt8Config",
     "LayerReport",
+    "QATConfig",
     "QuantizedModel",
     "RTNConfig",
     "SmoothQuantConfig",

@@ -1,8 +1,11 @@
-"""The Methods lab under AppTest: RTN and LLM.int8() on the default model, results kept in the session."""
+"""The Methods lab under AppTest: RTN, LLM.int8() and QAT on the default model, results kept in the session."""
 
 from __future__ import annotations
 
+import math
+
 from tests.app.conftest import no_exceptions, open_page
+from ui import methods_view
 
 
 def test_methods_lab_runs_two_methods_and_keeps_them(app):
@@ -26,3 +29,29 @@ def test_methods_lab_runs_two_methods_and_keeps_them(app):
     app.button(key="methods_clear").click().run()
     no_exceptions(app)
     assert not app.dataframe
+
+
+def test_methods_lab_runs_qat_at_3_bits_and_draws_its_training_curve(app):
+    open_page(app, "methods")
+    app.multiselect(key="methods_pick").set_value(["QAT"]).run()
+    app.select_slider(key="methods_bits").set_value(3).run()
+    app.number_input(key="methods_eval_windows").set_value(1).run()
+    app.number_input(key="methods_calib_windows").set_value(2).run()
+    app.select_slider(key="methods_calib_tokens").set_value(128).run()
+    app.number_input(key="methods_qat_steps").set_value(2).run()
+    app.button(key="methods_run").click().run()
+    no_exceptions(app)
+    table = app.dataframe[0].value
+    assert list(table["method"]) == ["QAT int3 asym g64 2 steps lr 0.0003"]
+    row = table.iloc[0]
+    assert abs(row["bits/weight (linears)"] - 3.5) < 1e-6  # int3 g64 with an fp16 scale and zero point
+    # QAT's held-out windows are the page's evaluation windows: its losses are the table's perplexities
+    trace = methods_view.trace_of(app.session_state["methods_runs"][row["method"]])
+    assert len(trace.train_loss) == 2
+    assert abs(math.log(row["perplexity"]) - trace.qat_loss) < 1e-3
+    assert trace.qat_loss < trace.ptq_loss  # measured: 4.93 (PTQ) -> 4.66 after 2 steps of 128 tokens
+    assert any(chart.proto.spec and "held-out" in chart.proto.spec for chart in app.get("plotly_chart"))
+    assert any("QAT steps" in caption.value for caption in app.caption)
+    app.run()  # kept in the session: no retraining
+    no_exceptions(app)
+    assert len(app.dataframe[0].value) == 1
