@@ -110,6 +110,19 @@ def test_gptq_keeps_the_scales_it_chose(tiny, tmp_path, scheme, static_groups):
         assert module.g_idx is None and torch.equal(weights[name], module.weight.float()), name
 
 
+def test_a_bfloat16_model_exports_its_true_codes(tmp_path):
+    """A 16-bit weight is the grid value rounded to bfloat16; the codes still come back exactly."""
+    model = build_tiny_llama().to(torch.bfloat16)
+    quantized = rtn(model, QuantScheme(8, "int", False, "group", 32))
+    export_model(quantized.model, tmp_path, "gptq")
+    _, weights = read_quantized_linears(tmp_path)
+    for name, module in quantized_linears(quantized.model).items():
+        assert module.weight.dtype == torch.bfloat16
+        c = int_codes(module)
+        assert torch.equal((c.codes - c.zeros[:, c.g_idx]) * c.scales[:, c.g_idx], weights[name]), name
+        assert torch.equal(weights[name].to(torch.bfloat16), module.weight), name
+
+
 def test_gptq_act_order_keeps_g_idx_and_exports_it(tiny, tmp_path):
     calib = torch.randint(3, 96, (4, 32), generator=torch.Generator().manual_seed(1))
     config = GPTQConfig(weights=INT4_G32, act_order=True)
