@@ -202,10 +202,17 @@ def available_formats(model: nn.Module) -> dict[str, str | None]:
         return {"gptq": reason, "awq": reason, "bnb": None, "dequantized": reason}
     why: dict[str, str | None] = {"bnb": "not a bitsandbytes model"}
     linears = quantized_linears(model)
-    why["dequantized"] = None if linears else "no quantized linear layer in this model"
+    others = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.startswith("LLMInt8")})
+    missing = (
+        f"its {', '.join(others)} layers choose per call which inputs stay 16-bit, which no weight file "
+        "records; save the bitsandbytes int8 method's model instead (the same algorithm, bnb's format)"
+        if others
+        else "no quantized linear layer in this model"
+    )
+    why["dequantized"] = None if linears else missing
     try:
         if not linears:
-            raise ExportError("no quantized linear layer in this model")
+            raise ExportError(missing)
         scheme = _common_scheme(linears)
         if any(m.scale is None for m in linears.values()):
             raise ExportError(f"{scheme.label} is not an integer grid with integer zero points")

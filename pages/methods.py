@@ -8,7 +8,7 @@ import streamlit as st
 from engine.data import DataError, WindowSpec, load_text, token_windows
 from engine.eval_grid import pick_group_size
 from engine.evaluate import ReferenceCache
-from ui import cache, methods_view, page
+from ui import cache, methods_export, methods_view, page
 from ui.errors import show_error
 from ui.progress import progress_bar
 
@@ -18,6 +18,14 @@ page.start(
     "own diagnostics, and perplexity / KL against the reference on held-out text.",
 )
 loaded = cache.current_model_or_stop()
+if loaded.quantization is not None:
+    st.warning(
+        "The Methods lab quantizes float linear layers, and this checkpoint's are already packed integers. "
+        "Load its float original (or the offline default) to compare methods; the Compare and Evaluate "
+        "pages run this checkpoint as it is.",
+        icon=":material/block:",
+    )
+    st.stop()
 runs = methods_view.runs()
 
 left, right = st.columns([3, 2])
@@ -214,3 +222,5 @@ for run in all_runs:
                 key=f"methods_qat_{run.label}",
             )
             st.caption(methods_view.qat_takeaway(trace, run))
+
+methods_export.render(runs, loaded.tokenizer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from tests.app.conftest import no_exceptions, open_page
 from ui import methods_view
@@ -26,6 +27,23 @@ def test_methods_lab_runs_two_methods_and_keeps_them(app):
     app.run()  # kept in the session: no rerun of the methods
     no_exceptions(app)
     assert len(app.dataframe[0].value) == 2
+    # save RTN as a GPTQ checkpoint; LLM.int8's per-call outlier split is no weight format
+    assert app.selectbox(key="methods_export_run").options[0].startswith("RTN")
+    assert app.radio(key="methods_export_format").options[:2] == [
+        "GPTQ checkpoint (AutoGPTQ layout; loads in transformers with optimum + gptqmodel)",
+        "AWQ checkpoint (AutoAWQ GEMM layout; loads in transformers with gptqmodel)",
+    ]
+    app.button(key="methods_export_save").click().run()
+    no_exceptions(app)
+    saved = [s.value for s in app.success if "Saved gptq checkpoint" in s.value]
+    assert saved, [e.value for e in app.error]
+    folder = Path(saved[0].split("`")[1])
+    assert (folder / "model.safetensors").stat().st_size < 120e6  # int4 linears + 16-bit embeddings
+    assert '"quant_method": "gptq"' in (folder / "config.json").read_text()
+    int8_label = next(o for o in app.selectbox(key="methods_export_run").options if o.startswith("LLM"))
+    app.selectbox(key="methods_export_run").set_value(int8_label).run()
+    no_exceptions(app)
+    assert any("cannot be saved" in i.value and "bitsandbytes int8" in i.value for i in app.info)
     app.button(key="methods_clear").click().run()
     no_exceptions(app)
     assert not app.dataframe
