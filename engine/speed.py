@@ -8,10 +8,14 @@ Calls rotate over enough copies of the weights (ROTATE_BYTES) that each one read
 memory rather than from a cache that a whole model would never fit in; "GB/s" is weight bytes
 (scales included) plus activation bytes in and out, divided by the time.
 
-End-to-end decode runs engine.generation.generate (prefill and decode timed apart) on the reference and
-packed variants of a model, with the end-of-sequence token ignored so every variant decodes the same
-number of tokens. Its roofline is the bytes one decode step reads (every weight a token visits, the
-output head included, plus the KV cache at the mean context) divided by a measured copy bandwidth.
+End-to-end decode times prefill and decode apart on the reference and packed variants of a model, with
+the end-of-sequence token ignored so every variant decodes the same number of tokens, through one or
+more decode loops (LOOPS): engine.generation.generate (our plain loop on transformers' dynamic cache,
+what the rest of the app uses), transformers' own `generate`, and engine.decode's static-cache loop,
+eager or with its step compiled (CUDA graphs on a GPU). A compiled loop's compile time is reported
+apart and never counted in tokens/s. Its roofline is the bytes one decode step reads (every weight a
+token visits, the output head included, plus the KV cache at the mean context) divided by a measured
+copy bandwidth.
 
 `synthetic_model` builds any catalog config with random weights (for sizing speed without a download);
 it refuses, with the numbers, when the model would not fit in free memory.
@@ -31,7 +35,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from engine.generation import GenerationSettings, generate
+from engine import decode as static_decode
+from engine.generation import GenerationSettings, encode_prompt, generate
 from engine.kernels import QuantLinear, to_quant_linears
 from engine.memory import kv_bytes_per_token, measured_bytes
 from engine.methods.registry import NotEnoughMemoryError
@@ -281,6 +286,13 @@ def weight_read_bytes(model: nn.Module) -> int:
     return total if tied else total - embedding.numel() * embedding.element_size()
 
 
+DYNAMIC_LOOP = "dynamic cache"  # engine.generation.generate: our plain loop, transformers' DynamicCache
+HF_LOOP = "transformers generate"  # model.generate(do_sample=False), its default (dynamic) cache
+STATIC_LOOP = "static cache"  # engine.decode, eager
+COMPILED_LOOP = "static + compile"  # engine.decode, step compiled (reduce-overhead: CUDA graphs on a GPU)
+LOOPS = (DYNAMIC_LOOP, HF_LOOP, STATIC_LOOP, COMPILED_LOOP)
+
+
 @dataclass(frozen=True)
 class DecodeTiming:
     variant: str
@@ -293,6 +305,14 @@ class DecodeTiming:
     bandwidth: float  # measured copy bandwidth, bytes/s
     text: str = ""
     token_ids: tuple[int, ...] = field(default=(), repr=False)
+    loop: str = DYNAMIC_LOOP  # which decode loop ran (LOOPS)
+    compile_seconds: float = 0.0  # compiled loop: warm-up that compiled the step, not in the timings
+    ran_as: str = ""  # the static loop's mode actually used (eager, compiled (inductor), ...)
+    note: str = ""  # a fallback reason or graph breaks, for the table
+
+    @property
+    def label(self) -> str:
+        return self.variant if self.loop == DYNAMIC_LOOP else f"{self.variant} · {self.loop}"
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -374,6 +394,91 @@ def prompt_of_length(tokenizer, tokens: int) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def _roofline_bytes(model: nn.Module, prompt_tokens: int, new_tokens: int) -> float:
+    kv_bits = torch.finfo(float_dtype(model)).bits  # the cache is kept in the model's float dtype
+    mean_context = prompt_tokens + new_tokens / 2
+    return weight_read_bytes(model) + kv_bytes_per_token(model.config, kv_bits) * mean_context
+
+
+class _TokenClock:
+    """A `generate` streamer that only notes when each put() arrives: the prompt first, then one call per
+    new token, so prefill ends at the second put and decode is the time from there to the end."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.times = device, []
+
+    def put(self, value) -> None:
+        _sync(self.device)
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        _sync(self.device)
+        self.times.append(time.perf_counter())
+
+
+@torch.inference_mode()
+def _hf_generate(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[float, float, torch.Tensor]:
+    """(prefill s, decode s, new token ids) of transformers' greedy `generate`, end-of-sequence ignored."""
+    device = str(ids.device)
+    clock = _TokenClock(device)
+    _sync(device)
+    start = time.perf_counter()
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=new_tokens,
+        eos_token_id=None,  # decode every token, as the other loops do
+        pad_token_id=0,
+        streamer=clock,
+    )
+    first_token = clock.times[1] if len(clock.times) > 2 else clock.times[-1]  # [prompt, token 1, ..., end]
+    return first_token - start, clock.times[-1] - first_token, out[0, ids.shape[1] :]
+
+
+def _run_loop(model: nn.Module, tokenizer, prompt: str, new_tokens: int, loop: str, warmup_tokens: int):
+    """(prompt tokens, new ids, prefill s, decode s, compile s, ran as, note) for one loop."""
+    if loop == DYNAMIC_LOOP:
+        quiet = _IgnoreEos(tokenizer)
+        if warmup_tokens:  # first calls pay one-time costs (allocations, oneDNN / cuBLAS setup)
+            generate(model, quiet, prompt, GenerationSettings(max_new_tokens=warmup_tokens, chat=False))
+        result = generate(model, quiet, prompt, GenerationSettings(max_new_tokens=new_tokens, chat=False))
+        return (
+            result.prompt_tokens,
+            result.token_ids,
+            result.prefill_seconds,
+            result.decode_seconds,
+            0.0,
+            "",
+            "",
+        )
+    ids = encode_prompt(tokenizer, prompt, False, None).to(next(model.parameters()).device)  # (1, tokens)
+    if loop == HF_LOOP:  # a streamer clocks the first new token: prefill before it, decode after it
+        if warmup_tokens:
+            _hf_generate(model, ids, min(warmup_tokens, new_tokens))
+        prefill, decode_seconds, new_ids = _hf_generate(model, ids, new_tokens)
+        return ids.shape[1], new_ids.tolist(), prefill, decode_seconds, 0.0, "", ""
+    if loop not in (STATIC_LOOP, COMPILED_LOOP):
+        raise ValueError(f"unknown decode loop {loop!r}; choose from {', '.join(LOOPS)}")
+    mode = "compiled" if loop == COMPILED_LOOP else "eager"
+    cache_len = ids.shape[1] + new_tokens  # one cache size for the warm-up and the timed run: one compile
+    warm = static_decode.decode(model, ids, min(max(warmup_tokens, 1), new_tokens), mode, cache_len=cache_len)
+    result = static_decode.decode(model, ids, new_tokens, mode, cache_len=cache_len)
+    notes = [warm.fallback_reason or ""]
+    if warm.graph_breaks:
+        notes.append(f"{warm.graph_breaks} graph breaks")
+    note = "; ".join(n for n in notes if n)
+    return (
+        ids.shape[1],
+        list(result.token_ids[0]),
+        result.prefill_seconds,
+        result.decode_seconds,
+        warm.compile_seconds,
+        result.mode_used,
+        note,
+    )
+
+
 def decode_benchmark(
     model: nn.Module,
     tokenizer,
@@ -382,28 +487,29 @@ def decode_benchmark(
     new_tokens: int = 32,
     bandwidth: float | None = None,
     warmup_tokens: int = 2,
+    loop: str = DYNAMIC_LOOP,
 ) -> DecodeTiming:
-    """Prefill and greedy decode of `new_tokens` with `model` (already built for `variant`)."""
+    """Prefill and greedy decode of `new_tokens` with `model` (already built for `variant`) by `loop`."""
     device = str(next(model.parameters()).device)
     bandwidth = bandwidth or measure_bandwidth(device)
-    quiet = _IgnoreEos(tokenizer)
-    if warmup_tokens:  # first calls pay one-time costs (allocations, oneDNN / cuBLAS setup)
-        generate(model, quiet, prompt, GenerationSettings(max_new_tokens=warmup_tokens, chat=False))
-    result = generate(model, quiet, prompt, GenerationSettings(max_new_tokens=new_tokens, chat=False))
-    kv_bits = torch.finfo(float_dtype(model)).bits  # the cache is kept in the model's float dtype
-    mean_context = result.prompt_tokens + len(result.token_ids) / 2
-    kv_read = kv_bytes_per_token(model.config, kv_bits) * mean_context
+    prompt_tokens, token_ids, prefill, decode_seconds, compile_seconds, ran_as, note = _run_loop(
+        model, tokenizer, prompt, new_tokens, loop, warmup_tokens
+    )
     return DecodeTiming(
         variant=variant,
-        prompt_tokens=result.prompt_tokens,
-        new_tokens=len(result.token_ids),
-        prefill_seconds=result.prefill_seconds,
-        decode_seconds=result.decode_seconds,
+        prompt_tokens=prompt_tokens,
+        new_tokens=len(token_ids),
+        prefill_seconds=prefill,
+        decode_seconds=decode_seconds,
         weight_bytes=sum(measured_bytes(model).values()),
-        bytes_per_token=weight_read_bytes(model) + kv_read,
+        bytes_per_token=_roofline_bytes(model, prompt_tokens, len(token_ids)),
         bandwidth=bandwidth,
-        text=result.text,
-        token_ids=tuple(result.token_ids),
+        text=tokenizer.decode(token_ids, skip_special_tokens=True),
+        token_ids=tuple(token_ids),
+        loop=loop,
+        compile_seconds=compile_seconds,
+        ran_as=ran_as,
+        note=note,
     )
 
 
@@ -415,21 +521,36 @@ def decode_comparison(
     new_tokens: int = 32,
     group_size: int | None = None,
     progress: Progress | None = None,
+    loops: list[str] | tuple[str, ...] = (DYNAMIC_LOOP,),
 ) -> list[DecodeTiming]:
-    """Build each variant in turn (a copy at a time), decode with it, and free it."""
+    """Build each variant in turn (a copy at a time), decode with it by every loop, and free it.
+
+    A compiled loop compiles its step once per model copy and shapes (engine.decode keeps it while the
+    model lives): the loaded model reuses it on the next run; packed copies are rebuilt per run, and
+    compile again (faster the second time, from inductor's on-disk cache).
+    """
+    unknown = [loop for loop in loops if loop not in LOOPS]
+    if unknown or not loops:
+        raise ValueError(f"unknown decode loops {unknown}; choose from {', '.join(LOOPS)}")
     device = str(next(model.parameters()).device)
     if progress:
         progress(0.0, "Measuring memory bandwidth")
     bandwidth = measure_bandwidth(device)
     prompt = prompt_of_length(tokenizer, prompt_tokens)
     results = []
+    steps = len(variants) * (len(loops) + 1)
     for index, name in enumerate(variants):
         if progress:
-            progress((index + 0.1) / len(variants), f"Building {name}")
+            progress(index * (len(loops) + 1) / steps, f"Building {name}")
         built = build_variant(model, name, group_size)
-        if progress:
-            progress((index + 0.5) / len(variants), f"Decoding {new_tokens} tokens with {name}")
-        results.append(decode_benchmark(built, tokenizer, name, prompt, new_tokens, bandwidth))
+        for loop_index, loop in enumerate(loops):
+            if progress:
+                what = "compiling, then decoding" if loop == COMPILED_LOOP else "decoding"
+                progress(
+                    (index * (len(loops) + 1) + loop_index + 1) / steps,
+                    f"{name}, {loop}: {what} {new_tokens} tokens",
+                )
+            results.append(decode_benchmark(built, tokenizer, name, prompt, new_tokens, bandwidth, loop=loop))
         del built
     if progress:
         progress(1.0, "Decode benchmarks done")

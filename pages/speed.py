@@ -76,12 +76,22 @@ if kernel_run and kernel_run.results:
 st.subheader("End-to-end prefill and decode")
 variant_options = [v for v in speed.VARIANTS if v != ("fp32" if on_gpu else "fp16")]
 default_variants = ["bf16", "W8A16", "W4A16"] if on_gpu else ["fp32", "W8A16", "W4A16"]
-cols = st.columns([4, 1, 1])
+cols = st.columns([3, 3, 1, 1])
 variants = cols[0].multiselect("Variants", variant_options, default=default_variants, key="speed_variants")
-prompt_tokens = cols[1].number_input(
+default_loops = [speed.DYNAMIC_LOOP, speed.STATIC_LOOP] + ([speed.COMPILED_LOOP] if on_gpu else [])
+loops = cols[1].multiselect(
+    "Decode loops",
+    list(speed.LOOPS),
+    default=default_loops,
+    key="speed_loops",
+    help=speed_view.LOOP_HELP,
+)
+prompt_tokens = cols[2].number_input(
     "Prompt tokens", 1, 2048, 128 if on_gpu else 32, key="speed_prompt_tokens"
 )
-new_tokens = cols[2].number_input("New tokens", 2, 1024, 256 if on_gpu else 32, key="speed_new_tokens")
+new_tokens = cols[3].number_input("New tokens", 2, 1024, 256 if on_gpu else 32, key="speed_new_tokens")
+if speed.COMPILED_LOOP in loops:
+    st.caption(speed_view.DECODE_GPU_NOTE if on_gpu else speed_view.DECODE_CPU_NOTE)
 synthetic_config = None
 if on_gpu:
     from engine.catalog import catalog_models
@@ -105,7 +115,9 @@ if on_gpu:
         )
 else:
     st.caption("A catalog config (e.g. Llama-2-7B) with random weights can be timed here on a GPU.")
-if st.button("Run decode benchmark", type="primary", key="speed_run_decode", disabled=not variants):
+if st.button(
+    "Run decode benchmark", type="primary", key="speed_run_decode", disabled=not (variants and loops)
+):
     if synthetic_config is not None:
         try:
             model = speed.synthetic_model(
@@ -116,7 +128,14 @@ if st.button("Run decode benchmark", type="primary", key="speed_run_decode", dis
             st.stop()
         tokenizer = speed.SyntheticTokenizer(model.config.vocab_size)
         speed_view.run_decode(
-            model, tokenizer, variants, int(prompt_tokens), int(new_tokens), synthetic_config.name, True
+            model,
+            tokenizer,
+            variants,
+            int(prompt_tokens),
+            int(new_tokens),
+            synthetic_config.name,
+            True,
+            loops,
         )
         del model
     else:
@@ -128,6 +147,7 @@ if st.button("Run decode benchmark", type="primary", key="speed_run_decode", dis
             int(new_tokens),
             loaded.source.label,
             False,
+            loops,
         )
 
 decode_run = st.session_state.get(speed_view.DECODE)
@@ -138,7 +158,7 @@ if decode_run and decode_run.results:
     metrics = st.columns(3)
     metrics[0].metric("Measured copy bandwidth", f"{bandwidth / 1e9:,.1f} GB/s")
     best = max(decode_run.results, key=lambda r: r.decode_tokens_per_s)
-    metrics[1].metric("Fastest decode", f"{best.variant}: {best.decode_tokens_per_s:,.1f} tok/s")
+    metrics[1].metric("Fastest decode", f"{best.label}: {best.decode_tokens_per_s:,.1f} tok/s")
     metrics[2].metric("Of its roofline", f"{100 * best.roofline_fraction:.0f}%")
     left, right = st.columns([3, 2])
     left.plotly_chart(speed_view.decode_chart(decode_run.results), key="speed_chart_decode")
@@ -147,5 +167,12 @@ if decode_run and decode_run.results:
     st.caption(
         "Roofline: every weight a decode step reads (the output head included, the embedding table only "
         "when tied to it) plus the KV cache at the mean context, divided by the measured copy bandwidth. "
-        "Packed variants compute in bf16 inside each linear on CPU; the rest of the model keeps its dtype."
+        "Packed variants compute in bf16 inside each linear on CPU; the rest of the model keeps its dtype. "
+        "Every loop is greedy, so a variant's loops should decode the same tokens (**same tokens**); "
+        "**compile s** is the compiled loop's one-time warm-up, left out of its tokens/s."
     )
+    if any(r.loop == speed.COMPILED_LOOP for r in decode_run.results) and not on_gpu:
+        st.caption(
+            "No CUDA graphs on a CPU: a compiled step here saves Python and small-op overhead only. "
+            "The CUDA-graph numbers need a GPU (`cuda` in the sidebar)."
+        )

@@ -31,6 +31,32 @@ FORMAT_COLORS = {
     "W4A16 tinygemm": "#ff7f0e",
     "W8A8": "#2ca02c",
 }
+LOOP_COLORS = {
+    speed.DYNAMIC_LOOP: "#1f77b4",
+    speed.HF_LOOP: "#7f7f7f",
+    speed.STATIC_LOOP: "#ff7f0e",
+    speed.COMPILED_LOOP: "#2ca02c",
+}
+LOOP_HELP = (
+    f"**{speed.DYNAMIC_LOOP}**: our plain token loop (engine.generation) on transformers' growing cache, "
+    f"what the rest of the app runs. **{speed.HF_LOOP}**: transformers' own `generate` (greedy); its "
+    f"prefill is timed as a 1-token generate. **{speed.STATIC_LOOP}**: engine.decode, a KV cache "
+    f"preallocated to prompt + new tokens so every step has the same shapes. **{speed.COMPILED_LOOP}**: "
+    "that step through `torch.compile`; on a GPU with `mode='reduce-overhead'` (CUDA graphs)."
+)
+DECODE_CPU_NOTE = (
+    "On a CPU there are **no CUDA graphs**: the compiled step is inductor's C++ / OpenMP code, which "
+    "removes Python overhead and fuses small ops but reads the same weights. Compiling takes about a "
+    "minute per variant on two cores; it runs in a warm-up, is shown in **compile s**, and is never "
+    "counted in tokens/s. The loaded model keeps its compiled step for the next run with the same "
+    "prompt and token counts; packed variants are rebuilt each run and compile again (faster, from "
+    "inductor's on-disk cache)."
+)
+DECODE_GPU_NOTE = (
+    "The compiled step runs as a **CUDA graph** (`torch.compile(mode='reduce-overhead')`): one launch "
+    "per token, so batch-1 decode is bound by reading the weights. Compiling and recording the graph "
+    "happen in a warm-up, shown in **compile s** and never counted in tokens/s."
+)
 CPU_NOTE = (
     "These are **CPU kernels**: PyTorch's packed int4 / int8 matmuls (bf16 activations) and its int8 × int8 "
     "`_int_mm`, timed on this machine's cores, which other processes may share. The GPU engine numbers "
@@ -112,13 +138,26 @@ def run_kernels(shapes, batches, formats, device: str, repeats: int) -> None:
 
 
 def run_decode(
-    model, tokenizer, variants, prompt_tokens: int, new_tokens: int, label: str, synthetic: bool
+    model,
+    tokenizer,
+    variants,
+    prompt_tokens: int,
+    new_tokens: int,
+    label: str,
+    synthetic: bool,
+    loops=(speed.DYNAMIC_LOOP,),
 ) -> None:
     device = str(next(model.parameters()).device)
     update, clear = progress_bar()
     try:
         results = speed.decode_comparison(
-            model, tokenizer, variants, prompt_tokens=prompt_tokens, new_tokens=new_tokens, progress=update
+            model,
+            tokenizer,
+            variants,
+            prompt_tokens=prompt_tokens,
+            new_tokens=new_tokens,
+            progress=update,
+            loops=list(loops),
         )
         st.session_state[DECODE] = DecodeRun(Machine.now(device), label, synthetic, results)
     except Exception as exc:
@@ -216,44 +255,66 @@ def kernel_table(results: list[speed.KernelTiming]) -> pd.DataFrame:
     )
 
 
+def _loops(results: list[speed.DecodeTiming]) -> dict[str, list[speed.DecodeTiming]]:
+    by_loop: dict[str, list[speed.DecodeTiming]] = {}
+    for r in results:
+        by_loop.setdefault(r.loop, []).append(r)
+    return by_loop
+
+
 def decode_chart(results: list[speed.DecodeTiming]) -> go.Figure:
-    """Decode tokens/s per variant, its bandwidth roofline drawn as a hollow bar beside it."""
-    names = [r.variant for r in results]
+    """Decode tokens/s per variant, one bar per decode loop, and the variant's bandwidth roofline as a
+    hollow bar beside them."""
     figure = go.Figure()
+    for loop, rows in _loops(results).items():
+        figure.add_bar(
+            x=[r.variant for r in rows],
+            y=[r.decode_tokens_per_s for r in rows],
+            name=loop,
+            marker_color=LOOP_COLORS.get(loop, "#1f77b4"),
+            text=[f"{r.decode_tokens_per_s:.1f}" for r in rows],
+            textposition="outside",
+            customdata=[[r.compile_seconds] for r in rows],
+            hovertemplate="%{x}: %{y:.1f} tokens/s (compile %{customdata[0]:.1f} s, not counted)<extra>"
+            + loop
+            + "</extra>",
+        )
+    roofs = list({r.variant: r for r in results}.values())  # one per variant
     figure.add_bar(
-        x=names,
-        y=[r.decode_tokens_per_s for r in results],
-        name="measured decode",
-        marker_color=[FORMAT_COLORS.get(n, "#1f77b4") for n in names],
-        text=[f"{r.decode_tokens_per_s:.1f}" for r in results],
-        textposition="outside",
-        hovertemplate="%{x}: %{y:.1f} tokens/s<extra>measured</extra>",
-    )
-    figure.add_bar(
-        x=names,
-        y=[r.roofline_tokens_per_s for r in results],
+        x=[r.variant for r in roofs],
+        y=[r.roofline_tokens_per_s for r in roofs],
         name="roofline (bytes per token ÷ measured bandwidth)",
         marker=dict(color="rgba(0,0,0,0)", line=dict(color="#444", width=2)),
-        customdata=[[r.bytes_per_token / 2**20, 100 * r.roofline_fraction] for r in results],
-        hovertemplate="%{x}: %{y:.1f} tokens/s if memory-bound (%{customdata[0]:.0f} MiB per token; "
-        "measured is %{customdata[1]:.0f}%)<extra>roofline</extra>",
+        customdata=[[r.bytes_per_token / 2**20] for r in roofs],
+        hovertemplate="%{x}: %{y:.1f} tokens/s if memory-bound (%{customdata[0]:.0f} MiB per token)"
+        "<extra>roofline</extra>",
     )
     figure.update_layout(barmode="group")
     return _layout(figure, "Decode (batch 1) with its memory roofline", "variant", "tokens/s")
 
 
 def prefill_chart(results: list[speed.DecodeTiming]) -> go.Figure:
-    names = [r.variant for r in results]
     figure = go.Figure()
-    figure.add_bar(
-        x=names,
-        y=[r.prefill_tokens_per_s for r in results],
-        marker_color=[FORMAT_COLORS.get(n, "#1f77b4") for n in names],
-        text=[f"{r.prefill_tokens_per_s:.0f}" for r in results],
-        textposition="outside",
-        hovertemplate="%{x}: %{y:.0f} prompt tokens/s<extra></extra>",
-    )
+    for loop, rows in _loops(results).items():
+        figure.add_bar(
+            x=[r.variant for r in rows],
+            y=[r.prefill_tokens_per_s for r in rows],
+            name=loop,
+            marker_color=LOOP_COLORS.get(loop, "#1f77b4"),
+            text=[f"{r.prefill_tokens_per_s:.0f}" for r in rows],
+            textposition="outside",
+            hovertemplate="%{x}: %{y:.0f} prompt tokens/s<extra>" + loop + "</extra>",
+        )
+    figure.update_layout(barmode="group")
     return _layout(figure, "Prefill (the prompt, matrix-matrix)", "variant", "prompt tokens/s", height=320)
+
+
+def same_tokens(results: list[speed.DecodeTiming]) -> list[bool]:
+    """Whether each row decoded the same tokens as its variant's first row (greedy loops should)."""
+    first: dict[str, tuple[int, ...]] = {}
+    for r in results:
+        first.setdefault(r.variant, r.token_ids)
+    return [r.token_ids == first[r.variant] for r in results]
 
 
 def decode_table(results: list[speed.DecodeTiming]) -> pd.DataFrame:
@@ -261,15 +322,20 @@ def decode_table(results: list[speed.DecodeTiming]) -> pd.DataFrame:
         [
             {
                 "variant": r.variant,
+                "loop": r.loop,
                 "prefill tok/s": r.prefill_tokens_per_s,
                 "decode tok/s": r.decode_tokens_per_s,
                 "roofline tok/s": r.roofline_tokens_per_s,
                 "% of roofline": 100 * r.roofline_fraction,
+                "compile s": r.compile_seconds,
+                "ran as": r.ran_as or "eager",
+                "same tokens": same,
                 "weights MiB": r.weight_bytes / 2**20,
                 "MiB read per token": r.bytes_per_token / 2**20,
                 "tokens": f"{r.prompt_tokens} + {r.new_tokens}",
+                "note": r.note,
                 "first words": r.text[:60],
             }
-            for r in results
+            for r, same in zip(results, same_tokens(results), strict=True)
         ]
     )
