@@ -2,8 +2,8 @@
 
 Batch 1, greedy, end-of-sequence ignored, the default model in fp32 on CPU (bf16 on a GPU), for the
 reference and the packed int8 (W8A16) and int4 (W4A16) QuantLinear variants, all in one process. Loops:
-- `transformers generate`: `model.generate(do_sample=False)`, its dynamic cache; prefill is timed as
-  a 1-token generate and decode is the rest;
+- `transformers generate`: `model.generate(do_sample=False)`, its dynamic cache; a streamer clocks the
+  first new token: prefill before it, decode after it;
 - `dynamic cache`: engine.generation.generate, our plain loop on the same dynamic cache (the app's);
 - `static cache`: engine.decode, eager, a StaticCache preallocated to prompt + new tokens;
 - `static + compile`: engine.decode with the step in `torch.compile(dynamic=False)`: inductor's default
