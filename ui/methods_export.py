@@ -19,7 +19,8 @@ from engine.sources import cache_dir
 from ui.errors import show_error
 from ui.progress import progress_bar
 
-KEEP = 6  # export folders kept on disk (all sessions together)
+KEEP = 4  # export folders kept on disk (all sessions together), and at most KEEP_BYTES of them
+KEEP_BYTES = 16 * 1024**3
 SAVED = "methods_export_saved"  # session key: {run label + format: folder}
 
 
@@ -29,10 +30,14 @@ def exports_root() -> Path:
     return root
 
 
-def _prune(root: Path, keep: int = KEEP) -> None:
-    folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    for old in folders[: max(0, len(folders) - keep)]:
-        shutil.rmtree(old, ignore_errors=True)
+def _prune(root: Path, keep: int = KEEP, keep_bytes: int = KEEP_BYTES) -> None:
+    """Remove the oldest export folders beyond `keep` of them or `keep_bytes` in all (newest always stays)."""
+    folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    total = 0
+    for index, folder in enumerate(folders):
+        total += sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        if index > 0 and (index >= keep or total > keep_bytes):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _slug(text: str) -> str:

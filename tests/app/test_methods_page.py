@@ -9,7 +9,10 @@ from tests.app.conftest import no_exceptions, open_page
 from ui import methods_view
 
 
-def test_methods_lab_runs_two_methods_and_keeps_them(app):
+def test_methods_lab_runs_two_methods_and_keeps_them(app, tmp_path, monkeypatch):
+    from ui import methods_export
+
+    monkeypatch.setattr(methods_export, "exports_root", lambda: tmp_path)  # not the user's cache
     open_page(app, "methods")
     assert any("Press **Run**" in info.value for info in app.info)
     app.multiselect(key="methods_pick").set_value(["RTN", "LLM.int8()"]).run()
@@ -38,6 +41,7 @@ def test_methods_lab_runs_two_methods_and_keeps_them(app):
     saved = [s.value for s in app.success if "Saved gptq checkpoint" in s.value]
     assert saved, [e.value for e in app.error]
     folder = Path(saved[0].split("`")[1])
+    assert folder.parent == tmp_path
     assert (folder / "model.safetensors").stat().st_size < 120e6  # int4 linears + 16-bit embeddings
     assert '"quant_method": "gptq"' in (folder / "config.json").read_text()
     int8_label = next(o for o in app.selectbox(key="methods_export_run").options if o.startswith("LLM"))
@@ -73,3 +77,19 @@ def test_methods_lab_runs_qat_at_3_bits_and_draws_its_training_curve(app):
     app.run()  # kept in the session: no retraining
     no_exceptions(app)
     assert len(app.dataframe[0].value) == 1
+
+
+def test_old_exports_are_pruned(tmp_path):
+    import os
+
+    from ui.methods_export import _prune
+
+    for index in range(6):
+        folder = tmp_path / f"export-{index}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x" * 1000)
+        os.utime(folder, (index, index))  # export-5 is the newest
+    _prune(tmp_path, keep=4, keep_bytes=10**9)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"export-{i}" for i in (2, 3, 4, 5)]
+    _prune(tmp_path, keep=4, keep_bytes=1500)  # the newest always stays, even alone over the budget
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export-5"]
