@@ -130,20 +130,22 @@ def dequantize_gptq(tensors: dict[str, Tensor], bits: int, v1: bool = True) -> T
     zeros = unpack_cols(tensors["qzeros"], bits) + (1 if v1 else 0)  # (groups, out)
     zeros = zeros[:, : codes.shape[1]]
     scales = tensors["scales"].float()  # (groups, out)
-    g_idx = tensors["g_idx"].to(torch.int64) if "g_idx" in tensors else None
-    if g_idx is None:
-        group = codes.shape[0] // scales.shape[0]
-        g_idx = torch.arange(codes.shape[0]) // group
-    return ((codes - zeros[g_idx]) * scales[g_idx]).T.contiguous().float()
+    return _dequantize(codes, zeros, scales, tensors.get("g_idx"))
 
 
 def dequantize_awq(tensors: dict[str, Tensor]) -> Tensor:
     """(out, in) float32 weight of one AWQ GEMM linear (4-bit, interleaved packing along outputs)."""
     codes = unpack_cols(tensors["qweight"], 4, AWQ_ORDER)  # (in, out)
     zeros = unpack_cols(tensors["qzeros"], 4, AWQ_ORDER)  # (groups, out)
-    scales = tensors["scales"].float()
-    group = codes.shape[0] // scales.shape[0]
-    g_idx = torch.arange(codes.shape[0]) // group
+    return _dequantize(codes, zeros, tensors["scales"].float(), None)
+
+
+def _dequantize(codes: Tensor, zeros: Tensor, scales: Tensor, g_idx: Tensor | None) -> Tensor:
+    """(out, in) float32 weight from (in, out) codes and (groups, out) zeros / scales; g_idx: each
+    input's group, None for consecutive groups."""
+    if g_idx is None:
+        g_idx = torch.arange(codes.shape[0]) // (codes.shape[0] // scales.shape[0])
+    g_idx = g_idx.to(torch.int64)
     return ((codes - zeros[g_idx]) * scales[g_idx]).T.contiguous().float()
 
 

@@ -54,7 +54,7 @@ from engine import formats
 from engine.methods.registry import LayerReport, Progress, register
 from engine.metrics import sqnr_db
 from engine.modules import FakeQuantLinear, keeps_scales, linear_names
-from engine.primitives import QParams, choose_qparams, fake_quantize, quantize
+from engine.primitives import QParams, choose_qparams, quantize
 from engine.schemes import QuantScheme, bits_per_weight, check_shape
 from engine.stats import decoder_layers
 
@@ -411,14 +411,12 @@ def _quantize_linear(
     (scale and zero point, g_idx) say how to export it."""
     start = time.perf_counter()
     original = linear.weight.detach().float().clone()  # the weight is overwritten below
-    rtn = fake_quantize(original, config.weights)
+    rtn_codes = quantize(original, config.weights)
+    rtn = rtn_codes.dequantize()
     if gram is None:  # no calibration token reached this linear
         quantized, detail = rtn, {"fallback": "rtn: no calibration token reached this linear"}
         output_error = None
-        qt = quantize(original, config.weights)  # scale (rows, groups), or (1, 1) per tensor
-        rows = original.shape[0]
-        zero = None if qt.zero_point is None else qt.zero_point.expand(rows, -1)
-        kept = (QParams(qt.scale.expand(rows, -1), zero), None)
+        kept = (QParams(rtn_codes.scale, rtn_codes.zero_point), None)  # (rows or 1, groups)
     else:
         result = gptq_quantize(
             original,

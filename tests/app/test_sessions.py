@@ -3,27 +3,13 @@ at the same time; the shared cached model is never mutated (checksum before and 
 
 from __future__ import annotations
 
-import hashlib
 import threading
 
 from streamlit.testing.v1 import AppTest
 
 from engine.sources import ModelSource
 from tests.app.conftest import ROOT, TIMEOUT, no_exceptions
-
-
-def checksum(model) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().view(-1).view(torch_uint8()).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def torch_uint8():
-    import torch
-
-    return torch.uint8
+from tests.conftest import checksum
 
 
 def session(page: str) -> AppTest:

@@ -4,7 +4,6 @@ output error where activations have outlier channels, and on the default model i
 from __future__ import annotations
 
 import copy
-import hashlib
 
 import pytest
 import torch
@@ -15,19 +14,11 @@ from engine.methods.registry import quantize_model
 from engine.methods.rtn import RTNConfig
 from engine.modules import FakeQuantLinear
 from engine.schemes import QuantScheme
-from tests.conftest import build_tiny_llama
+from tests.conftest import build_tiny_llama, checksum
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 ASYM4 = QuantScheme(4, "int", False, "group", 32)
-
-
-def checksum(model) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def logits(model, ids):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from engine.checkpoints import (
     preserved_environment,
     read_quantized_linears,
 )
+from tests.engine.gptqmodel_runner import run
 
 needs_gptqmodel = pytest.mark.skipif(
     importlib.util.find_spec("gptqmodel") is None or importlib.util.find_spec("optimum") is None,
@@ -113,17 +113,7 @@ def build_with_gptqmodel(source: str, target: str, bits: str) -> None:
 @pytest.fixture(scope="module")
 def gptqmodel_checkpoint(tiny_model_dir, tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("gptqmodel-built") / "tiny-gptq"
-    env = dict(os.environ, GPTQMODEL_CPU_WORKERS=os.environ.get("GPTQMODEL_CPU_WORKERS", "2"))
-    root = Path(__file__).resolve().parents[2]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    done = subprocess.run(
-        [sys.executable, __file__, str(tiny_model_dir), str(target), "4"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run(__file__, target.parent / "gptqmodel.log", str(tiny_model_dir), str(target), "4", timeout=600)
     return target
 
 

@@ -24,13 +24,13 @@ machine it needs GPTQMODEL_CPU_WORKERS >= 2 (its loader pool asks for two worker
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.engine.gptqmodel_runner import crosscheck_windows, run
 
 pytestmark = [
     pytest.mark.slow,
@@ -54,16 +54,6 @@ def gptqmodel_config():
         true_sequential=True,
         offload_to_disk=False,
     )
-
-
-def run_gptqmodel(*args: str) -> None:
-    env = dict(os.environ, GPTQMODEL_CPU_WORKERS=os.environ.get("GPTQMODEL_CPU_WORKERS", "2"))
-    root = Path(__file__).resolve().parents[2]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    done = subprocess.run(
-        [sys.executable, __file__, *args], env=env, capture_output=True, text=True, timeout=1200
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
 
 
 # -- the gptqmodel side (in the subprocess) --------------------------------------------------------------
@@ -110,14 +100,7 @@ def quantize_model_folder(folder: str, calibration: Path, out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def windows(default_loaded):
-    from engine.data import WindowSpec, load_text, token_windows
-
-    text = load_text("britannica")
-    calibration = token_windows(default_loaded.tokenizer, text, WindowSpec(window=256, count=8))
-    evaluation = token_windows(
-        default_loaded.tokenizer, text, WindowSpec(window=256, count=4, split="evaluation")
-    )
-    return calibration, evaluation
+    return crosscheck_windows(default_loaded.tokenizer)
 
 
 def scheme():
@@ -147,7 +130,7 @@ def test_same_hessian_same_output_error(default_loaded, windows, tmp_path):
             handle.remove()
     job = {name: (layer.get_submodule(name).weight.detach(), torch.cat(inputs[name])) for name in LINEARS}
     torch.save(job, tmp_path / "job.pt")
-    run_gptqmodel("linears", str(tmp_path / "job.pt"), str(tmp_path / "out.pt"))
+    run(__file__, tmp_path / "gptqmodel.log", "linears", str(tmp_path / "job.pt"), str(tmp_path / "out.pt"))
     theirs = torch.load(tmp_path / "out.pt")
     for name, (weight, x) in job.items():
         gram = x.T @ x  # (in, in)
@@ -170,8 +153,13 @@ def test_whole_model_matches_gptqmodel(default_loaded, windows, tmp_path):
 
     calibration, evaluation = windows
     torch.save(calibration, tmp_path / "calibration.pt")
-    run_gptqmodel(
-        "model", str(default_loaded.folder), str(tmp_path / "calibration.pt"), str(tmp_path / "w.pt")
+    run(
+        __file__,
+        tmp_path / "gptqmodel.log",
+        "model",
+        str(default_loaded.folder),
+        str(tmp_path / "calibration.pt"),
+        str(tmp_path / "w.pt"),
     )
     theirs = quantize_model(default_loaded.model, RTNConfig(None)).model  # a copy with plain weights
     weights = torch.load(tmp_path / "w.pt")

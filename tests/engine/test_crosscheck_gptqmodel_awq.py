@@ -57,14 +57,14 @@ file takes ~6 CPU minutes, 6 to 8.5 minutes of wall time on a 2-CPU machine shar
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+from tests.engine.gptqmodel_runner import crosscheck_windows, finish, run, start
 
 pytestmark = [
     pytest.mark.slow,
@@ -79,27 +79,6 @@ GROUPS = {  # our scale groups on SmolLM2 (engine.methods.awq.scale_groups): inp
 }
 CLIPPED = {"self_attn.v_proj": "self_attn.q_proj", "self_attn.o_proj": "self_attn.o_proj"}  # linear: site
 SEARCH_LAYERS = (0, 29)  # the first layer and the last (the largest activations and losses)
-
-
-def start_gptqmodel(log: Path, *args: str) -> subprocess.Popen:
-    env = dict(os.environ, GPTQMODEL_CPU_WORKERS=os.environ.get("GPTQMODEL_CPU_WORKERS", "2"))
-    root = Path(__file__).resolve().parents[2]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    with log.open("w") as sink:  # a file, not a pipe: its progress bars would fill a pipe and block it
-        return subprocess.Popen([sys.executable, __file__, *args], env=env, stdout=sink, stderr=sink)
-
-
-def finish(process: subprocess.Popen, log: Path) -> None:
-    try:
-        process.wait(timeout=1800)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, log.read_text(errors="replace")[-3000:]
-
-
-def run_gptqmodel(tmp_path: Path, *args: str) -> None:
-    finish(start_gptqmodel(tmp_path / "gptqmodel.log", *args), tmp_path / "gptqmodel.log")
 
 
 # -- the gptqmodel side (in the subprocess) --------------------------------------------------------------
@@ -238,14 +217,7 @@ def quantize_model_folder(folder: str, calibration: Path, out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def windows(default_loaded):
-    from engine.data import WindowSpec, load_text, token_windows
-
-    text = load_text("britannica")
-    calibration = token_windows(default_loaded.tokenizer, text, WindowSpec(window=256, count=8))
-    evaluation = token_windows(
-        default_loaded.tokenizer, text, WindowSpec(window=256, count=4, split="evaluation")
-    )
-    return calibration, evaluation
+    return crosscheck_windows(default_loaded.tokenizer)
 
 
 def scheme(scale_dtype: str = "float16"):
@@ -307,7 +279,7 @@ def test_same_inputs_same_search(default_loaded, windows, tmp_path):
         "clip": {name: (weight[0, name], clip_inputs[0, site]) for name, site in CLIPPED.items()},
     }
     torch.save(job, tmp_path / "job.pt")
-    run_gptqmodel(tmp_path, "linears", str(tmp_path / "job.pt"), str(tmp_path / "out.pt"))
+    run(__file__, tmp_path / "gptqmodel.log", "linears", str(tmp_path / "job.pt"), str(tmp_path / "out.pt"))
     theirs = torch.load(tmp_path / "out.pt")
 
     for (index, site), (weights, x) in job["scale"].items():
@@ -360,7 +332,7 @@ def test_whole_model_matches_gptqmodel(default_loaded, windows, tmp_path):
     torch.save(calibration, tmp_path / "calibration.pt")
     log = tmp_path / "gptqmodel.log"
     args = ("model", str(default_loaded.folder), str(tmp_path / "calibration.pt"), str(tmp_path / "p.pt"))
-    process = start_gptqmodel(log, *args)
+    process = start(__file__, log, *args)
     try:  # ours on this core while gptqmodel runs on the other
         candidates = {
             "ours": quantize_model(default_loaded.model, AWQConfig(scheme()), calibration).model,

@@ -3,8 +3,6 @@ and on the default model it beats RTN's perplexity at 3 bits."""
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 
@@ -15,19 +13,11 @@ from engine.methods.rtn import RTNConfig
 from engine.modules import FakeQuantLinear
 from engine.primitives import fake_quantize
 from engine.schemes import QuantScheme
-from tests.conftest import build_tiny_llama
+from tests.conftest import build_tiny_llama, checksum
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 G32 = {bits: QuantScheme(bits, "int", True, "group", 32) for bits in (3, 4, 8)}
-
-
-def checksum(model) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().numpy().tobytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")

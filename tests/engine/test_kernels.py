@@ -6,7 +6,6 @@ paths are marked `gpu` and skip without CUDA. The Speed engine's small pieces ar
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import subprocess
@@ -20,7 +19,7 @@ from engine.kernels import PackedRTNConfig, QuantLinear, cpu, packed_format, ref
 from engine.methods import RTNConfig, quantize_model
 from engine.primitives import fake_quantize, quantize
 from engine.schemes import QuantScheme
-from tests.conftest import build_char_tokenizer, build_tiny_llama
+from tests.conftest import build_char_tokenizer, build_tiny_llama, checksum
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small matmuls: a second OpenMP thread only waits
 
@@ -171,13 +170,6 @@ def test_unsupported_schemes_are_refused_with_a_reason(weights, activations, mes
 
 
 # -- whole models --------------------------------------------------------------------------------------------
-
-
-def checksum(model) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode() + tensor.detach().float().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def test_packed_tiny_model_matches_fake_quant_and_leaves_the_input_alone():

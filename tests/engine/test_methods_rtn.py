@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 
 from engine.methods import RTNConfig, quantize_model
 from engine.modules import FakeQuantLinear
 from engine.schemes import QuantScheme
-from tests.conftest import build_tiny_llama
-
-
-def checksum(model) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().numpy().tobytes())
-    return digest.hexdigest()
+from tests.conftest import build_tiny_llama, checksum
 
 
 def logits(model, ids):

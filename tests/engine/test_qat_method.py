@@ -5,7 +5,6 @@ take the held-out loss well below round-to-nearest's at 3 bits."""
 from __future__ import annotations
 
 import copy
-import hashlib
 
 import pytest
 import torch
@@ -18,20 +17,12 @@ from engine.modules import FakeQuantLinear, linear_names
 from engine.primitives import fake_quantize
 from engine.qat import QATLinear
 from engine.schemes import QuantScheme
-from tests.conftest import build_char_tokenizer, build_tiny_llama
+from tests.conftest import build_char_tokenizer, build_tiny_llama, checksum
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 ASYM3 = QuantScheme(3, "int", False, "group", 64)  # the default: the tiny model's widths are 64 and 128
 SYM3 = QuantScheme(3, "int", True, "group", 32)
-
-
-def checksum(model) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().numpy().tobytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")
