@@ -8,7 +8,8 @@ Run: .venv/bin/python -m bench.bench_kernels [--repeats 20] [--threads N] [--rou
 [--no-llama]. On CPU it runs one torch thread unless told otherwise: with two OpenMP threads on two
 shared, loaded cores, medians land on multiples of the scheduler's 16 ms time slice. Tables:
 1. the default model's linear shapes x batch 1..256 x format: median µs, achieved GB/s, speed-up over the
-   baseline (fp32 on CPU, bf16 on a GPU), with the kernel that ran;
+   baseline (fp32 on CPU, bf16 on a GPU), with the kernel that ran; bitsandbytes' NF4 and LLM.int8()
+   layers beside ours;
 2. Llama-2-7B shapes (on CPU at batch 1 and 4 only, where a 180 MB fp32 weight keeps calls short);
 3. end-to-end greedy decode of the default model per variant: each variant decodes `rounds` times,
    interleaved with the others so load drift hits all of them alike, and the median is reported, with
@@ -151,7 +152,7 @@ def main() -> None:
 
     variants = (
         ["bf16", "fp16", "W8A16", "W4A16", "W8A8"] if on_gpu else ["fp32", "bf16", "W8A16", "W4A16", "W8A8"]
-    )
+    ) + [v for v in speed.BNB_FORMATS if speed.bnb_installed()]  # bitsandbytes' layers, for comparison
     print(
         f"\n## End-to-end greedy decode, {loaded.source.label} ({dtype}), {prompt_tokens}-token prompt, "
         f"{new_tokens} new tokens, median of {args.rounds} interleaved rounds\n"
@@ -186,7 +187,13 @@ def main() -> None:
             f"new tokens, median of {args.rounds}\n"
         )
         timings = decode_rounds(
-            model, tokenizer, ["bf16", "W8A16", "W4A16"], prompt_tokens, new_tokens, args.rounds, bandwidth
+            model,
+            tokenizer,
+            ["bf16", "W8A16", "W4A16"] + (["NF4 (bnb)"] if speed.bnb_installed() else []),
+            prompt_tokens,
+            new_tokens,
+            args.rounds,
+            bandwidth,
         )
         print(decode_table(timings, "bf16"))
         print(

@@ -2,7 +2,10 @@
 
 Microbenchmarks time one linear layer y = x @ W^T per format at several batch sizes (rows of x):
 16/32-bit `nn.functional.linear` (the baseline: fp32 on CPU, the activation dtype on a GPU) and the
-packed `QuantLinear` of engine.kernels (W8A16, W4A16, W8A8; tinygemm int4 too on CUDA). Each figure is
+packed `QuantLinear` of engine.kernels (W8A16, W4A16, W8A8; tinygemm int4 too on CUDA), and, for
+comparison, bitsandbytes' own NF4 and LLM.int8() layers (BNB_FORMATS) as users get them: on a CPU with
+AVX512-BF16, bitsandbytes repacks 4-bit weights at the first forward for its fast kernel (its default,
+which engine.methods.bnb turns off for exact weights; here speed is the point). Each figure is
 the median of `repeats` calls after `warmup`, with a device synchronize around every call on a GPU.
 Calls rotate over enough copies of the weights (ROTATE_BYTES) that each one reads its weights from
 memory rather than from a cache that a whole model would never fit in; "GB/s" is weight bytes
@@ -24,6 +27,7 @@ it refuses, with the numbers, when the model would not fit in free memory.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import statistics
 import time
@@ -53,6 +57,12 @@ INT8_CHANNEL = QuantScheme(8, "int", True, "channel")
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 SYNTHETIC_HEADROOM = 1.1  # weights plus the allocator's slack while building
+BNB_FORMATS = {"NF4 (bnb)": "nf4", "LLM.int8 (bnb)": "int8"}  # bitsandbytes layers, BnbConfig modes
+COMPUTE_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def bnb_installed() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
 
 
 def int4_scheme(*in_features: int, group_size: int | None = None) -> QuantScheme:
@@ -63,8 +73,10 @@ def int4_scheme(*in_features: int, group_size: int | None = None) -> QuantScheme
 
 def available_formats(device: str) -> list[str]:
     if device.startswith("cuda"):
-        return ["fp16", "bf16", "W8A16", "W4A16", "W4A16 tinygemm", "W8A8"]
-    return ["fp32", "bf16", "W8A16", "W4A16", "W8A8"]
+        ours = ["fp16", "bf16", "W8A16", "W4A16", "W4A16 tinygemm", "W8A8"]
+    else:
+        ours = ["fp32", "bf16", "W8A16", "W4A16", "W8A8"]
+    return ours + (list(BNB_FORMATS) if bnb_installed() else [])
 
 
 def baseline_format(device: str) -> str:
@@ -156,12 +168,42 @@ class _Dense(nn.Module):
         return F.linear(x, self.weight)
 
 
-def layer_for(fmt: str, weight: torch.Tensor, group_size: int | None = None) -> nn.Module:
-    """A module computing x @ weight^T in format `fmt`, on weight's device."""
+def bnb_default_cpu_path(model: nn.Module) -> nn.Module:
+    """Give bitsandbytes 4-bit layers back bitsandbytes' own default: on a CPU with AVX512-BF16, repack
+    the weights at the first forward for its fast kernel (engine.methods.bnb turns that off so the
+    weights stay exactly as quantized; the repacked absmax is rounded to bfloat16)."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = has_avx512bf16()
+    return model
+
+
+def bnb_config(fmt: str, compute_dtype: torch.dtype):
+    from engine.methods.bnb import BnbConfig
+
+    return BnbConfig(BNB_FORMATS[fmt], compute_dtype=COMPUTE_DTYPE_NAMES[compute_dtype])
+
+
+def _is_bnb(layer: nn.Module) -> bool:
+    return type(getattr(layer, "weight", None)).__name__ in ("Params4bit", "Int8Params")
+
+
+def layer_for(
+    fmt: str, weight: torch.Tensor, group_size: int | None = None, act_dtype: torch.dtype = torch.float32
+) -> nn.Module:
+    """A module computing x @ weight^T in format `fmt`, on weight's device (bitsandbytes layers compute in
+    `act_dtype`)."""
     if fmt in DTYPES:
         return _Dense(weight.to(DTYPES[fmt]))
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device)
     linear.weight.data = weight.float()
+    if fmt in BNB_FORMATS:
+        from engine.methods.bnb import bnb_linear
+
+        layer = bnb_linear(linear, bnb_config(fmt, act_dtype).transformers_config())
+        return bnb_default_cpu_path(layer)
     if fmt in ("W4A16", "W4A16 tinygemm"):
         module = QuantLinear.from_linear(linear, int4_scheme(weight.shape[1], group_size=group_size))
         if fmt == "W4A16 tinygemm":
@@ -179,10 +221,21 @@ def layer_for(fmt: str, weight: torch.Tensor, group_size: int | None = None) -> 
 def _kernel_name(layer: nn.Module, tokens: int) -> str:
     if isinstance(layer, QuantLinear):
         return layer.kernel_for(tokens)
+    if _is_bnb(layer):
+        if type(layer.weight).__name__ == "Int8Params":
+            return "bnb int8 (LLM.int8)"
+        repacked = getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+        return "bnb nf4 (CPU AVX512-BF16)" if repacked else "bnb nf4"
     return "tinygemm" if hasattr(layer, "scales_and_zeros") else f"linear {DTYPE_NAMES[layer.weight.dtype]}"
 
 
 def _nbytes(layer: nn.Module) -> int:
+    """Bytes the layer's weights take: QuantLinear's and _Dense's buffers, or a bitsandbytes layer's
+    stored codes and statistics (call it before the first forward, which may repack them)."""
+    if _is_bnb(layer):
+        from engine.methods.bnb import stored_bytes
+
+        return sum(stored_bytes(layer).values())
     return sum(t.numel() * t.element_size() for t in layer.buffers())
 
 
@@ -224,11 +277,11 @@ def microbenchmark(
         for fmt_index, fmt in enumerate(order):
             if progress:
                 progress((shape_index * len(order) + fmt_index) / steps, f"{shape.label}: {fmt}")
-            layer = layer_for(fmt, weight, group_size)
+            x_dtype = DTYPES.get(fmt, act_dtype)
+            layer = layer_for(fmt, weight, group_size, x_dtype)
             weight_bytes = _nbytes(layer)
             copies = min(MAX_COPIES, math.ceil(rotate_bytes / weight_bytes)) if rotate else 1
             layers = [layer] + [copy.deepcopy(layer) for _ in range(copies - 1)]
-            x_dtype = DTYPES.get(fmt, act_dtype)
             for batch in batches:
                 x = torch.randn(batch, shape.in_features, generator=generator).to(device, x_dtype)
                 seconds = median_seconds([lambda m=m, x=x: m(x) for m in layers], repeats, warmup, device)
@@ -272,10 +325,30 @@ def float_dtype(model: nn.Module) -> torch.dtype:
     return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
 
+def _bnb_side_bytes(model: nn.Module) -> int:
+    """Bytes bitsandbytes keeps beside its layers' weight parameters, which parameters and buffers miss:
+    4-bit quantization states (absmax, codebook, nested statistics) and int8 row scales (SCB)."""
+    total = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        tensors = [getattr(weight, "SCB", None)]
+        while state is not None:
+            tensors += [v for v in vars(state).values() if isinstance(v, torch.Tensor)]
+            state = getattr(state, "state2", None)
+        total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return total
+
+
+def model_weight_bytes(model: nn.Module) -> int:
+    """Measured bytes of parameters and buffers, plus what bitsandbytes keeps beside them."""
+    return sum(measured_bytes(model).values()) + _bnb_side_bytes(model)
+
+
 def weight_read_bytes(model: nn.Module) -> int:
     """Bytes of weights one decode step reads: all of them, except the input embedding table (one row is
     read) unless it is tied to the output head, which reads all of it."""
-    total = sum(measured_bytes(model).values())
+    total = model_weight_bytes(model)
     embedding = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
     tied = (
@@ -363,7 +436,13 @@ class SyntheticTokenizer:
         return " ".join(str(int(i)) for i in ids)
 
 
-VARIANTS = ("fp32", "bf16", "fp16", "W8A16", "W4A16", "W8A8")
+VARIANTS = ("fp32", "bf16", "fp16", "W8A16", "W4A16", "W8A8", *BNB_FORMATS)
+
+
+def available_variants(device: str) -> list[str]:
+    """The end-to-end variants for `device` (a CPU runs no fp16 model; bitsandbytes only when installed)."""
+    skip = "fp32" if device.startswith("cuda") else "fp16"
+    return [v for v in VARIANTS if v != skip and (v not in BNB_FORMATS or bnb_installed())]
 
 
 def build_variant(
@@ -381,6 +460,11 @@ def build_variant(
         return to_quant_linears(model, INT8_CHANNEL, progress=progress)
     if name == "W8A8":
         return to_quant_linears(model, INT8_CHANNEL, INT8_CHANNEL, progress=progress)
+    if name in BNB_FORMATS and bnb_installed():
+        from engine.methods.registry import quantize_model
+
+        built = quantize_model(model, bnb_config(name, float_dtype(model)), progress=progress).model
+        return bnb_default_cpu_path(built)
     raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
 
 
@@ -501,7 +585,7 @@ def decode_benchmark(
         new_tokens=len(token_ids),
         prefill_seconds=prefill,
         decode_seconds=decode_seconds,
-        weight_bytes=sum(measured_bytes(model).values()),
+        weight_bytes=model_weight_bytes(model),
         bytes_per_token=_roofline_bytes(model, prompt_tokens, len(token_ids)),
         bandwidth=bandwidth,
         text=tokenizer.decode(token_ids, skip_special_tokens=True),

@@ -74,8 +74,9 @@ if kernel_run and kernel_run.results:
 
 # -- end to end ---------------------------------------------------------------------------------------------
 st.subheader("End-to-end prefill and decode")
-variant_options = [v for v in speed.VARIANTS if v != ("fp32" if on_gpu else "fp16")]
+variant_options = speed.available_variants(device)
 default_variants = ["bf16", "W8A16", "W4A16"] if on_gpu else ["fp32", "W8A16", "W4A16"]
+default_variants += [v for v in ("NF4 (bnb)",) if on_gpu and v in variant_options]
 cols = st.columns([3, 3, 1, 1])
 variants = cols[0].multiselect("Variants", variant_options, default=default_variants, key="speed_variants")
 default_loops = [speed.DYNAMIC_LOOP, speed.STATIC_LOOP] + ([speed.COMPILED_LOOP] if on_gpu else [])
@@ -168,6 +169,9 @@ if decode_run and decode_run.results:
         "Roofline: every weight a decode step reads (the output head included, the embedding table only "
         "when tied to it) plus the KV cache at the mean context, divided by the measured copy bandwidth. "
         "Packed variants compute in bf16 inside each linear on CPU; the rest of the model keeps its dtype. "
+        "The (bnb) variants are bitsandbytes' own layers as transformers builds them, with bitsandbytes' "
+        "default CPU path (NF4 weights repacked for its AVX512-BF16 kernel where the CPU has it; LLM.int8 "
+        "casts activations to fp16 and splits outlier columns at every call). "
         "Every loop is greedy, so a variant's loops should decode the same tokens (**same tokens**); "
         "**compile s** is the compiled loop's one-time warm-up, left out of its tokens/s."
     )

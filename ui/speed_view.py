@@ -30,6 +30,8 @@ FORMAT_COLORS = {
     "W4A16": "#d62728",
     "W4A16 tinygemm": "#ff7f0e",
     "W8A8": "#2ca02c",
+    "NF4 (bnb)": "#e377c2",
+    "LLM.int8 (bnb)": "#17becf",
 }
 LOOP_COLORS = {
     speed.DYNAMIC_LOOP: "#1f77b4",
@@ -59,7 +61,8 @@ DECODE_GPU_NOTE = (
 )
 CPU_NOTE = (
     "These are **CPU kernels**: PyTorch's packed int4 / int8 matmuls (bf16 activations) and its int8 × int8 "
-    "`_int_mm`, timed on this machine's cores, which other processes may share. The GPU engine numbers "
+    "`_int_mm`, timed on this machine's cores, which other processes may share; bitsandbytes' NF4 and "
+    "LLM.int8() layers run its CPU code for comparison. The GPU engine numbers "
     "(our Triton kernels, tinygemm, cuBLAS) need a GPU run: pick `cuda` in the sidebar on a machine with one."
 )
 
@@ -199,7 +202,7 @@ def speedup_chart(results: list[speed.KernelTiming], label: str, baseline: str) 
             y=[r.speedup for r in rows],
             mode="lines+markers",
             name=fmt,
-            line=dict(color=FORMAT_COLORS.get(fmt)),
+            line=dict(color=FORMAT_COLORS.get(fmt), dash="dot" if fmt in speed.BNB_FORMATS else "solid"),
             customdata=[[r.kernel, r.seconds * 1e6] for r in rows],
             hovertemplate="batch %{x}: %{y:.2f}x (%{customdata[1]:.0f} µs, %{customdata[0]})<extra>"
             + fmt
@@ -224,7 +227,7 @@ def bandwidth_chart(
             y=[r.gbytes_per_s for r in rows],
             mode="lines+markers",
             name=fmt,
-            line=dict(color=FORMAT_COLORS.get(fmt)),
+            line=dict(color=FORMAT_COLORS.get(fmt), dash="dot" if fmt in speed.BNB_FORMATS else "solid"),
             hovertemplate="batch %{x}: %{y:.1f} GB/s<extra>" + fmt + "</extra>",
         )
     if bandwidth:

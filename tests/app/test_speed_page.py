@@ -20,10 +20,11 @@ def test_speed_page_runs_a_microbenchmark_and_a_decode(app):
     assert len(app.get("plotly_chart")) == 2  # speed-up and GB/s
     table = app.dataframe[0].value
     assert set(table["batch"]) == {1, 4}
-    assert {"fp32", "W4A16", "W8A16", "W8A8"} <= set(table["format"])
+    assert {"fp32", "W4A16", "W8A16", "W8A8", "NF4 (bnb)", "LLM.int8 (bnb)"} <= set(table["format"])
     assert (table["µs"] > 0).all()
 
-    app.multiselect(key="speed_variants").set_value(["fp32", "W4A16"])
+    assert "NF4 (bnb)" in app.multiselect(key="speed_variants").options
+    app.multiselect(key="speed_variants").set_value(["fp32", "W4A16", "NF4 (bnb)"])
     assert app.multiselect(key="speed_loops").value == ["dynamic cache", "static cache"]  # CPU default
     app.multiselect(key="speed_loops").set_value(["dynamic cache", "static + compile"]).run()
     assert any("no CUDA graphs" in caption.value for caption in app.caption)  # said before it runs
@@ -35,8 +36,8 @@ def test_speed_page_runs_a_microbenchmark_and_a_decode(app):
     no_exceptions(app)
     assert len(app.get("plotly_chart")) == 4  # the kernel charts stay, decode and prefill join them
     decode = app.dataframe[-1].value
-    assert list(decode["variant"]) == ["fp32"] * 3 + ["W4A16"] * 3
-    assert list(decode["loop"]) == loops * 2
+    assert list(decode["variant"]) == ["fp32"] * 3 + ["W4A16"] * 3 + ["NF4 (bnb)"] * 3
+    assert list(decode["loop"]) == loops * 3
     # every loop is greedy: one variant, one answer (int4's bfloat16 kernel can tip a near-tie, so fp32)
     assert decode[decode["variant"] == "fp32"]["same tokens"].all()
     assert (decode["decode tok/s"] > 0).all() and (decode["roofline tok/s"] > 0).all()
