@@ -282,6 +282,9 @@ def microbenchmark(
             weight_bytes = _nbytes(layer)
             copies = min(MAX_COPIES, math.ceil(rotate_bytes / weight_bytes)) if rotate else 1
             layers = [layer] + [copy.deepcopy(layer) for _ in range(copies - 1)]
+            first = torch.zeros(1, shape.in_features, device=device, dtype=x_dtype)
+            for each in layers:  # one call each first: bitsandbytes repacks CPU weights at its first call
+                each(first)
             for batch in batches:
                 x = torch.randn(batch, shape.in_features, generator=generator).to(device, x_dtype)
                 seconds = median_seconds([lambda m=m, x=x: m(x) for m in layers], repeats, warmup, device)
@@ -468,6 +471,26 @@ def build_variant(
     raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
 
 
+def runnable_refusal(quantized: nn.Module) -> str | None:
+    """Why `runnable_copy` would refuse a Methods-lab model (without building it); None if it runs."""
+    from engine.kernels.modules import pack_refusal
+
+    if any(_is_bnb(module) for module in quantized.modules()):
+        return None
+    return pack_refusal(quantized)
+
+
+def runnable_copy(quantized: nn.Module, progress: Progress | None = None) -> nn.Module:
+    """A copy of a Methods-lab model that runs real kernels: its fake-quantized layers packed from the
+    integer codes the method chose (engine.kernels.pack_quantized_model), or its bitsandbytes layers on
+    bitsandbytes' default CPU path. ValueError, with the reason, when no kernel runs its layers."""
+    from engine.kernels import pack_quantized_model
+
+    if any(_is_bnb(module) for module in quantized.modules()):
+        return bnb_default_cpu_path(copy.deepcopy(quantized))
+    return pack_quantized_model(quantized, progress=progress)
+
+
 def prompt_of_length(tokenizer, tokens: int) -> str:
     """A text of about `tokens` tokens (exactly, for the synthetic tokenizer)."""
     base = "The quick brown fox jumps over the lazy dog while the engineers measure memory bandwidth. "
@@ -606,8 +629,12 @@ def decode_comparison(
     group_size: int | None = None,
     progress: Progress | None = None,
     loops: list[str] | tuple[str, ...] = (DYNAMIC_LOOP,),
+    builders: dict[str, Callable[[], nn.Module]] | None = None,
 ) -> list[DecodeTiming]:
     """Build each variant in turn (a copy at a time), decode with it by every loop, and free it.
+
+    `builders` names variants of one's own (a Methods-lab model through `runnable_copy`, say) and how to
+    build each; every other name goes to `build_variant`.
 
     A compiled loop compiles its step once per model copy and shapes (engine.decode keeps it while the
     model lives): the loaded model reuses it on the next run; packed copies are rebuilt per run, and
@@ -626,7 +653,7 @@ def decode_comparison(
     for index, name in enumerate(variants):
         if progress:
             progress(index * (len(loops) + 1) / steps, f"Building {name}")
-        built = build_variant(model, name, group_size)
+        built = builders[name]() if builders and name in builders else build_variant(model, name, group_size)
         for loop_index, loop in enumerate(loops):
             if progress:
                 what = "compiling, then decoding" if loop == COMPILED_LOOP else "decoding"

@@ -74,11 +74,25 @@ if kernel_run and kernel_run.results:
 
 # -- end to end ---------------------------------------------------------------------------------------------
 st.subheader("End-to-end prefill and decode")
-variant_options = speed.available_variants(device)
+lab_runs, lab_refused = speed_view.methods_lab_variants()
+variant_options = speed.available_variants(device) + list(lab_runs)
 default_variants = ["bf16", "W8A16", "W4A16"] if on_gpu else ["fp32", "W8A16", "W4A16"]
 default_variants += [v for v in ("NF4 (bnb)",) if on_gpu and v in variant_options]
 cols = st.columns([3, 3, 1, 1])
-variants = cols[0].multiselect("Variants", variant_options, default=default_variants, key="speed_variants")
+variants = cols[0].multiselect(
+    "Variants",
+    variant_options,
+    default=default_variants,
+    key="speed_variants",
+    help="fp/bf16 and the packed W8A16 / W4A16 / W8A8 round the loaded model to nearest; (bnb) are "
+    "bitsandbytes' layers; (Methods lab) are the models built on the Methods page (GPTQ, AWQ, ...), "
+    "packed from the integer codes each method chose.",
+)
+if lab_refused:
+    st.caption(
+        "Methods-lab models no kernel runs: "
+        + "; ".join(f"**{label}** ({reason})" for label, reason in lab_refused.items())
+    )
 default_loops = [speed.DYNAMIC_LOOP, speed.STATIC_LOOP] + ([speed.COMPILED_LOOP] if on_gpu else [])
 loops = cols[1].multiselect(
     "Decode loops",
@@ -116,6 +130,9 @@ if on_gpu:
         )
 else:
     st.caption("A catalog config (e.g. Llama-2-7B) with random weights can be timed here on a GPU.")
+if synthetic_config is not None and set(variants) & set(lab_runs):
+    st.caption("Methods-lab models are the loaded model's: they are left out of a synthetic run.")
+    variants = [v for v in variants if v not in lab_runs]
 if st.button(
     "Run decode benchmark", type="primary", key="speed_run_decode", disabled=not (variants and loops)
 ):
@@ -149,6 +166,7 @@ if st.button(
             loaded.source.label,
             False,
             loops,
+            builders=speed_view.lab_builders(lab_runs, variants),
         )
 
 decode_run = st.session_state.get(speed_view.DECODE)

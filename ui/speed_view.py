@@ -17,6 +17,7 @@ import streamlit as st
 import torch
 
 from engine import speed
+from ui import methods_view
 from ui.errors import show_error
 from ui.progress import progress_bar
 
@@ -100,6 +101,28 @@ class DecodeRun:
     results: list[speed.DecodeTiming] = field(default_factory=list)
 
 
+def methods_lab_variants() -> tuple[dict, dict[str, str]]:
+    """This session's Methods-lab models: ({variant name: MethodRun} that run real kernels, {label: why
+    not} for the rest). Checked from the layers' schemes; nothing is built here."""
+    runnable, refused = {}, {}
+    for run in st.session_state.get(methods_view.RUNS, {}).values():
+        reason = speed.runnable_refusal(run.quantized.model)
+        if reason is None:
+            runnable[f"{run.label} (Methods lab)"] = run
+        else:
+            refused[run.label] = reason
+    return runnable, refused
+
+
+def lab_builders(lab_runs: dict, variants: list[str]) -> dict:
+    """Builders for the picked Methods-lab variants: a packed (or bitsandbytes) copy, built when timed."""
+    return {
+        name: (lambda run=run: speed.runnable_copy(run.quantized.model))
+        for name, run in lab_runs.items()
+        if name in variants
+    }
+
+
 def device_note(device: str) -> None:
     if device.startswith("cuda"):
         st.caption(f"Device: {torch.cuda.get_device_name()}. Timings synchronize the GPU around every call.")
@@ -149,6 +172,7 @@ def run_decode(
     label: str,
     synthetic: bool,
     loops=(speed.DYNAMIC_LOOP,),
+    builders=None,
 ) -> None:
     device = str(next(model.parameters()).device)
     update, clear = progress_bar()
@@ -161,6 +185,7 @@ def run_decode(
             new_tokens=new_tokens,
             progress=update,
             loops=list(loops),
+            builders=builders,
         )
         st.session_state[DECODE] = DecodeRun(Machine.now(device), label, synthetic, results)
     except Exception as exc:

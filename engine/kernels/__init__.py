@@ -10,8 +10,16 @@ from engine.kernels.modules import (
     FORMATS,
     PackedRTNConfig,
     QuantLinear,
+    pack_quantized_model,
     packed_format,
     to_quant_linears,
 )
 
-__all__ = ["FORMATS", "PackedRTNConfig", "QuantLinear", "packed_format", "to_quant_linears"]
+__all__ = [
+    "FORMATS",
+    "PackedRTNConfig",
+    "QuantLinear",
+    "pack_quantized_model",
+    "packed_format",
+    "to_quant_linears",
+]

@@ -22,8 +22,10 @@ to it. `PackedRTNConfig` registers the whole thing as a method (round to nearest
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 from engine.kernels import cpu, reference
 from engine.methods.registry import LayerReport, Progress, quantize_model, register
 from engine.metrics import sqnr_db
-from engine.modules import linear_names, replace_linears
+from engine.modules import FakeQuantLinear, linear_names, replace_linears
 from engine.primitives import pack_int4, quantize, unpack_int4
 from engine.schemes import QuantScheme, check_shape
 
@@ -102,13 +104,68 @@ class QuantLinear(nn.Module):
     ) -> QuantLinear:
         fmt = packed_format(weights, activations)
         weight = linear.weight.detach()
-        device = weight.device
-        out_features, in_features = weight.shape
         qt = quantize(weight.to("cpu"), weights)  # our grid; the primitives run on the CPU
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        group = weights.group_size if fmt == "W4A16" else None
         if fmt == "W4A16":
             codes, scales, zeros = reference.int4_from_qtensor(qt)
+        else:
+            (codes, scales), zeros = reference.int8_from_qtensor(qt), None
+        return cls.pack(fmt, codes, scales, zeros, bias, weight.device, weights, activations)
+
+    @classmethod
+    @torch.no_grad()
+    def from_fake_quant(cls, module: FakeQuantLinear) -> QuantLinear:
+        """Pack a method's fake-quantized layer (RTN, GPTQ, AWQ, QAT, SmoothQuant) from the integer codes
+        it kept, on the device its weight is on: the packed layer holds the very grid values the method
+        chose, not a re-rounding of them. ValueError, with the reason, for layers no kernel runs."""
+        from engine.export import ExportError, int_codes  # export imports engine.modules only
+
+        if module.weight_scheme is None:
+            raise ValueError("this layer's weights are not quantized: there is nothing to pack")
+        fmt = packed_format(module.weight_scheme, module.act_scheme)
+        on_cpu = SimpleNamespace(  # int_codes reads these; its arithmetic runs on the CPU
+            weight=module.weight.detach().cpu(),
+            scale=None if module.scale is None else module.scale.cpu(),
+            zero_point=None if module.zero_point is None else module.zero_point.cpu(),
+            g_idx=None if module.g_idx is None else module.g_idx.cpu(),
+            weight_scheme=module.weight_scheme,
+        )
+        try:
+            c = int_codes(on_cpu)
+        except ExportError as exc:
+            raise ValueError(str(exc)) from exc
+        in_features = module.in_features
+        if c.group_size > 0 and not torch.equal(c.g_idx, torch.arange(in_features) // c.group_size):
+            raise ValueError(
+                "act-order GPTQ without static groups reads its groups out of order (g_idx); the packed "
+                "kernels need contiguous groups (GPTQ's static groups give them)"
+            )
+        bias = None if module.bias is None else module.bias.detach().clone()
+        if fmt == "W4A16":  # unsigned codes with integer zeros -> the kernels' (code - 8) * s + z form
+            zeros = (reference.INT4_MIDPOINT - c.zeros.float()) * c.scales
+            codes, scales = c.codes.to(torch.uint8), c.scales
+        else:  # symmetric int8: int_codes offset the codes by 128
+            codes, scales, zeros = (c.codes - c.zeros).to(torch.int8), c.scales.reshape(-1), None
+        return cls.pack(
+            fmt, codes, scales, zeros, bias, module.weight.device, module.weight_scheme, module.act_scheme
+        )
+
+    @classmethod
+    def pack(
+        cls,
+        fmt: str,
+        codes: Tensor,  # W4A16: (N, K) uint8 in [0, 15]; W8A16 / W8A8: (N, K) int8
+        scales: Tensor,  # W4A16: (N, K / group) float; int8: (N,)
+        zeros: Tensor | None,  # W4A16: (N, K / group) float (reference.py's form); int8: None
+        bias: Tensor | None,
+        device: torch.device,
+        weights: QuantScheme,
+        activations: QuantScheme | None,
+    ) -> QuantLinear:
+        """Lay codes in the plain formats of engine.kernels.reference out for `device`'s kernels."""
+        out_features, in_features = codes.shape
+        group = weights.group_size if fmt == "W4A16" else None
+        if fmt == "W4A16":
             if device.type == "cpu" and cpu.int4_supported(out_features, in_features, group) is None:
                 packed, scales_and_zeros = cpu.pack_int4(codes, scales, zeros)
                 layout, buffers = "cpu_int4pack", {"qweight": packed, "scales_and_zeros": scales_and_zeros}
@@ -123,7 +180,6 @@ class QuantLinear(nn.Module):
                 if weights.symmetric:  # all zeros: do not store them
                     del buffers["zeros"]
         else:
-            codes, scales = reference.int8_from_qtensor(qt)
             if fmt == "W8A8":  # the int32 product is scaled in float32
                 layout = "int8_rows" if device.type == "cpu" else "int8_cols"
                 qweight = codes if device.type == "cpu" else codes.t().contiguous()  # cuBLAS wants (K, N)
@@ -278,3 +334,52 @@ def to_quant_linears(
 ) -> nn.Module:
     """A new model with every linear (but the output head) packed; `model` itself is left untouched."""
     return quantize_model(model, PackedRTNConfig(weights, activations), progress=progress).model
+
+
+def pack_refusal(model: nn.Module) -> str | None:
+    """Why `pack_quantized_model` would refuse `model`, found from the layers' schemes without building
+    anything; None when it packs (each layer's codes are checked against its grid while packing)."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, FakeQuantLinear)]
+    if not layers:
+        return "it has no fake-quantized layers to pack (RTN, GPTQ, AWQ, QAT and SmoothQuant results pack)"
+    for name, module in layers:
+        if module.weight_scheme is None:
+            return f"{name}: its weights are not quantized"
+        try:
+            packed_format(module.weight_scheme, module.act_scheme)
+        except ValueError as exc:
+            return f"{name}: {exc}"
+        if module.scale is None:
+            return f"{name}: it did not keep its scales"
+        group = module.weight_scheme.group_size
+        if module.g_idx is not None and not torch.equal(
+            module.g_idx.cpu().long(), torch.arange(module.in_features) // group
+        ):
+            return f"{name}: act-order without static groups reads its groups out of order"
+    return None
+
+
+def pack_quantized_model(model: nn.Module, progress: Progress | None = None) -> nn.Module:
+    """A copy of a method's quantized model (RTN, GPTQ, AWQ, QAT, SmoothQuant: FakeQuantLinear layers that
+    kept their scales) with every quantized layer packed from its own integer codes, so it runs the real
+    kernels with the weights the method chose. `model` is left untouched. ValueError naming the first
+    layer no kernel runs, and why (NF4, 3-bit, per-tensor, act-order without static groups, ...).
+    """
+    names = [name for name, module in model.named_modules() if isinstance(module, FakeQuantLinear)]
+    if not names:
+        kinds = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.endswith("Linear")})
+        raise ValueError(
+            "this model has no fake-quantized layers to pack (its linears are "
+            f"{', '.join(kinds) or 'none'}); RTN, GPTQ, AWQ, QAT and SmoothQuant results can be packed"
+        )
+    packed: dict[str, QuantLinear] = {}
+    for index, name in enumerate(names):
+        try:
+            packed[name] = QuantLinear.from_fake_quant(model.get_submodule(name))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from exc
+        if progress:
+            progress((index + 1) / len(names), f"packing {name} ({index + 1}/{len(names)})")
+    # deepcopy everything else; the memo hands back the packed layer wherever a fake one would be copied
+    memo = {id(model.get_submodule(name)): layer for name, layer in packed.items()}
+    return copy.deepcopy(model, memo)

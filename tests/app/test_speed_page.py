@@ -43,3 +43,40 @@ def test_speed_page_runs_a_microbenchmark_and_a_decode(app):
     assert (decode["decode tok/s"] > 0).all() and (decode["roofline tok/s"] > 0).all()
     assert (decode["compile s"] == 0).all()
     assert any(metric.label == "Measured copy bandwidth" for metric in app.metric)
+
+
+def test_speed_page_times_a_methods_lab_model(app):
+    """A model built on the Methods page runs as a variant, packed from its own codes: RTN int4 asym g64
+    from the lab is the Speed page's own W4A16 (same grid), so both decode the same words. A model no
+    kernel runs (our LLM.int8) is named with the reason instead."""
+    from engine.methods import LLMInt8Config, RTNConfig, quantize_model
+    from engine.models import load_model
+    from engine.schemes import QuantScheme
+    from engine.sources import ModelSource
+    from ui.methods_view import RUNS, MethodRun
+
+    reference = load_model(ModelSource(), "cpu", "float32").model
+    rtn = quantize_model(reference, RTNConfig(QuantScheme(4, "int", False, "group", 64)))
+    int8 = quantize_model(reference, LLMInt8Config())
+    del reference
+    open_page(app, "speed")
+    app.session_state[RUNS] = {
+        "RTN int4 g64 asym": MethodRun("RTN int4 g64 asym", "RTN", rtn, None, 0.0),
+        "LLM.int8()": MethodRun("LLM.int8()", "LLM.int8()", int8, None, 0.0),
+    }
+    app.run()
+    no_exceptions(app)
+    lab = "RTN int4 g64 asym (Methods lab)"
+    assert lab in app.multiselect(key="speed_variants").options
+    assert "LLM.int8() (Methods lab)" not in app.multiselect(key="speed_variants").options
+    assert any("**LLM.int8()**" in c.value and "no fake-quantized layers" in c.value for c in app.caption)
+    app.multiselect(key="speed_variants").set_value(["W4A16", lab])
+    app.multiselect(key="speed_loops").set_value(["dynamic cache"])
+    app.number_input(key="speed_prompt_tokens").set_value(8)
+    app.number_input(key="speed_new_tokens").set_value(6)
+    app.button(key="speed_run_decode").click().run()
+    no_exceptions(app)
+    decode = app.dataframe[-1].value
+    assert list(decode["variant"]) == ["W4A16", lab]
+    assert decode["first words"].iloc[0] == decode["first words"].iloc[1]
+    assert abs(decode["weights MiB"].iloc[0] - decode["weights MiB"].iloc[1]) < 0.5
