@@ -451,10 +451,22 @@ def available_variants(device: str) -> list[str]:
 def build_variant(
     model: nn.Module, name: str, group_size: int | None = None, progress: Progress | None = None
 ) -> nn.Module:
-    """The model itself (its own dtype), a recast copy, or a packed copy; `model` is never changed."""
+    """The model itself (its own dtype), a recast copy, or a packed copy; `model` is never changed.
+    NotEnoughMemoryError, with the numbers, when a recast copy would not fit in free memory."""
     if name in DTYPES:
         if float_dtype(model) == DTYPES[name]:
             return model
+        size = model_weight_bytes(model)
+        ratio = torch.finfo(DTYPES[name]).bits / torch.finfo(float_dtype(model)).bits
+        needed = size * (1 + ratio) * SYNTHETIC_HEADROOM  # deepcopy first, then the cast
+        device = str(next(model.parameters()).device)
+        free = free_memory_bytes(device)
+        if needed > free:
+            raise NotEnoughMemoryError(
+                f"The {name} variant copies the model: about {needed / 2**30:.1f} GiB while it is built, "
+                f"but only {free / 2**30:.1f} GiB is free on {device}. Leave {name} out or use a smaller "
+                "model."
+            )
         return copy.deepcopy(model).to(DTYPES[name])
     if name == "W4A16":
         widths = {model.get_submodule(n).in_features for n in linear_names(model)}

@@ -80,3 +80,24 @@ def test_speed_page_times_a_methods_lab_model(app):
     assert list(decode["variant"]) == ["W4A16", lab]
     assert decode["first words"].iloc[0] == decode["first words"].iloc[1]
     assert abs(decode["weights MiB"].iloc[0] - decode["weights MiB"].iloc[1]) < 0.5
+
+
+def test_speed_page_times_a_synthetic_catalog_config_on_cpu(app):
+    """Random weights in a catalog architecture (Qwen2.5-0.5B, the CPU default), said to be synthetic."""
+    open_page(app, "speed")
+    app.checkbox(key="speed_synthetic").check().run()
+    no_exceptions(app)
+    assert app.selectbox(key="speed_synthetic_config").value == "Qwen2.5-0.5B"
+    assert any("**synthetic**" in warning.value for warning in app.warning)
+    app.multiselect(key="speed_variants").set_value(["bf16", "W4A16"])
+    app.multiselect(key="speed_loops").set_value(["dynamic cache"])
+    app.number_input(key="speed_prompt_tokens").set_value(8)
+    app.number_input(key="speed_new_tokens").set_value(3)
+    app.button(key="speed_run_decode").click().run()
+    no_exceptions(app)
+    assert any("Qwen2.5-0.5B (synthetic random weights)" in c.value for c in app.caption)
+    decode = app.dataframe[-1].value
+    assert list(decode["variant"]) == ["bf16", "W4A16"]
+    weights = dict(zip(decode["variant"], decode["weights MiB"], strict=True))
+    assert 800 < weights["bf16"] < 1000  # 0.49 B parameters in bf16
+    assert weights["W4A16"] < 0.75 * weights["bf16"]  # the tied 136M-entry embedding stays bf16

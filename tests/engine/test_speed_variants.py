@@ -1,6 +1,7 @@
-"""bitsandbytes' NF4 and LLM.int8() layers as Speed-page formats: they compute what they store, their
-bytes include the statistics bitsandbytes keeps outside parameters, and a whole bnb model decodes
-through every decode loop but the compiled one (compiling takes a minute on two cores)."""
+"""The Speed engine's variants. bitsandbytes' NF4 and LLM.int8() layers as formats: they compute what
+they store, their bytes include the statistics bitsandbytes keeps outside parameters, and a whole bnb
+model decodes through every decode loop but the compiled one (compiling takes a minute on two cores).
+A recast copy that would not fit in memory is refused before it is made."""
 
 from __future__ import annotations
 
@@ -92,3 +93,13 @@ def test_bnb_variant_decodes_and_counts_its_statistics(fmt):
         assert timing.new_tokens == 6 and timing.decode_tokens_per_s > 0
         assert timing.weight_bytes == speed.model_weight_bytes(built)
     assert timings[0].token_ids == timings[1].token_ids == timings[2].token_ids  # greedy: one answer
+
+
+def test_a_recast_copy_that_would_not_fit_is_refused(monkeypatch):
+    from engine.methods.registry import NotEnoughMemoryError
+
+    tiny = build_tiny_llama()
+    monkeypatch.setattr(speed, "free_memory_bytes", lambda device: 1000)
+    with pytest.raises(NotEnoughMemoryError, match=r"The bf16 variant copies the model: .* free on cpu"):
+        speed.build_variant(tiny, "bf16")
+    assert speed.build_variant(tiny, "fp32") is tiny  # its own dtype: no copy, nothing to check
