@@ -5,7 +5,8 @@ H100: our W4A16 >= 3.0x and W8A16 >= 1.7x cuBLAS fp16 at batch 1 on Llama-2-7B s
 Llama-2-7B decode (128-token prompt, 256 new tokens) with fp16 >= 60% of its roofline and int4 >= 2.5x fp16.
 
 Run: .venv/bin/python -m bench.bench_kernels [--repeats 20] [--threads N] [--rounds 3] [--new-tokens 64]
-[--no-llama]. On CPU it runs one torch thread unless told otherwise: with two OpenMP threads on two
+[--no-llama] [--synthetic smollm2-135m-instruct] (random weights in a catalog config, where the default
+model's files are not at hand: a GPU machine). On CPU it runs one torch thread unless told otherwise: with two OpenMP threads on two
 shared, loaded cores, medians land on multiples of the scheduler's 16 ms time slice. Tables:
 1. the default model's linear shapes x batch 1..256 x format: median µs, achieved GB/s, speed-up over the
    baseline (fp32 on CPU, bf16 on a GPU), with the kernel that ran; bitsandbytes' NF4 and LLM.int8()
@@ -25,6 +26,7 @@ import datetime as dt
 import os
 import platform
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -121,6 +123,12 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=None)
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--no-llama", action="store_true", help="skip the Llama-2-7B shapes")
+    parser.add_argument(
+        "--synthetic",
+        default=None,
+        help="a catalog config (e.g. smollm2-135m-instruct) with random weights instead of the default "
+        "model's files: shapes and speed only",
+    )
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     on_gpu = device == "cuda"
@@ -134,7 +142,16 @@ def main() -> None:
         f"# Kernels and decode speed — `python -m bench.bench_kernels`\n\n{machine_line(device)} (before)\n"
     )
     dtype = "bfloat16" if on_gpu else "float32"
-    loaded = load_model(ModelSource(), device, dtype)
+    if args.synthetic:  # no weight files needed (a GPU machine has none): the config's shapes, random weights
+        entry = catalog_model(args.synthetic)
+        model = speed.synthetic_model(entry.config(), speed.DTYPES["bf16" if on_gpu else "fp32"], device)
+        loaded = SimpleNamespace(
+            model=model,
+            tokenizer=speed.SyntheticTokenizer(model.config.vocab_size),
+            source=SimpleNamespace(label=f"{entry.name} (synthetic random weights)"),
+        )
+    else:
+        loaded = load_model(ModelSource(), device, dtype)
     bandwidth = speed.measure_bandwidth(device)
     print(f"Measured copy bandwidth: {bandwidth / 1e9:,.1f} GB/s (read + write of a large tensor).\n")
 
