@@ -54,6 +54,38 @@ def lower_median(timings: list[speed.DecodeTiming]) -> speed.DecodeTiming:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def goals(runs, baseline: str) -> str:
+    """Issue 8's end-to-end goals on a GPU, from the compiled (CUDA-graph) loop: the baseline at >= 60% of
+    its roofline, int4 >= 2.5x the baseline, both ahead of transformers' generate and bitsandbytes NF4."""
+    best = {key: lower_median(timings) for key, timings in runs.items()}
+    compiled = {name: t for (name, loop), t in best.items() if loop == speed.COMPILED_LOOP}
+    lines = []
+    base, int4 = compiled.get(baseline), compiled.get("W4A16")
+    if base:
+        fraction = base.roofline_fraction
+        lines.append(
+            f"- {baseline} at {100 * fraction:.0f}% of its roofline ({'meets' if fraction >= 0.6 else 'MISSES'} >= 60%)"
+        )
+    if base and int4:
+        ratio = int4.decode_tokens_per_s / base.decode_tokens_per_s
+        lines.append(f"- W4A16 {ratio:.2f}x {baseline} ({'meets' if ratio >= 2.5 else 'MISSES'} >= 2.5x)")
+    for name in (baseline, "W4A16"):
+        ours = compiled.get(name)
+        for other, loop in (
+            (name, speed.HF_LOOP),
+            ("NF4 (bnb)", speed.HF_LOOP),
+            ("NF4 (bnb)", speed.COMPILED_LOOP),
+        ):
+            theirs = best.get((other, loop))
+            if ours and theirs:
+                lines.append(
+                    f"- {name} compiled {ours.decode_tokens_per_s:,.1f} tok/s = "
+                    f"{ours.decode_tokens_per_s / theirs.decode_tokens_per_s:.2f}x {other} · {loop} "
+                    f"({theirs.decode_tokens_per_s:,.1f})"
+                )
+    return "\n".join(lines) or "(no compiled runs to hold to the goals)"
+
+
 def table(runs, variants, loops, baseline: str) -> str:
     best = {key: lower_median(timings) for key, timings in runs.items()}
     lines = [
@@ -88,6 +120,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU)")
     parser.add_argument("--synthetic", default=None, help="catalog config with random bf16 weights")
     parser.add_argument("--loops", nargs="+", default=LOOPS, choices=list(speed.LOOPS))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        help="default: the model's dtype, W8A16, W4A16, and on a GPU bitsandbytes NF4 when installed",
+    )
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     on_gpu = device == "cuda"
@@ -108,7 +146,9 @@ def main() -> None:
         loaded = load_model(ModelSource(), device, "bfloat16" if on_gpu else "float32")
         model, tokenizer, label = loaded.model, loaded.tokenizer, loaded.source.label
     baseline = speed.DTYPE_NAMES[speed.float_dtype(model)]
-    variants = [baseline, "W8A16", "W4A16"]
+    variants = args.variants or [baseline, "W8A16", "W4A16"] + (
+        ["NF4 (bnb)"] if on_gpu and speed.bnb_installed() else []
+    )
     bandwidth = speed.measure_bandwidth(device)
     print(
         f"{label}, batch 1, greedy, {prompt_tokens}-token prompt, {new_tokens} new tokens, lower median of "
@@ -128,6 +168,9 @@ def main() -> None:
                 f"- {name}: static + compile {compiled:,.1f} tok/s = {compiled / generate:.2f}x transformers "
                 f"generate ({generate:,.1f}); compiled rounds {', '.join(f'{x:.1f}' for x in rounds)}"
             )
+    if on_gpu:
+        print()
+        print(goals(runs, baseline))
     print(f"\n{machine_line(device)} (after)")
 
 

@@ -7,12 +7,20 @@
 # One part per device call: a call may run 10 minutes. The device tool sets $OUT; the logs land there.
 # The GPU machine has torch, Triton and transformers but none of the default model's files (they do not
 # fit in what travels), so the benchmarks use catalog configs with random weights (--synthetic).
-# bitsandbytes is absent there unless carried as a wheel: its formats are then left out.
+# bitsandbytes is absent there: its formats are left out unless its wheel travels (43 MB, under the
+# 64 MiB a call carries). Here, once:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_24_x86_64 -d .whl bitsandbytes==0.50.2
+# then name `.whl` in the device call's carry; this script installs what it finds there.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=. TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/gpu-run}
 PY=${PY:-python3}
 mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:.
+fi
 
 { date -u +%FT%TZ
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -28,7 +36,7 @@ case "${1:-tests}" in
   kernels)
     timeout 560 $PY -m bench.bench_kernels --synthetic smollm2-135m-instruct --rounds 3 2>&1 | tee "$OUT/bench_kernels.md" ;;
   decode)
-    timeout 560 $PY -m bench.bench_decode --synthetic llama-2-7b --rounds 3 2>&1 | tee "$OUT/bench_decode.md" ;;
+    timeout 560 $PY -m bench.bench_decode --synthetic llama-2-7b --rounds 2 2>&1 | tee "$OUT/bench_decode.md" ;;
   memory)
     timeout 560 $PY -m bench.bench_memory_gpu 2>&1 | tee "$OUT/bench_memory.md" ;;
   *)
