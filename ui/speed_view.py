@@ -197,14 +197,15 @@ def run_decode(
 # -- charts and tables ------------------------------------------------------------------------------------
 
 
-def _layout(figure: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.Figure:
+def _layout(figure: go.Figure, title: str, x: str, y: str, height: int = 440) -> go.Figure:
+    """Title on top, legend under the x axis: up to nine formats wrap there without covering the title."""
     figure.update_layout(
         title=title,
         xaxis_title=x,
         yaxis_title=y,
         height=height,
-        margin=dict(l=10, r=10, t=60, b=10),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+        margin=dict(l=10, r=10, t=50, b=10),
+        legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0),
     )
     return figure
 
@@ -280,7 +281,7 @@ def kernel_table(results: list[speed.KernelTiming]) -> pd.DataFrame:
             }
             for r in results
         ]
-    )
+    ).round({"µs": 1, "GB/s": 2, "TFLOP/s": 4, "speed-up": 2})
 
 
 def _loops(results: list[speed.DecodeTiming]) -> dict[str, list[speed.DecodeTiming]]:
@@ -334,7 +335,7 @@ def prefill_chart(results: list[speed.DecodeTiming]) -> go.Figure:
             hovertemplate="%{x}: %{y:.0f} prompt tokens/s<extra>" + loop + "</extra>",
         )
     figure.update_layout(barmode="group")
-    return _layout(figure, "Prefill (the prompt, matrix-matrix)", "variant", "prompt tokens/s", height=320)
+    return _layout(figure, "Prefill (the prompt, matrix-matrix)", "variant", "prompt tokens/s", height=380)
 
 
 def same_tokens(results: list[speed.DecodeTiming]) -> list[bool]:
@@ -366,4 +367,14 @@ def decode_table(results: list[speed.DecodeTiming]) -> pd.DataFrame:
             }
             for r, same in zip(results, same_tokens(results), strict=True)
         ]
+    ).round(
+        {
+            "prefill tok/s": 1,
+            "decode tok/s": 1,
+            "roofline tok/s": 1,
+            "% of roofline": 0,
+            "compile s": 1,
+            "weights MiB": 1,
+            "MiB read per token": 1,
+        }
     )
