@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.generation import MAX_NEW_TOKENS_CAP, GenerationError, GenerationSettings
-from ui import cache, page, state
+from ui import cache, methods_view, page, state
 from ui import compare_view as view
 from ui.errors import show_error
 from ui.variants import variant
@@ -28,10 +28,9 @@ page.start(
 )
 loaded = cache.current_model_or_stop()
 options = view.quick_variants(loaded.model, state.scheme())
-built_in_lab = {
-    run.quantized.config: run.quantized for run in st.session_state.get("methods_runs", {}).values()
-}
-for run in st.session_state.get("methods_runs", {}).values():  # every model built on the Methods lab page
+lab_runs = methods_view.runs()  # every model built on the Methods lab page from the loaded model
+built_in_lab = {run.quantized.config: run.quantized for run in lab_runs.values()}
+for run in lab_runs.values():
     options[f"lab:{run.label}"] = view.VariantSpec(
         f"lab:{run.label}", f"{run.label} (Methods lab)", run.quantized.config
     )

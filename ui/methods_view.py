@@ -21,11 +21,13 @@ from engine.methods.llm_int8 import LLMInt8Config
 from engine.methods.qat import QATConfig, QATTrace, qat_trace
 from engine.methods.smoothquant import SmoothQuantConfig
 from engine.schemes import QuantScheme
+from ui import state
 
 METHODS = ["RTN", "LLM.int8()", "SmoothQuant", "GPTQ", "AWQ", "bitsandbytes", "QAT"]
 NEEDS_CALIBRATION = {"SmoothQuant", "GPTQ", "AWQ", "QAT"}
 USES_CALIBRATION = NEEDS_CALIBRATION | {"LLM.int8()"}  # LLM.int8 reports its kept dims on calibration text
 RUNS = "methods_runs"  # session key: {label: MethodRun}
+RUNS_MODEL = "methods_runs_model"  # session key: the model selection those runs were built from
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 
 
@@ -43,6 +45,12 @@ class MethodRun:
 
 
 def runs() -> dict[str, MethodRun]:
+    """This session's Methods-lab runs, for the model loaded now: loading another model (or the same in
+    another device / dtype) starts an empty set, so no page offers a copy of a model no longer loaded."""
+    model = state.selection()
+    if st.session_state.setdefault(RUNS_MODEL, model) != model:
+        st.session_state[RUNS] = {}
+        st.session_state[RUNS_MODEL] = model
     return st.session_state.setdefault(RUNS, {})
 
 

@@ -105,7 +105,7 @@ def methods_lab_variants() -> tuple[dict, dict[str, str]]:
     """This session's Methods-lab models: ({variant name: MethodRun} that run real kernels, {label: why
     not} for the rest). Checked from the layers' schemes; nothing is built here."""
     runnable, refused = {}, {}
-    for run in st.session_state.get(methods_view.RUNS, {}).values():
+    for run in methods_view.runs().values():
         reason = speed.runnable_refusal(run.quantized.model)
         if reason is None:
             runnable[f"{run.label} (Methods lab)"] = run

@@ -80,6 +80,12 @@ def test_speed_page_times_a_methods_lab_model(app):
     assert list(decode["variant"]) == ["W4A16", lab]
     assert decode["first words"].iloc[0] == decode["first words"].iloc[1]
     assert abs(decode["weights MiB"].iloc[0] - decode["weights MiB"].iloc[1]) < 0.5
+    # the lab's models belong to the model they were built from: another dtype is another model
+    app.session_state["qe_dtype"] = "bfloat16"
+    app.run()
+    no_exceptions(app)
+    assert lab not in app.multiselect(key="speed_variants").options
+    assert not app.session_state[RUNS]
 
 
 def test_speed_page_times_a_synthetic_catalog_config_on_cpu(app):
