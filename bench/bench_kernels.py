@@ -167,6 +167,12 @@ def main() -> None:
         results = speed.microbenchmark(llama, batches, device=device, repeats=args.repeats, warmup=2)
         print(kernel_tables(results, baseline))
 
+    if on_gpu:
+        from engine.kernels import cuda
+
+        for fmt, picks in cuda.tuned_gemv_configs().items():
+            for key, config in picks.items():
+                print(f"\n{fmt} decode GEMV autotuned for {key}: {config}")
     variants = (
         ["bf16", "fp16", "W8A16", "W4A16", "W8A8"] if on_gpu else ["fp32", "bf16", "W8A16", "W4A16", "W8A8"]
     ) + [v for v in speed.BNB_FORMATS if speed.bnb_installed()]  # bitsandbytes' layers, for comparison

@@ -11,7 +11,8 @@ Kernels (weights as QuantLinear stores them on a GPU; see engine/kernels/referen
 - `w4a16`: int4 codes two per byte in pack_int4 order (element 2j in the high nibble), (N, K / 2)
   uint8, with (N, K / group) scales and optional zeros. Up to GEMV_MAX_TOKENS rows: a GEMV that streams
   the packed bytes once per row and reduces on the CUDA cores (decode is memory-bound: the point is to
-  read 4.x bits per weight instead of 16). Up to TRITON_GEMM_MAX_TOKENS rows: a tiled GEMM that
+  read 4.x bits per weight instead of 16), autotuned per (N, K) over W4A16_GEMV_CONFIGS (rows per
+  program, warps, pipeline stages); every config is tested against the reference. Up to TRITON_GEMM_MAX_TOKENS rows: a tiled GEMM that
   dequantizes one group-wide K tile to 16 bits in registers and feeds `tl.dot`. Beyond that: dequantize
   the whole weight once and call cuBLAS, where the matmul dominates (prefill).
 - `w8a16`: the same three regimes for int8 codes (N, K) with one scale per row.
@@ -41,8 +42,11 @@ INT_MM_MIN_ROWS = 32  # torch._int_mm on CUDA needs more than 16 rows; pad small
 TINYGEMM_GROUP_SIZES = (32, 64, 128, 256)
 
 
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (tests, no GPU)
+
+
 def _import_triton():
-    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+    if not (torch.cuda.is_available() or INTERPRETING):
         return None, None
     try:
         import triton
@@ -211,8 +215,74 @@ if triton is not None:
         tl.store(y_ptr + rm[:, None] * stride_y + rn[None, :], out.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-GEMV_BLOCK_N = 32  # output rows per GEMV program: N / 32 programs per token (128 for N = 4096)
 GEMM_BLOCK_M, GEMM_BLOCK_N = 16, 64  # tl.dot needs tiles of at least 16
+
+# Decode GEMVs are autotuned: at the first call per (N, K) on a GPU, Triton times each config and keeps
+# the fastest. Fewer rows per program give more programs (N / 8 = 512 for N = 4096 on 132 SMs), more
+# warps more loads in flight; which wins on an H100 is for the GPU run to find, not for us to guess. The
+# first config is the untuned default; Triton's CPU interpreter (no GPU timer) runs it alone.
+W4A16_GEMV_CONFIGS = [  # (BLOCK_N, num_warps, num_stages)
+    (32, 4, 2),
+    (8, 2, 3),
+    (8, 4, 4),
+    (16, 2, 4),
+    (16, 4, 3),
+    (32, 8, 3),
+    (64, 4, 2),
+    (64, 8, 3),
+]
+W8A16_GEMV_CONFIGS = [  # (BLOCK_N, BLOCK_K, num_warps)
+    (32, 128, 4),
+    (8, 256, 2),
+    (8, 512, 4),
+    (16, 256, 4),
+    (16, 512, 8),
+    (32, 256, 4),
+    (64, 128, 8),
+]
+AUTOTUNE = triton is not None and not INTERPRETING
+
+
+def gemv_config(fmt: str, index: int) -> dict:
+    """Launch arguments of one GEMV config (`W4A16_GEMV_CONFIGS` / `W8A16_GEMV_CONFIGS`)."""
+    if fmt == "W4A16":
+        block_n, warps, stages = W4A16_GEMV_CONFIGS[index]
+        return {"BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
+    block_n, block_k, warps = W8A16_GEMV_CONFIGS[index]
+    return {"BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps}
+
+
+if triton is not None:
+    if AUTOTUNE:
+        _w4a16_gemv = triton.autotune(
+            [triton.Config({"BLOCK_N": b}, num_warps=w, num_stages=st) for b, w, st in W4A16_GEMV_CONFIGS],
+            key=["N", "K"],
+        )(_w4a16_gemv_kernel)
+        _w8a16_gemv = triton.autotune(
+            [triton.Config({"BLOCK_N": b, "BLOCK_K": k}, num_warps=w) for b, k, w in W8A16_GEMV_CONFIGS],
+            key=["N", "K"],
+        )(_w8a16_gemv_kernel)
+    else:
+        _w4a16_gemv, _w8a16_gemv = _w4a16_gemv_kernel, _w8a16_gemv_kernel
+
+
+def tuned_gemv_configs() -> dict[str, dict]:
+    """What the autotuner picked so far: {format: {(N, K, ...): "BLOCK_N: 8, num_warps: 2, ..."}}."""
+    if not AUTOTUNE:
+        return {}
+    return {
+        fmt: {key: str(config) for key, config in tuner.cache.items()}
+        for fmt, tuner in (("W4A16", _w4a16_gemv), ("W8A16", _w8a16_gemv))
+    }
+
+
+def _launch_gemv(fmt: str, grid, *args, config: int | None = None, **kwargs) -> None:
+    """The autotuned GEMV on a GPU; config `config` (the first if None) untuned, or in the interpreter."""
+    raw = _w4a16_gemv_kernel if fmt == "W4A16" else _w8a16_gemv_kernel
+    if config is None and AUTOTUNE:
+        (_w4a16_gemv if fmt == "W4A16" else _w8a16_gemv)[grid](*args, **kwargs)
+    else:
+        raw[grid](*args, **kwargs, **gemv_config(fmt, config or 0))
 
 
 def _groups_per_block(k: int, group_size: int) -> int:
@@ -235,8 +305,16 @@ def _check_triton() -> None:
         )
 
 
-def w4a16(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int) -> Tensor:
-    """x (M, K) @ W^T for packed int4 W (N, K / 2) uint8; scales / zeros (N, K / group). Triton."""
+def w4a16(
+    x: Tensor,
+    qweight: Tensor,
+    scales: Tensor,
+    zeros: Tensor | None,
+    group_size: int,
+    gemv: int | None = None,
+) -> Tensor:
+    """x (M, K) @ W^T for packed int4 W (N, K / 2) uint8; scales / zeros (N, K / group). Triton.
+    `gemv`: run that W4A16_GEMV_CONFIGS entry instead of the autotuner's pick (tests check every one)."""
     _check_triton()
     m, k = x.shape
     n = qweight.shape[0]
@@ -248,8 +326,9 @@ def w4a16(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor | None, grou
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     zero_arg = scales if zeros is None else zeros  # never read when HAS_ZERO is False
     if m <= GEMV_MAX_TOKENS:
-        grid = (triton.cdiv(n, GEMV_BLOCK_N), m)
-        _w4a16_gemv_kernel[grid](
+        _launch_gemv(
+            "W4A16",
+            lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), m),
             x,
             qweight,
             scales,
@@ -262,7 +341,7 @@ def w4a16(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor | None, grou
             GROUP=group_size,
             GROUPS_PER_BLOCK=_groups_per_block(k, group_size),
             HAS_ZERO=zeros is not None,
-            BLOCK_N=GEMV_BLOCK_N,
+            config=gemv,
         )
     else:
         grid = (triton.cdiv(m, GEMM_BLOCK_M), triton.cdiv(n, GEMM_BLOCK_N))
@@ -285,17 +364,27 @@ def w4a16(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor | None, grou
     return y
 
 
-def w8a16(x: Tensor, qweight: Tensor, scales: Tensor) -> Tensor:
-    """x (M, K) @ (codes * scales)^T for int8 codes (N, K) and per-row scales (N,). Triton."""
+def w8a16(x: Tensor, qweight: Tensor, scales: Tensor, gemv: int | None = None) -> Tensor:
+    """x (M, K) @ (codes * scales)^T for int8 codes (N, K) and per-row scales (N,). Triton.
+    `gemv`: run that W8A16_GEMV_CONFIGS entry instead of the autotuner's pick."""
     _check_triton()
     m, k = x.shape
     n = qweight.shape[0]
     x = x.contiguous()
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m <= GEMV_MAX_TOKENS:
-        grid = (triton.cdiv(n, GEMV_BLOCK_N), m)
-        _w8a16_gemv_kernel[grid](
-            x, qweight, scales, y, n, k, x.stride(0), y.stride(0), BLOCK_N=GEMV_BLOCK_N, BLOCK_K=128
+        _launch_gemv(
+            "W8A16",
+            lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), m),
+            x,
+            qweight,
+            scales,
+            y,
+            n,
+            k,
+            x.stride(0),
+            y.stride(0),
+            config=gemv,
         )
     else:
         grid = (triton.cdiv(m, GEMM_BLOCK_M), triton.cdiv(n, GEMM_BLOCK_N))

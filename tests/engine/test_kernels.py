@@ -238,6 +238,26 @@ def test_cuda_kernels_match_reference(shape, fmt, batch):
 
 @pytest.mark.gpu
 @needs_cuda
+@pytest.mark.parametrize("fmt", ["W4A16", "W8A16"])
+def test_every_decode_gemv_config_matches_reference_on_cuda(fmt):
+    """Each config the autotuner may pick, run on its own on a Llama-2-7B-sized weight at batch 1."""
+    from engine.kernels import cuda
+
+    scheme = INT4_ASYM_G64 if fmt == "W4A16" else INT8
+    module = QuantLinear.from_linear(linear(4096, 4096, device="cuda"), scheme)
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    ref = module.reference_forward(x.cpu())
+    configs = cuda.W4A16_GEMV_CONFIGS if fmt == "W4A16" else cuda.W8A16_GEMV_CONFIGS
+    for index in range(len(configs)):
+        if fmt == "W4A16":
+            y = cuda.w4a16(x, module.qweight, module.scales, module.zeros, 64, gemv=index)
+        else:
+            y = cuda.w8a16(x, module.qweight, module.scales, gemv=index)
+        assert_matches_reference((y + module.bias).cpu(), ref)
+
+
+@pytest.mark.gpu
+@needs_cuda
 @pytest.mark.parametrize("batch", [1, 16, 64])
 def test_tinygemm_baseline_matches_reference(batch):
     from engine.kernels import cuda
@@ -287,6 +307,19 @@ for dtype, batches in ((torch.float32, (1, 3, 20)), (torch.float16, (1, 20)), (t
         y = cuda.w8a16(x, codes8, scales8.to(dtype))
         ref = reference.int8_matmul(x, codes8, scales8)
         worst = max(worst, float((y.float() - ref.float()).norm() / ref.float().norm()))
+# every decode GEMV config the autotuner may pick on a GPU (rows per program, K per step) computes the same
+codes, scales, zeros = reference.int4_from_qtensor(quantize(weight, QuantScheme(4, "int", False, "group", 64)))
+nibbles = pack_int4(codes).view(100, 256)
+codes8, scales8 = reference.int8_from_qtensor(quantize(weight, QuantScheme(8)))
+x = torch.randn(3, 512).half()
+ref4 = reference.int4_matmul(x, codes, scales, zeros, 64)
+ref8 = reference.int8_matmul(x, codes8, scales8)
+for config in range(len(cuda.W4A16_GEMV_CONFIGS)):
+    y = cuda.w4a16(x, nibbles, scales.half(), zeros.half(), 64, gemv=config)
+    worst = max(worst, float((y.float() - ref4.float()).norm() / ref4.float().norm()))
+for config in range(len(cuda.W8A16_GEMV_CONFIGS)):
+    y = cuda.w8a16(x, codes8, scales8.half(), gemv=config)
+    worst = max(worst, float((y.float() - ref8.float()).norm() / ref8.float().norm()))
 print(worst)
 """
 
