@@ -11,7 +11,10 @@ def test_import_engine_leaves_streamlit_out():
     code = (
         "import sys, pkgutil, importlib, engine\n"
         "for m in pkgutil.walk_packages(engine.__path__, 'engine.'):\n"
-        "    importlib.import_module(m.name)\n"
+        "    try:\n"
+        "        importlib.import_module(m.name)\n"
+        "    except ModuleNotFoundError as e:\n"  # the Triton kernels' modules, where Triton is not installed
+        "        assert e.name == 'triton', e\n"
         "assert 'streamlit' not in sys.modules, 'engine imported streamlit'\n"
         "print('ok')\n"
     )

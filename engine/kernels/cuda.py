@@ -63,157 +63,15 @@ def triton_available() -> bool:
     return triton is not None
 
 
-# -- Triton kernels ---------------------------------------------------------------------------------------
+# -- Triton kernels (engine/kernels/triton_kernels.py) -----------------------------------------------------
 
 if triton is not None:
-
-    @triton.jit
-    def _w4a16_gemv_kernel(
-        x_ptr,
-        w_ptr,
-        s_ptr,
-        z_ptr,
-        y_ptr,
-        N,
-        K,
-        stride_x,
-        stride_y,
-        GROUP: tl.constexpr,
-        GROUPS_PER_BLOCK: tl.constexpr,
-        HAS_ZERO: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-    ):
-        # one program: BLOCK_N output rows of one token; K walked GROUPS_PER_BLOCK groups at a time
-        pid_n = tl.program_id(0)
-        m = tl.program_id(1)
-        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
-        row_ok = rows < N
-        BLOCK_K: tl.constexpr = GROUP * GROUPS_PER_BLOCK
-        pairs = tl.arange(0, BLOCK_K // 2)  # byte j holds elements 2j (high nibble) and 2j + 1 (low)
-        groups = tl.arange(0, GROUPS_PER_BLOCK)
-        n_groups = K // GROUP
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            packed = tl.load(
-                w_ptr + rows[:, None] * (K // 2) + (k0 // 2 + pairs)[None, :], mask=row_ok[:, None], other=0
-            )  # (BLOCK_N, BLOCK_K / 2) uint8
-            high = (packed >> 4).to(tl.float32) - 8.0
-            low = (packed & 0xF).to(tl.float32) - 8.0
-            x_even = tl.load(x_ptr + m * stride_x + k0 + 2 * pairs).to(tl.float32)  # (BLOCK_K / 2,)
-            x_odd = tl.load(x_ptr + m * stride_x + k0 + 2 * pairs + 1).to(tl.float32)
-            products = high * x_even[None, :] + low * x_odd[None, :]  # (BLOCK_N, BLOCK_K / 2)
-            per_group = tl.sum(tl.reshape(products, (BLOCK_N, GROUPS_PER_BLOCK, GROUP // 2)), axis=2)
-            g0 = k0 // GROUP
-            qparam = rows[:, None] * n_groups + g0 + groups[None, :]  # (BLOCK_N, GROUPS_PER_BLOCK)
-            scales = tl.load(s_ptr + qparam, mask=row_ok[:, None], other=0.0).to(tl.float32)
-            acc += tl.sum(per_group * scales, axis=1)
-            if HAS_ZERO:  # zero * sum of the group's inputs
-                x_sums = tl.sum(tl.reshape(x_even + x_odd, (GROUPS_PER_BLOCK, GROUP // 2)), axis=1)
-                zeros = tl.load(z_ptr + qparam, mask=row_ok[:, None], other=0.0).to(tl.float32)
-                acc += tl.sum(zeros * x_sums[None, :], axis=1)
-        tl.store(y_ptr + m * stride_y + rows, acc.to(y_ptr.dtype.element_ty), mask=row_ok)
-
-    @triton.jit
-    def _w4a16_gemm_kernel(
-        x_ptr,
-        w_ptr,
-        s_ptr,
-        z_ptr,
-        y_ptr,
-        M,
-        N,
-        K,
-        stride_x,
-        stride_y,
-        GROUP: tl.constexpr,
-        HAS_ZERO: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-    ):
-        # one program: a (BLOCK_M, BLOCK_N) output tile; K walked one group (one scale per row) at a time
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        pairs = tl.arange(0, GROUP // 2)
-        ks = tl.arange(0, GROUP)
-        n_groups = K // GROUP
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for g in range(0, n_groups):
-            k0 = g * GROUP
-            x = tl.load(
-                x_ptr + rm[:, None] * stride_x + (k0 + ks)[None, :], mask=(rm < M)[:, None], other=0.0
-            )
-            packed = tl.load(
-                w_ptr + rn[:, None] * (K // 2) + (k0 // 2 + pairs)[None, :], mask=(rn < N)[:, None], other=0
-            )  # (BLOCK_N, GROUP / 2)
-            codes = tl.interleave(packed >> 4, packed & 0xF)  # (BLOCK_N, GROUP), in k order
-            scales = tl.load(s_ptr + rn * n_groups + g, mask=rn < N, other=0.0).to(tl.float32)
-            w = (codes.to(tl.float32) - 8.0) * scales[:, None]
-            if HAS_ZERO:
-                zeros = tl.load(z_ptr + rn * n_groups + g, mask=rn < N, other=0.0).to(tl.float32)
-                w += zeros[:, None]
-            acc += tl.dot(x, tl.trans(w.to(x.dtype)))  # (BLOCK_M, GROUP) @ (GROUP, BLOCK_N)
-        mask = (rm < M)[:, None] & (rn < N)[None, :]
-        tl.store(y_ptr + rm[:, None] * stride_y + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
-
-    @triton.jit
-    def _w8a16_gemv_kernel(
-        x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_x, stride_y, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
-    ):
-        pid_n = tl.program_id(0)
-        m = tl.program_id(1)
-        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_ok = rows < N
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < K
-            w = tl.load(
-                w_ptr + rows[:, None] * K + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0
-            )
-            x = tl.load(x_ptr + m * stride_x + ks, mask=k_ok, other=0.0).to(tl.float32)
-            acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-        scales = tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        tl.store(y_ptr + m * stride_y + rows, (acc * scales).to(y_ptr.dtype.element_ty), mask=row_ok)
-
-    @triton.jit
-    def _w8a16_gemm_kernel(
-        x_ptr,
-        w_ptr,
-        s_ptr,
-        y_ptr,
-        M,
-        N,
-        K,
-        stride_x,
-        stride_y,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-    ):
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < K
-            x = tl.load(
-                x_ptr + rm[:, None] * stride_x + ks[None, :],
-                mask=(rm < M)[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            w = tl.load(
-                w_ptr + rn[:, None] * K + ks[None, :], mask=(rn < N)[:, None] & k_ok[None, :], other=0
-            )
-            acc += tl.dot(x, tl.trans(w.to(x.dtype)))  # int8 codes are exact in 16 bits
-        scales = tl.load(s_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
-        mask = (rm < M)[:, None] & (rn < N)[None, :]
-        out = acc * scales[None, :]
-        tl.store(y_ptr + rm[:, None] * stride_y + rn[None, :], out.to(y_ptr.dtype.element_ty), mask=mask)
-
+    from engine.kernels.triton_kernels import (
+        w4a16_gemm_kernel,
+        w4a16_gemv_kernel,
+        w8a16_gemm_kernel,
+        w8a16_gemv_kernel,
+    )
 
 GEMM_BLOCK_M, GEMM_BLOCK_N = 16, 64  # tl.dot needs tiles of at least 16
 
@@ -257,13 +115,13 @@ if triton is not None:
         _w4a16_gemv = triton.autotune(
             [triton.Config({"BLOCK_N": b}, num_warps=w, num_stages=st) for b, w, st in W4A16_GEMV_CONFIGS],
             key=["N", "K"],
-        )(_w4a16_gemv_kernel)
+        )(w4a16_gemv_kernel)
         _w8a16_gemv = triton.autotune(
             [triton.Config({"BLOCK_N": b, "BLOCK_K": k}, num_warps=w) for b, k, w in W8A16_GEMV_CONFIGS],
             key=["N", "K"],
-        )(_w8a16_gemv_kernel)
+        )(w8a16_gemv_kernel)
     else:
-        _w4a16_gemv, _w8a16_gemv = _w4a16_gemv_kernel, _w8a16_gemv_kernel
+        _w4a16_gemv, _w8a16_gemv = w4a16_gemv_kernel, w8a16_gemv_kernel
 
 
 def tuned_gemv_configs() -> dict[str, dict]:
@@ -278,7 +136,7 @@ def tuned_gemv_configs() -> dict[str, dict]:
 
 def _launch_gemv(fmt: str, grid, *args, config: int | None = None, **kwargs) -> None:
     """The autotuned GEMV on a GPU; config `config` (the first if None) untuned, or in the interpreter."""
-    raw = _w4a16_gemv_kernel if fmt == "W4A16" else _w8a16_gemv_kernel
+    raw = w4a16_gemv_kernel if fmt == "W4A16" else w8a16_gemv_kernel
     if config is None and AUTOTUNE:
         (_w4a16_gemv if fmt == "W4A16" else _w8a16_gemv)[grid](*args, **kwargs)
     else:
@@ -345,7 +203,7 @@ def w4a16(
         )
     else:
         grid = (triton.cdiv(m, GEMM_BLOCK_M), triton.cdiv(n, GEMM_BLOCK_N))
-        _w4a16_gemm_kernel[grid](
+        w4a16_gemm_kernel[grid](
             x,
             qweight,
             scales,
@@ -388,7 +246,7 @@ def w8a16(x: Tensor, qweight: Tensor, scales: Tensor, gemv: int | None = None) -
         )
     else:
         grid = (triton.cdiv(m, GEMM_BLOCK_M), triton.cdiv(n, GEMM_BLOCK_N))
-        _w8a16_gemm_kernel[grid](
+        w8a16_gemm_kernel[grid](
             x,
             qweight,
             scales,
