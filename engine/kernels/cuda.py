@@ -1,11 +1,13 @@
 """CUDA kernels: our Triton W4A16 / W8A16 kernels, PyTorch's tinygemm int4 op as the baseline, and
 `torch._int_mm` for W8A8.
 
-NOT YET RUN ON A GPU. This file was written in sessions without one: the Triton kernels were only
-checked for correctness in Triton's CPU interpreter (TRITON_INTERPRET=1; see tests/engine/test_kernels.py,
-skipped where Triton is missing), the tinygemm and `_int_mm` wrappers follow torchao's use of the same
-ops, and every threshold below is a guess until the GPU run of `bench/bench_kernels.py` sets it. No
-speed figure for this file has been measured. The GPU tests are marked `gpu` and skip without CUDA.
+NOT YET RUN ON A GPU. This file was written in sessions without one: the Triton kernels
+(engine/kernels/triton_kernels.py) were checked for correctness in Triton's CPU interpreter
+(TRITON_INTERPRET=1, every autotuned config; tests/engine/test_kernels.py) and built ahead of time for an
+H100, sm_90a, without spilling (engine/kernels/triton_aot.py, tests/engine/test_triton_compile.py); the
+tinygemm and `_int_mm` wrappers follow torchao's use of the same ops, and every threshold below is a
+guess until the GPU run (bench/gpu_run.sh) sets it. No speed figure for this file has been measured.
+The GPU tests are marked `gpu` and skip without CUDA.
 
 Kernels (weights as QuantLinear stores them on a GPU; see engine/kernels/reference.py for the formats):
 - `w4a16`: int4 codes two per byte in pack_int4 order (element 2j in the high nibble), (N, K / 2)
