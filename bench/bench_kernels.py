@@ -174,8 +174,10 @@ def main() -> None:
             for key, config in picks.items():
                 print(f"\n{fmt} decode GEMV autotuned for {key}: {config}")
     variants = (
-        ["bf16", "fp16", "W8A16", "W4A16", "W8A8"] if on_gpu else ["fp32", "bf16", "W8A16", "W4A16", "W8A8"]
-    ) + [v for v in speed.BNB_FORMATS if speed.bnb_installed()]  # bitsandbytes' layers, for comparison
+        (["bf16", "fp16", "W8A16", "W4A16", "W8A8"] if on_gpu else ["fp32", "bf16", "W8A16", "W4A16", "W8A8"])
+        + ["W4A16" + speed.HEAD_SUFFIX]
+        + [v for v in speed.BNB_FORMATS if speed.bnb_installed()]
+    )
     print(
         f"\n## End-to-end greedy decode, {loaded.source.label} ({dtype}), {prompt_tokens}-token prompt, "
         f"{new_tokens} new tokens, median of {args.rounds} interleaved rounds\n"

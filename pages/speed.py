@@ -84,9 +84,10 @@ variants = cols[0].multiselect(
     variant_options,
     default=default_variants,
     key="speed_variants",
-    help="fp/bf16 and the packed W8A16 / W4A16 / W8A8 round the loaded model to nearest; (bnb) are "
-    "bitsandbytes' layers; (Methods lab) are the models built on the Methods page (GPTQ, AWQ, ...), "
-    "packed from the integer codes each method chose.",
+    help="fp/bf16 and the packed W8A16 / W4A16 / W8A8 round the loaded model to nearest; '+ int8 head' "
+    "packs the output head too (every method keeps it 16-bit, but in a small model it is most of what a "
+    "token reads); (bnb) are bitsandbytes' layers; (Methods lab) are the models built on the Methods "
+    "page (GPTQ, AWQ, ...), packed from the integer codes each method chose.",
 )
 if lab_refused:
     st.caption(

@@ -103,3 +103,28 @@ def test_a_recast_copy_that_would_not_fit_is_refused(monkeypatch):
     with pytest.raises(NotEnoughMemoryError, match=r"The bf16 variant copies the model: .* free on cpu"):
         speed.build_variant(tiny, "bf16")
     assert speed.build_variant(tiny, "fp32") is tiny  # its own dtype: no copy, nothing to check
+
+
+def test_int8_head_variant_packs_a_tied_head_and_reads_fewer_bytes():
+    from engine.kernels import QuantLinear
+
+    tied = build_tiny_llama(tie_word_embeddings=True)
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    plain = speed.build_variant(tied, "W4A16")
+    headed = speed.build_variant(tied, "W4A16 + int8 head")
+    assert isinstance(headed.lm_head, QuantLinear) and headed.lm_head.fmt == "W8A16"
+    assert isinstance(tied.lm_head, torch.nn.Linear) and tied.lm_head.weight is tied.model.embed_tokens.weight
+    assert type(plain.lm_head) is torch.nn.Linear  # the plain variant keeps its float head
+    embedding = tied.model.embed_tokens.weight.numel() * 4
+    # tied float head: the whole table is read per token; packed head: a quarter of it, and no table
+    assert speed.weight_read_bytes(plain) - speed.weight_read_bytes(headed) == pytest.approx(
+        embedding - headed.lm_head.nbytes
+    )
+    ids = torch.randint(3, 96, (1, 10), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        error = (headed(ids).logits - plain(ids).logits).norm() / plain(ids).logits.norm()
+    assert 0 < error < 2e-2
+    timing = speed.decode_benchmark(headed, build_char_tokenizer(), "W4A16 + int8 head", "hello", 4, 1e10)
+    assert timing.new_tokens == 4 and timing.weight_bytes > 0
+    with pytest.raises(ValueError, match="unknown variant"):
+        speed.build_variant(tied, "fp32 + int8 head")  # a float variant is the model itself: never packed
