@@ -7,11 +7,9 @@
 # One part per device call: a call may run 10 minutes. The device tool sets $OUT; the logs land there.
 # The GPU machine has torch, Triton and transformers but none of the default model's files (they do not
 # fit in what travels), so the benchmarks use catalog configs with random weights (--synthetic).
-# bitsandbytes is absent there: its formats are left out unless its wheel travels (43 MB, under the
-# 64 MiB a call carries). Here, once:
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_24_x86_64 -d .whl bitsandbytes==0.50.2
-# then name `.whl` in the device call's carry; this script installs what it finds there.
+# bitsandbytes is absent there: its formats are left out unless its wheel travels. `bash
+# bench/gpu_wheels.sh` fetches it here, with our pinned transformers in case the image's differs; name
+# `.whl` in the device call's carry and this script installs what it finds there, ahead of the image's.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=. TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/gpu-run}
