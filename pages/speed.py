@@ -33,7 +33,9 @@ cols = st.columns([3, 2, 3, 1])
 picked = cols[0].multiselect(
     "Weight shapes (out × in)",
     list(choices),
-    default=list(choices),
+    default=speed_view.default_shapes(choices),
+    help="The loaded model's linear shapes, and its output head (lm_head), left out by default: no method "
+    "quantizes it, but in a small model it is the largest matmul of a decode step.",
     key="speed_shapes" if source == "Loaded model" else "speed_shapes_llama",  # one selection per source
 )
 batches = cols[1].multiselect(

@@ -137,8 +137,14 @@ def shape_choices(model, source: str) -> dict[str, speed.LinearShape]:
             speed.LinearShape(o, i, 1, n) for (o, i), n in zip(speed.LLAMA_2_7B_SHAPES, names, strict=True)
         ]
     else:
-        shapes = speed.model_linear_shapes(model)
+        head = speed.output_head_shape(model)
+        shapes = speed.model_linear_shapes(model) + ([head] if head else [])
     return {shape.label: shape for shape in shapes}
+
+
+def default_shapes(choices: dict[str, speed.LinearShape]) -> list[str]:
+    """Every shape but the output head: it is large, and no method quantizes it unless asked to."""
+    return [label for label, shape in choices.items() if shape.names != ("lm_head",)]
 
 
 # -- running ----------------------------------------------------------------------------------------------

@@ -128,3 +128,9 @@ def test_int8_head_variant_packs_a_tied_head_and_reads_fewer_bytes():
     assert timing.new_tokens == 4 and timing.weight_bytes > 0
     with pytest.raises(ValueError, match="unknown variant"):
         speed.build_variant(tied, "fp32 + int8 head")  # a float variant is the model itself: never packed
+
+
+def test_output_head_shape_is_offered_apart():
+    tiny = build_tiny_llama()
+    assert speed.output_head_shape(tiny) == speed.LinearShape(96, 64, 1, ("lm_head",))
+    assert all("lm_head" not in shape.names for shape in speed.model_linear_shapes(tiny))
