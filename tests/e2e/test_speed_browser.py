@@ -1,0 +1,36 @@
+"""The Speed page in headless Chromium: the default microbenchmarks (ours and bitsandbytes') and the
+default decode benchmark run, their four charts render, and the browser logs no error."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import ARTIFACTS
+
+pytestmark = pytest.mark.e2e
+
+
+def test_speed_benchmarks_in_the_browser(server_url, browser):
+    page = browser.new_page(viewport={"width": 1500, "height": 1600})
+    console_errors: list[str] = []
+    page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+    page.goto(server_url)  # from the root: the router serves the pages
+    page.get_by_role("link", name="Speed").first.click()
+    page.get_by_role("button", name="Run microbenchmarks").wait_for(timeout=90_000)
+    page.get_by_role("button", name="Run microbenchmarks").click()
+    page.get_by_text("All kernel timings").first.wait_for(timeout=240_000)
+    page.locator("[data-testid='stPlotlyChart']").nth(1).wait_for(timeout=30_000)
+    assert page.locator("[data-testid='stPlotlyChart']").count() == 2  # speed-up and GB/s
+    legend = page.locator("[data-testid='stPlotlyChart']").first.inner_text()
+    for fmt in ("fp32", "W4A16", "NF4 (bnb)", "LLM.int8 (bnb)"):
+        assert fmt in legend, f"{fmt} missing from the speed-up chart's legend"
+
+    page.get_by_role("button", name="Run decode benchmark").click()
+    page.get_by_text("Measured copy bandwidth").first.wait_for(timeout=240_000)
+    page.locator("[data-testid='stPlotlyChart']").nth(3).wait_for(timeout=30_000)
+    assert page.locator("[data-testid='stPlotlyChart']").count() == 4  # decode and prefill join them
+    assert "Fastest decode" in page.inner_text("body")
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "speed-run.png"), full_page=True)
+    page.close()
+    assert not console_errors, console_errors
