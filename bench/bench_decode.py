@@ -14,7 +14,7 @@ printed before and after: other processes on the same cores change every number.
 
 Run: .venv/bin/python -m bench.bench_decode [--rounds 3] [--prompt-tokens 32] [--new-tokens 64]
 [--threads N] [--synthetic llama-2-7b]. On CPU it runs one torch thread unless told otherwise (see
-bench/bench_kernels.py for why). `--synthetic NAME` times a catalog config with random bf16 weights
+bench/bench_kernels.py for why). `--synthetic NAME` times a catalog config with random weights
 instead of the default model (a GPU run: Llama-2-7B is 13 GB in bf16).
 """
 
@@ -24,10 +24,8 @@ import argparse
 
 import torch
 
-from bench.bench_kernels import machine_line
+from bench.bench_kernels import load_subject, machine_line
 from engine import speed
-from engine.models import load_model
-from engine.sources import ModelSource
 
 LOOPS = [speed.HF_LOOP, speed.DYNAMIC_LOOP, speed.STATIC_LOOP, speed.COMPILED_LOOP]
 
@@ -118,7 +116,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=None)
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU)")
-    parser.add_argument("--synthetic", default=None, help="catalog config with random bf16 weights")
+    parser.add_argument(
+        "--synthetic", default=None, help="catalog config with random weights (bf16 on a GPU, fp32 on CPU)"
+    )
     parser.add_argument("--loops", nargs="+", default=LOOPS, choices=list(speed.LOOPS))
     parser.add_argument(
         "--variants",
@@ -135,16 +135,8 @@ def main() -> None:
     new_tokens = args.new_tokens or (256 if on_gpu else 64)
 
     print(f"# Decode loops — `python -m bench.bench_decode`\n\n{machine_line(device)} (before)\n", flush=True)
-    if args.synthetic:
-        from engine.catalog import catalog_model
-
-        entry = catalog_model(args.synthetic)
-        model = speed.synthetic_model(entry.config(), torch.bfloat16, device)
-        tokenizer = speed.SyntheticTokenizer(model.config.vocab_size)
-        label = f"{entry.name} (synthetic random weights, bf16)"
-    else:
-        loaded = load_model(ModelSource(), device, "bfloat16" if on_gpu else "float32")
-        model, tokenizer, label = loaded.model, loaded.tokenizer, loaded.source.label
+    loaded = load_subject(args.synthetic, device)
+    model, tokenizer, label = loaded.model, loaded.tokenizer, loaded.source.label
     baseline = speed.DTYPE_NAMES[speed.float_dtype(model)]
     variants = args.variants or [baseline, "W8A16", "W4A16"] + (
         ["NF4 (bnb)"] if on_gpu and speed.bnb_installed() else []

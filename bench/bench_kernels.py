@@ -45,6 +45,21 @@ def machine_line(device: str) -> str:
     )
 
 
+def load_subject(synthetic: str | None, device: str):
+    """The default model (a LoadedModel), or with `synthetic` a catalog config with random weights (bf16
+    on a GPU, fp32 on CPU) and a tokenizer for it: no weight files needed, as on a GPU machine."""
+    dtype = "bfloat16" if device == "cuda" else "float32"
+    if not synthetic:
+        return load_model(ModelSource(), device, dtype)
+    entry = catalog_model(synthetic)
+    model = speed.synthetic_model(entry.config(), getattr(torch, dtype), device)
+    return SimpleNamespace(
+        model=model,
+        tokenizer=speed.SyntheticTokenizer(model.config.vocab_size),
+        source=SimpleNamespace(label=f"{entry.name} (synthetic random weights)"),
+    )
+
+
 def kernel_tables(results: list[speed.KernelTiming], baseline: str) -> str:
     formats = list(dict.fromkeys(r.format for r in results))
     lines = []
@@ -142,16 +157,7 @@ def main() -> None:
         f"# Kernels and decode speed — `python -m bench.bench_kernels`\n\n{machine_line(device)} (before)\n"
     )
     dtype = "bfloat16" if on_gpu else "float32"
-    if args.synthetic:  # no weight files needed (a GPU machine has none): the config's shapes, random weights
-        entry = catalog_model(args.synthetic)
-        model = speed.synthetic_model(entry.config(), speed.DTYPES["bf16" if on_gpu else "fp32"], device)
-        loaded = SimpleNamespace(
-            model=model,
-            tokenizer=speed.SyntheticTokenizer(model.config.vocab_size),
-            source=SimpleNamespace(label=f"{entry.name} (synthetic random weights)"),
-        )
-    else:
-        loaded = load_model(ModelSource(), device, dtype)
+    loaded = load_subject(args.synthetic, device)
     bandwidth = speed.measure_bandwidth(device)
     print(f"Measured copy bandwidth: {bandwidth / 1e9:,.1f} GB/s (read + write of a large tensor).\n")
 

@@ -112,18 +112,15 @@ def gemv_config(fmt: str, index: int) -> dict:
     return {"BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps}
 
 
-if triton is not None:
-    if AUTOTUNE:
-        _w4a16_gemv = triton.autotune(
-            [triton.Config({"BLOCK_N": b}, num_warps=w, num_stages=st) for b, w, st in W4A16_GEMV_CONFIGS],
-            key=["N", "K"],
-        )(w4a16_gemv_kernel)
-        _w8a16_gemv = triton.autotune(
-            [triton.Config({"BLOCK_N": b, "BLOCK_K": k}, num_warps=w) for b, k, w in W8A16_GEMV_CONFIGS],
-            key=["N", "K"],
-        )(w8a16_gemv_kernel)
-    else:
-        _w4a16_gemv, _w8a16_gemv = w4a16_gemv_kernel, w8a16_gemv_kernel
+if AUTOTUNE:
+    _w4a16_gemv = triton.autotune(
+        [triton.Config({"BLOCK_N": b}, num_warps=w, num_stages=st) for b, w, st in W4A16_GEMV_CONFIGS],
+        key=["N", "K"],
+    )(w4a16_gemv_kernel)
+    _w8a16_gemv = triton.autotune(
+        [triton.Config({"BLOCK_N": b, "BLOCK_K": k}, num_warps=w) for b, k, w in W8A16_GEMV_CONFIGS],
+        key=["N", "K"],
+    )(w8a16_gemv_kernel)
 
 
 def tuned_gemv_configs() -> dict[str, dict]:
@@ -138,10 +135,10 @@ def tuned_gemv_configs() -> dict[str, dict]:
 
 def _launch_gemv(fmt: str, grid, *args, config: int | None = None, **kwargs) -> None:
     """The autotuned GEMV on a GPU; config `config` (the first if None) untuned, or in the interpreter."""
-    raw = w4a16_gemv_kernel if fmt == "W4A16" else w8a16_gemv_kernel
     if config is None and AUTOTUNE:
         (_w4a16_gemv if fmt == "W4A16" else _w8a16_gemv)[grid](*args, **kwargs)
     else:
+        raw = w4a16_gemv_kernel if fmt == "W4A16" else w8a16_gemv_kernel
         raw[grid](*args, **kwargs, **gemv_config(fmt, config or 0))
 
 

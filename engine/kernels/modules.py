@@ -120,8 +120,9 @@ class QuantLinear(nn.Module):
         chose, not a re-rounding of them. ValueError, with the reason, for layers no kernel runs."""
         from engine.export import ExportError, int_codes  # export imports engine.modules only
 
-        if module.weight_scheme is None:
-            raise ValueError("this layer's weights are not quantized: there is nothing to pack")
+        reason = layer_refusal(module)
+        if reason is not None:
+            raise ValueError(reason)
         fmt = packed_format(module.weight_scheme, module.act_scheme)
         on_cpu = SimpleNamespace(  # int_codes reads these; its arithmetic runs on the CPU
             weight=module.weight.detach().cpu(),
@@ -134,12 +135,6 @@ class QuantLinear(nn.Module):
             c = int_codes(on_cpu)
         except ExportError as exc:
             raise ValueError(str(exc)) from exc
-        in_features = module.in_features
-        if c.group_size > 0 and not torch.equal(c.g_idx, torch.arange(in_features) // c.group_size):
-            raise ValueError(
-                "act-order GPTQ without static groups reads its groups out of order (g_idx); the packed "
-                "kernels need contiguous groups (GPTQ's static groups give them)"
-            )
         bias = None if module.bias is None else module.bias.detach().clone()
         if fmt == "W4A16":  # unsigned codes with integer zeros -> the kernels' (code - 8) * s + z form
             zeros = (reference.INT4_MIDPOINT - c.zeros.float()) * c.scales
@@ -336,26 +331,44 @@ def to_quant_linears(
     return quantize_model(model, PackedRTNConfig(weights, activations), progress=progress).model
 
 
+def layer_refusal(module: FakeQuantLinear) -> str | None:
+    """Why no packed kernel runs this fake-quantized layer, from its schemes and kept scales alone (its
+    codes are checked against its grid while packing); None when one does."""
+    if module.weight_scheme is None:
+        return "this layer's weights are not quantized: there is nothing to pack"
+    try:
+        packed_format(module.weight_scheme, module.act_scheme)
+    except ValueError as exc:
+        return str(exc)
+    if module.scale is None:
+        return "this layer did not keep its scales"
+    group = module.weight_scheme.group_size
+    if (
+        module.g_idx is not None
+        and group is not None
+        and not torch.equal(module.g_idx.cpu().long(), torch.arange(module.in_features) // group)
+    ):
+        return (
+            "act-order GPTQ without static groups reads its groups out of order (g_idx); the packed "
+            "kernels need contiguous groups (GPTQ's static groups give them)"
+        )
+    return None
+
+
 def pack_refusal(model: nn.Module) -> str | None:
-    """Why `pack_quantized_model` would refuse `model`, found from the layers' schemes without building
-    anything; None when it packs (each layer's codes are checked against its grid while packing)."""
+    """Why `pack_quantized_model` would refuse `model`, found without building anything: the first layer
+    no kernel runs, and why; None when it packs."""
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, FakeQuantLinear)]
     if not layers:
-        return "it has no fake-quantized layers to pack (RTN, GPTQ, AWQ, QAT and SmoothQuant results pack)"
+        kinds = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.endswith("Linear")})
+        return (
+            "this model has no fake-quantized layers to pack (its linears are "
+            f"{', '.join(kinds) or 'none'}); RTN, GPTQ, AWQ, QAT and SmoothQuant results can be packed"
+        )
     for name, module in layers:
-        if module.weight_scheme is None:
-            return f"{name}: its weights are not quantized"
-        try:
-            packed_format(module.weight_scheme, module.act_scheme)
-        except ValueError as exc:
-            return f"{name}: {exc}"
-        if module.scale is None:
-            return f"{name}: it did not keep its scales"
-        group = module.weight_scheme.group_size
-        if module.g_idx is not None and not torch.equal(
-            module.g_idx.cpu().long(), torch.arange(module.in_features) // group
-        ):
-            return f"{name}: act-order without static groups reads its groups out of order"
+        reason = layer_refusal(module)
+        if reason is not None:
+            return f"{name}: {reason}"
     return None
 
 
@@ -365,13 +378,10 @@ def pack_quantized_model(model: nn.Module, progress: Progress | None = None) -> 
     kernels with the weights the method chose. `model` is left untouched. ValueError naming the first
     layer no kernel runs, and why (NF4, 3-bit, per-tensor, act-order without static groups, ...).
     """
+    reason = pack_refusal(model)
+    if reason is not None:
+        raise ValueError(reason)
     names = [name for name, module in model.named_modules() if isinstance(module, FakeQuantLinear)]
-    if not names:
-        kinds = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.endswith("Linear")})
-        raise ValueError(
-            "this model has no fake-quantized layers to pack (its linears are "
-            f"{', '.join(kinds) or 'none'}); RTN, GPTQ, AWQ, QAT and SmoothQuant results can be packed"
-        )
     packed: dict[str, QuantLinear] = {}
     for index, name in enumerate(names):
         try:
