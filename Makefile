@@ -9,7 +9,7 @@ PORT ?= 8501
 .PHONY: run test setup browser lint format clean-cache
 
 setup: $(VENV)/.deps-stamp $(VENV)/.dev-stamp
-	$(PY) -m engine.prepare
+	$(PY) -m engine.models.prepare
 
 $(VENV)/.deps-stamp: requirements.txt requirements-model.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(VENV)/.dev-stamp: requirements-dev.txt $(VENV)/.deps-stamp
 	touch $@
 
 run: $(VENV)/.deps-stamp
-	$(PY) -m engine.prepare
+	$(PY) -m engine.models.prepare
 	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 # The browser tests drive Debian's chromium; install it when missing and we may (root + apt-get).

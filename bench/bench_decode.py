@@ -4,9 +4,9 @@ Batch 1, greedy, end-of-sequence ignored, the default model in fp32 on CPU (bf16
 reference and the packed int8 (W8A16) and int4 (W4A16) QuantLinear variants, all in one process. Loops:
 - `transformers generate`: `model.generate(do_sample=False)`, its dynamic cache; a streamer clocks the
   first new token: prefill before it, decode after it;
-- `dynamic cache`: engine.generation.generate, our plain loop on the same dynamic cache (the app's);
-- `static cache`: engine.decode, eager, a StaticCache preallocated to prompt + new tokens;
-- `static + compile`: engine.decode with the step in `torch.compile(dynamic=False)`: inductor's default
+- `dynamic cache`: engine.runtime.generation.generate, our plain loop on the same dynamic cache (the app's);
+- `static cache`: engine.runtime.decode, eager, a StaticCache preallocated to prompt + new tokens;
+- `static + compile`: engine.runtime.decode with the step in `torch.compile(dynamic=False)`: inductor's default
   mode on CPU (no CUDA graphs there), `mode="reduce-overhead"` (CUDA graphs) on a GPU.
 Every (variant, loop) runs `rounds` times, interleaved so load drift hits all alike; the lower median is
 reported. Compile time is the first round's warm-up, shown apart, never in tokens/s. The load average is

@@ -23,12 +23,12 @@ import platform
 import torch
 
 from bench.bench_stats import PeakRss, timed
-from engine.data import WindowSpec, load_text, token_windows
-from engine.evaluate import ReferenceCache, evaluate_against_reference, perplexity
-from engine.kv_cache import make_kv_cache
-from engine.models import load_model
-from engine.schemes import QuantScheme
-from engine.sources import ModelSource
+from engine.evaluation.perplexity import ReferenceCache, evaluate_against_reference, perplexity
+from engine.models.data import WindowSpec, load_text, token_windows
+from engine.models.loading import load_model
+from engine.models.sources import ModelSource
+from engine.quant.schemes import QuantScheme
+from engine.runtime.kv_cache import make_kv_cache
 
 
 def mib(n: int) -> str:

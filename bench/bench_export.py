@@ -1,7 +1,7 @@
 """Export on the default model: checkpoint size, time to save and load, and whether it still agrees.
 
-For each format, the default model quantized in this process is saved (engine.export), loaded back the
-way a user would (engine.models.load_model: transformers, with optimum + gptqmodel for GPTQ/AWQ), and
+For each format, the default model quantized in this process is saved (engine.models.export), loaded back the
+way a user would (engine.models.loading.load_model: transformers, with optimum + gptqmodel for GPTQ/AWQ), and
 compared with the in-memory quantized model on held-out windows (top-1 agreement, KL per token) and on
 speed (a greedy decode of N tokens, tokens/s of both, as a ratio in the same process).
 
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from engine.data import WindowSpec, load_text, token_windows
-from engine.export import export_model
 from engine.methods import BnbConfig, RTNConfig, quantize_model
-from engine.models import load_model
-from engine.schemes import QuantScheme
-from engine.sources import ModelSource
+from engine.models.data import WindowSpec, load_text, token_windows
+from engine.models.export import export_model
+from engine.models.loading import load_model
+from engine.models.sources import ModelSource
+from engine.quant.schemes import QuantScheme
 
 INT4_G64 = QuantScheme(4, "int", False, "group", 64)
 

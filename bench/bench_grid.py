@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from engine.data import WindowSpec, load_text, token_windows
-from engine.eval_grid import FULL_GRID, QUICK_GRID, run_grid
-from engine.models import load_model
-from engine.sources import ModelSource
+from engine.evaluation.study import FULL_GRID, QUICK_GRID, run_grid
+from engine.models.data import WindowSpec, load_text, token_windows
+from engine.models.loading import load_model
+from engine.models.sources import ModelSource
 
 
 def table(results) -> str:

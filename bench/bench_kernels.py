@@ -31,9 +31,9 @@ from types import SimpleNamespace
 import torch
 
 from engine import speed
-from engine.catalog import catalog_model
-from engine.models import load_model
-from engine.sources import ModelSource
+from engine.models.loading import load_model
+from engine.models.sources import ModelSource
+from engine.sizing.catalog import catalog_model
 
 
 def machine_line(device: str) -> str:

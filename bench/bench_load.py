@@ -14,9 +14,9 @@ import torch
 
 
 def main() -> None:
-    from engine.generation import GenerationSettings, generate
-    from engine.models import load_model
-    from engine.sources import ModelSource, convert_gguf, default_gguf_path
+    from engine.models.loading import load_model
+    from engine.models.sources import ModelSource, convert_gguf, default_gguf_path
+    from engine.runtime.generation import GenerationSettings, generate
 
     rows = []
     with tempfile.TemporaryDirectory() as cache:

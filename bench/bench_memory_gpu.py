@@ -1,8 +1,8 @@
-"""GPU memory: the estimate (engine.memory.estimate) against the CUDA allocator's measured peak while
+"""GPU memory: the estimate (engine.sizing.estimate.estimate) against the CUDA allocator's measured peak while
 prefilling a context and decoding 8 tokens, for catalog configs with random bf16 weights (no downloads).
 
 The peak leaves out the CUDA context, which the allocator does not see, so the estimate is taken without
-its overhead line (engine.memory_measure.peak_vs_estimate). A positive difference is an over-estimate.
+its overhead line (engine.sizing.measure.peak_vs_estimate). A positive difference is an over-estimate.
 
 Run on a GPU: python -m bench.bench_memory_gpu [--configs qwen2.5-0.5b llama-3.2-1b llama-2-7b]
 [--contexts 512 4096 16384] [--batch 1]. Without CUDA it says so and exits: there is nothing to measure.
@@ -16,8 +16,8 @@ import torch
 
 from bench.bench_kernels import machine_line
 from engine import speed
-from engine.catalog import catalog_model
-from engine.memory_measure import measure_generation_peak, peak_vs_estimate
+from engine.sizing.catalog import catalog_model
+from engine.sizing.measure import measure_generation_peak, peak_vs_estimate
 
 
 def main() -> None:

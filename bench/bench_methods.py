@@ -3,7 +3,7 @@
 Targets (issue 5, 2-core CPU): RTN whole model < 3 s; GPTQ 4-bit with 32 x 512-token calibration samples
 < 4 min; AWQ < 4 min. SmolLM2-135M's widths (576, 1536) are not multiples of 128, so groups are 64.
 Calibration windows come from the first half of the offline Britannica text, evaluation windows from the
-second half (engine.data), so no token is both.
+second half (engine.models.data), so no token is both.
 
 Run: .venv/bin/python -m bench.bench_methods [--threads N] [--calib 32x512] [--eval 4x512]
 (prints a markdown table for docs/benchmarks.md, with the load average: other jobs on the machine slow
@@ -20,15 +20,15 @@ import torch
 
 import engine.methods.awq  # noqa: F401  (registers AWQConfig)
 import engine.methods.gptq  # noqa: F401  (registers GPTQConfig)
-from engine.data import WindowSpec, load_text, token_windows
-from engine.evaluate import perplexity
+from engine.evaluation.perplexity import perplexity
 from engine.methods.awq import AWQConfig
 from engine.methods.gptq import GPTQConfig
 from engine.methods.registry import quantize_model
 from engine.methods.rtn import RTNConfig
-from engine.models import load_model
-from engine.schemes import QuantScheme
-from engine.sources import ModelSource
+from engine.models.data import WindowSpec, load_text, token_windows
+from engine.models.loading import load_model
+from engine.models.sources import ModelSource
+from engine.quant.schemes import QuantScheme
 
 TARGETS = {"RTN": 3.0, "GPTQ": 240.0, "AWQ": 240.0}
 

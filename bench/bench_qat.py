@@ -21,13 +21,13 @@ import platform
 import torch
 
 from bench.bench_methods import load, windows
-from engine.data import WindowSpec, load_text, token_windows
-from engine.evaluate import perplexity
+from engine.evaluation.perplexity import perplexity
 from engine.methods import QATConfig, RTNConfig, quantize_model
 from engine.methods.qat import qat_trace
-from engine.models import load_model
-from engine.schemes import QuantScheme
-from engine.sources import ModelSource
+from engine.models.data import WindowSpec, load_text, token_windows
+from engine.models.loading import load_model
+from engine.models.sources import ModelSource
+from engine.quant.schemes import QuantScheme
 
 
 def main() -> None:

@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from engine.metrics import error_summary
-from engine.primitives import fake_quantize, quantize
-from engine.priorgrid import detect_prior_grid
-from engine.schemes import QuantScheme, bits_per_weight
+from engine.analysis.priorgrid import detect_prior_grid
+from engine.quant.metrics import error_summary
+from engine.quant.primitives import fake_quantize, quantize
+from engine.quant.schemes import QuantScheme, bits_per_weight
 
 LAYERS = 30
 LAYER_SHAPES = {  # SmolLM2-135M: hidden 576, 9 heads / 3 kv heads of 64, intermediate 1536

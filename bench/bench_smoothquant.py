@@ -19,16 +19,16 @@ import time
 
 import torch
 
-from engine.data import WindowSpec, load_text, token_windows
-from engine.evaluate import perplexity
+from engine.evaluation.perplexity import perplexity
 from engine.methods.bnb import BnbConfig
 from engine.methods.llm_int8 import LLMInt8Config
 from engine.methods.registry import quantize_model
 from engine.methods.rtn import RTNConfig
 from engine.methods.smoothquant import SmoothQuantConfig
-from engine.models import load_model
-from engine.schemes import QuantScheme
-from engine.sources import ModelSource
+from engine.models.data import WindowSpec, load_text, token_windows
+from engine.models.loading import load_model
+from engine.models.sources import ModelSource
+from engine.quant.schemes import QuantScheme
 
 
 def load_average() -> str:

@@ -25,12 +25,12 @@ from pathlib import Path
 import psutil
 import torch
 
-from engine import outliers
-from engine.data import WindowSpec, load_text, token_windows
-from engine.models import load_model
-from engine.schemes import QuantScheme
-from engine.sources import ModelSource
-from engine.stats import batched, collect_stats
+from engine.analysis import outliers
+from engine.analysis.stats import batched, collect_stats
+from engine.models.data import WindowSpec, load_text, token_windows
+from engine.models.loading import load_model
+from engine.models.sources import ModelSource
+from engine.quant.schemes import QuantScheme
 
 
 class PeakRss:

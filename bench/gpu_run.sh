@@ -30,7 +30,7 @@ fi
 case "${1:-tests}" in
   tests)
     $PY -m pytest -p no:cacheprovider -q -m gpu -o addopts="-ra" \
-      tests/engine/test_kernels.py tests/engine/test_decode.py tests/engine/test_memory.py 2>&1 | tee "$OUT/gpu_tests.txt" ;;
+      tests/engine/kernels/test_kernels.py tests/engine/runtime/test_decode.py tests/engine/sizing/test_measure.py 2>&1 | tee "$OUT/gpu_tests.txt" ;;
   kernels)
     timeout 560 $PY -m bench.bench_kernels --synthetic smollm2-135m-instruct --rounds 3 2>&1 | tee "$OUT/bench_kernels.md" ;;
   decode)

@@ -6,12 +6,13 @@ Model sources and loading live in `sources` and `models`, generation in `generat
 The names below are the public API; submodules hold the rest.
 """
 
-from engine.eval_grid import run_grid
-from engine.evaluate import evaluate_against_reference, kl_to_reference, perplexity
-from engine.kv_cache import KVCacheConfig, make_kv_cache
-from engine.memory import MemoryBreakdown, estimate
+from engine.analysis.priorgrid import PriorGrid, detect_prior_grid
+from engine.evaluation.perplexity import evaluate_against_reference, kl_to_reference, perplexity
+from engine.evaluation.study import run_grid
 from engine.methods import RTNConfig, quantize_model
-from engine.metrics import (
+from engine.models.loading import LoadedModel, describe, load_model
+from engine.models.sources import ModelSource, ModelSourceError
+from engine.quant.metrics import (
     error_summary,
     kl_divergence,
     max_abs_err,
@@ -20,12 +21,16 @@ from engine.metrics import (
     sqnr_db,
     top1_agreement,
 )
-from engine.models import LoadedModel, describe, load_model
-from engine.observers import MinMaxObserver, MovingAverageMinMaxObserver, MSEObserver, PercentileObserver
-from engine.primitives import QParams, QTensor, choose_qparams, dequantize, fake_quantize, quantize
-from engine.priorgrid import PriorGrid, detect_prior_grid
-from engine.schemes import QuantScheme, bits_per_weight
-from engine.sources import ModelSource, ModelSourceError
+from engine.quant.observers import (
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MSEObserver,
+    PercentileObserver,
+)
+from engine.quant.primitives import QParams, QTensor, choose_qparams, dequantize, fake_quantize, quantize
+from engine.quant.schemes import QuantScheme, bits_per_weight
+from engine.runtime.kv_cache import KVCacheConfig, make_kv_cache
+from engine.sizing.estimate import MemoryBreakdown, estimate
 
 __all__ = [
     "KVCacheConfig",

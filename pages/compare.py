@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.generation import MAX_NEW_TOKENS_CAP, GenerationError, GenerationSettings
+from engine.runtime.generation import MAX_NEW_TOKENS_CAP, GenerationError, GenerationSettings
 from ui import cache, methods_view, page, state
 from ui import compare_view as view
 from ui.errors import show_error

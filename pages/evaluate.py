@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.data import (
+from engine.evaluation.study import FULL_GRID, QUICK_GRID, findings, pick_group_size, run_grid
+from engine.models.data import (
     CORPORA,
     DataError,
     WindowSpec,
@@ -14,8 +15,7 @@ from engine.data import (
     text_fingerprint,
     token_windows,
 )
-from engine.eval_grid import FULL_GRID, QUICK_GRID, findings, pick_group_size, run_grid
-from engine.sources import DEFAULT_MODEL_NAME
+from engine.models.sources import DEFAULT_MODEL_NAME
 from ui import cache, evaluate_charts, page, variants
 from ui.errors import show_error
 from ui.progress import progress_bar

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.grid import block_count
-from engine.tensors import SYNTHETIC_KINDS
+from engine.analysis.blocks import block_count
+from engine.analysis.tensors import SYNTHETIC_KINDS
 from ui import cache, charts, outlier_cache, page, state
 from ui.errors import show_error
 

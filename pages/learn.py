@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.lessons import ACCELERATORS, DISTRIBUTIONS, SYMMETRY_DATA
-from engine.sources import ModelSourceError
+from engine.models.sources import ModelSourceError
 from ui import lesson_cache, lesson_charts, page
 from ui.errors import show_error
 

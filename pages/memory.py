@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.gpus import (
+from engine.sizing.estimate import KV_FORMATS, estimate
+from engine.sizing.gpus import (
     all_devices,
     decode_estimate,
     fits,
@@ -13,8 +14,7 @@ from engine.gpus import (
     min_tensor_parallel,
     serving_what_if,
 )
-from engine.memory import KV_FORMATS, estimate
-from engine.weight_presets import PRESETS, WeightPreset
+from engine.sizing.presets import PRESETS, WeightPreset
 from ui import memory_cache, memory_charts, page, state
 from ui.errors import show_error
 

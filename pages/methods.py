@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.data import DataError, WindowSpec, load_text, token_windows
-from engine.eval_grid import pick_group_size
-from engine.evaluate import ReferenceCache
-from engine.sources import DEFAULT_MODEL_NAME
+from engine.evaluation.perplexity import ReferenceCache
+from engine.evaluation.study import pick_group_size
+from engine.models.data import DataError, WindowSpec, load_text, token_windows
+from engine.models.sources import DEFAULT_MODEL_NAME
 from ui import cache, methods_export, methods_view, page
 from ui.errors import show_error
 from ui.progress import progress_bar

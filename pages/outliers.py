@@ -7,9 +7,9 @@ import math
 import pandas as pd
 import streamlit as st
 
-from engine import outliers
-from engine.data import CORPORA, DataError, decode_upload
-from engine.stats import StatsError, histogram_edges
+from engine.analysis import outliers
+from engine.analysis.stats import StatsError, histogram_edges
+from engine.models.data import CORPORA, DataError, decode_upload
 from ui import cache, outlier_cache, page, state
 from ui import outlier_charts as charts
 from ui.errors import show_error

@@ -5,8 +5,8 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from engine.generation import MAX_NEW_TOKENS_CAP, GenerationError, GenerationSettings, generate
-from engine.sources import provenance
+from engine.models.sources import provenance
+from engine.runtime.generation import MAX_NEW_TOKENS_CAP, GenerationError, GenerationSettings, generate
 from ui import cache, page
 from ui.errors import show_error
 

@@ -119,7 +119,7 @@ if st.checkbox(
     "of that size would run here, without downloading it. Refused, with the numbers, when it does not "
     "fit in free memory.",
 ):
-    from engine.catalog import catalog_models
+    from engine.sizing.catalog import catalog_models
 
     models = {m.name: m for m in catalog_models()}
     names = list(models)

@@ -79,8 +79,8 @@ def pickle_only_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def default_loaded():
     """The real offline default model (SmolLM2-135M-Instruct), loaded once for the whole run."""
-    from engine.models import load_model
-    from engine.sources import ModelSource
+    from engine.models.loading import load_model
+    from engine.models.sources import ModelSource
 
     return load_model(ModelSource())
 

@@ -12,19 +12,19 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from engine.configs import config_from_json, load_config
-from engine.data import DataError, WindowSpec, decode_upload
-from engine.evaluate import EvaluationError, perplexity
-from engine.generation import GenerationError, GenerationSettings, generate
-from engine.gpus import gpu, serving_what_if
-from engine.kv_cache import KVCacheConfig, KVCacheError
-from engine.memory import ConfigError, estimate, kv_format
+from engine.evaluation.perplexity import EvaluationError, perplexity
 from engine.methods import RTNConfig, quantize_model
 from engine.methods.registry import NotEnoughMemoryError
-from engine.models import ModelTooLargeError, check_fits, load_model
-from engine.schemes import QuantScheme, check_shape
-from engine.sources import ModelSource, ModelSourceError, convert_gguf, resolve_folder
-from engine.weight_presets import weight_preset
+from engine.models.data import DataError, WindowSpec, decode_upload
+from engine.models.loading import ModelTooLargeError, check_fits, load_model
+from engine.models.sources import ModelSource, ModelSourceError, convert_gguf, resolve_folder
+from engine.quant.schemes import QuantScheme, check_shape
+from engine.runtime.generation import GenerationError, GenerationSettings, generate
+from engine.runtime.kv_cache import KVCacheConfig, KVCacheError
+from engine.sizing.configs import config_from_json, load_config
+from engine.sizing.estimate import ConfigError, estimate, kv_format
+from engine.sizing.gpus import gpu, serving_what_if
+from engine.sizing.presets import weight_preset
 from tests.conftest import build_char_tokenizer, build_tiny_llama, write_config
 
 GOOD_CONFIG = {
@@ -82,14 +82,14 @@ def _generate(prompt: str, **settings):
 
 
 def _no_room(*_):
-    import engine.models
+    import engine.models.loading
 
-    original = engine.models.free_memory_bytes
-    engine.models.free_memory_bytes = lambda device: 0
+    original = engine.models.loading.free_memory_bytes
+    engine.models.loading.free_memory_bytes = lambda device: 0
     try:
         return quantize_model(build_tiny_llama(), RTNConfig(QuantScheme(8)))
     finally:
-        engine.models.free_memory_bytes = original
+        engine.models.loading.free_memory_bytes = original
 
 
 CASES = [

@@ -9,9 +9,9 @@ import psutil
 import pytest
 import torch
 
-from engine.evaluate import perplexity
+from engine.evaluation.perplexity import perplexity
 from engine.methods import RTNConfig, quantize_model
-from engine.schemes import QuantScheme
+from engine.quant.schemes import QuantScheme
 from ui.cache import LruRegistry
 
 CONFIGS = [

@@ -16,14 +16,14 @@ from typing import NamedTuple
 import streamlit as st
 import torch
 
-from engine import grid as grid_engine
-from engine.metrics import error_summary
-from engine.models import ArchitectureSummary, LoadedModel, describe, load_model
-from engine.primitives import fake_quantize
-from engine.priorgrid import PriorGrid, detect_prior_grid
-from engine.schemes import QuantScheme, bits_per_weight
-from engine.sources import ModelSource, ModelSourceError
-from engine.tensors import WeightInfo, get_weight, synthetic_tensor, weight_tensors
+from engine.analysis import blocks as grid_engine
+from engine.analysis.priorgrid import PriorGrid, detect_prior_grid
+from engine.analysis.tensors import WeightInfo, get_weight, synthetic_tensor, weight_tensors
+from engine.models.loading import ArchitectureSummary, LoadedModel, describe, load_model
+from engine.models.sources import ModelSource, ModelSourceError
+from engine.quant.metrics import error_summary
+from engine.quant.primitives import fake_quantize
+from engine.quant.schemes import QuantScheme, bits_per_weight
 from ui import state
 from ui.progress import progress_bar
 

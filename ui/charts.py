@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from engine.grid import BlockPicture
+from engine.analysis.blocks import BlockPicture
 
 LEVEL_COLOR = "rgba(220, 60, 60, 0.55)"
 VALUE_COLOR = "#1f77b4"

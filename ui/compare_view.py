@@ -4,10 +4,10 @@ A comparison is a `CompareRun` kept in `st.session_state`: one `ColumnRun` per m
 first), filled in place while tokens stream, so a rerun (a checkbox, or the Stop button interrupting the
 run) redraws the same results without generating again. Tokens are drawn as HTML spans: from the first
 token where a column departs from the reference on they are highlighted, and each span's `title=` tooltip
-holds the token's probability under both models and the per-token KL (`engine.token_compare`).
+holds the token's probability under both models and the per-token KL (`engine.evaluation.token_compare`).
 
 Memory is measured, not estimated: the real bytes of the model's parameters and buffers
-(`engine.memory.measured_bytes`) plus the KV cache's tensors after generation; on CUDA also the
+(`engine.sizing.estimate.measured_bytes`) plus the KV cache's tensors after generation; on CUDA also the
 allocator's peak during the generation (the CPU allocator keeps no peak).
 """
 
@@ -21,13 +21,25 @@ from dataclasses import dataclass, field
 import streamlit as st
 import torch
 
-from engine.eval_grid import pick_group_size
-from engine.generation import GenerationResult, GenerationSettings, encode_prompt, generate, max_context
-from engine.kv_cache import KVCacheConfig, KVCacheError, make_kv_cache
-from engine.memory import measured_bytes
+from engine.evaluation.study import pick_group_size
+from engine.evaluation.token_compare import (
+    TokenStat,
+    agreement,
+    compare_tokens,
+    first_divergence,
+    token_pieces,
+)
 from engine.methods import RTNConfig
-from engine.schemes import QuantScheme
-from engine.token_compare import TokenStat, agreement, compare_tokens, first_divergence, token_pieces
+from engine.quant.schemes import QuantScheme
+from engine.runtime.generation import (
+    GenerationResult,
+    GenerationSettings,
+    encode_prompt,
+    generate,
+    max_context,
+)
+from engine.runtime.kv_cache import KVCacheConfig, KVCacheError, make_kv_cache
+from engine.sizing.estimate import measured_bytes
 
 KL_FULL_SHADE = 1.0  # nats: a token's KL at which its underline is fully opaque
 DIVERGED_BG = "rgba(255, 164, 33, 0.28)"  # tokens after the first divergence

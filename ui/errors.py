@@ -8,9 +8,9 @@ import traceback
 import streamlit as st
 import torch
 
-from engine.generation import GenerationError
 from engine.methods.registry import NotEnoughMemoryError
-from engine.sources import ModelSourceError
+from engine.models.sources import ModelSourceError
+from engine.runtime.generation import GenerationError
 
 USER_ERRORS = (ModelSourceError, GenerationError, ValueError, NotEnoughMemoryError)
 OOM_ADVICE = (

@@ -6,7 +6,7 @@ import math
 
 import plotly.graph_objects as go
 
-from engine.eval_grid import CellResult
+from engine.evaluation.study import CellResult
 
 AXIS_COLORS = {"reference": "#7f7f7f", "weights": "#1f77b4", "weight-activation": "#9467bd", "kv": "#ff7f0e"}
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import streamlit as st
 
 from engine import lessons
-from engine.qat import QatReport, Staircase, qat_step_staircase, run_qat_demo
-from engine.sources import ModelSource
+from engine.models.sources import ModelSource
+from engine.quant.ste import QatReport, Staircase, qat_step_staircase, run_qat_demo
 from ui import cache, state
 from ui.progress import progress_bar
 

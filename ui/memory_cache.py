@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.catalog import catalog_models
-from engine.configs import config_from_hub, config_from_json
-from engine.memory import estimate
-from engine.memory_measure import measure_generation_peak, peak_vs_estimate, weights_vs_real_bytes
+from engine.sizing.catalog import catalog_models
+from engine.sizing.configs import config_from_hub, config_from_json
+from engine.sizing.estimate import estimate
+from engine.sizing.measure import measure_generation_peak, peak_vs_estimate, weights_vs_real_bytes
 from ui import cache, memory_charts
 from ui.errors import show_error
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from engine.memory import MemoryBreakdown
+from engine.sizing.estimate import MemoryBreakdown
 
 GIB = 1024**3
 COMPONENT_COLORS = {

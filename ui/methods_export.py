@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine.export import FORMATS, ExportError, available_formats, export_model, zip_folder
-from engine.sources import cache_dir
+from engine.models.export import FORMATS, ExportError, available_formats, export_model, zip_folder
+from engine.models.sources import cache_dir
 from ui.errors import show_error
 from ui.progress import progress_bar
 

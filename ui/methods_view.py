@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine.evaluate import ComparisonResult, ReferenceCache, evaluate_against_reference
+from engine.evaluation.perplexity import ComparisonResult, ReferenceCache, evaluate_against_reference
 from engine.methods import QuantizedModel, RTNConfig, quantize_model
 from engine.methods.awq import AWQConfig
 from engine.methods.bnb import BnbConfig
@@ -20,7 +20,7 @@ from engine.methods.gptq import GPTQConfig
 from engine.methods.llm_int8 import LLMInt8Config
 from engine.methods.qat import QATConfig, QATTrace, qat_trace
 from engine.methods.smoothquant import SmoothQuantConfig
-from engine.schemes import QuantScheme
+from engine.quant.schemes import QuantScheme
 from ui import state
 
 METHODS = ["RTN", "LLM.int8()", "SmoothQuant", "GPTQ", "AWQ", "bitsandbytes", "QAT"]

@@ -14,11 +14,11 @@ from typing import NamedTuple
 
 import streamlit as st
 
-from engine import outliers
-from engine.data import WindowSpec, load_text, text_fingerprint, token_windows
-from engine.schemes import QuantScheme
-from engine.sources import ModelSource
-from engine.stats import Stats, collect_stats
+from engine.analysis import outliers
+from engine.analysis.stats import Stats, collect_stats
+from engine.models.data import WindowSpec, load_text, text_fingerprint, token_windows
+from engine.models.sources import ModelSource
+from engine.quant.schemes import QuantScheme
 from ui import cache, state
 from ui.progress import progress_bar
 
@@ -29,7 +29,7 @@ class StatsKey(NamedTuple):
     source: ModelSource
     device: str
     dtype: str
-    corpus: str  # a name from engine.data.CORPORA, or "upload:<fingerprint>"
+    corpus: str  # a name from engine.models.data.CORPORA, or "upload:<fingerprint>"
     windows: int
     window: int  # tokens per window
 

@@ -1,4 +1,4 @@
-"""Plotly figures for the Outliers page. Each takes plain values from engine.outliers; no statistics here."""
+"""Plotly figures for the Outliers page. Each takes plain values from engine.analysis.outliers; no statistics here."""
 
 from __future__ import annotations
 

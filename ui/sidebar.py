@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.models import DTYPES, available_devices, default_dtype
-from engine.sources import DEFAULT_MODEL_NAME, ModelSource, ModelSourceError
+from engine.models.loading import DTYPES, available_devices, default_dtype
+from engine.models.sources import DEFAULT_MODEL_NAME, ModelSource, ModelSourceError
 from ui import cache, state
 from ui.errors import show_error
 from ui.widgets import scheme_picker

@@ -41,9 +41,9 @@ LOOP_COLORS = {
     speed.COMPILED_LOOP: "#2ca02c",
 }
 LOOP_HELP = (
-    f"**{speed.DYNAMIC_LOOP}**: our plain token loop (engine.generation) on transformers' growing cache, "
+    f"**{speed.DYNAMIC_LOOP}**: our plain token loop (engine.runtime.generation) on transformers' growing cache, "
     f"what the rest of the app runs. **{speed.HF_LOOP}**: transformers' own `generate` (greedy); its "
-    f"prefill is timed as a 1-token generate. **{speed.STATIC_LOOP}**: engine.decode, a KV cache "
+    f"prefill is timed as a 1-token generate. **{speed.STATIC_LOOP}**: engine.runtime.decode, a KV cache "
     f"preallocated to prompt + new tokens so every step has the same shapes. **{speed.COMPILED_LOOP}**: "
     "that step through `torch.compile`; on a GPU with `mode='reduce-overhead'` (CUDA graphs)."
 )

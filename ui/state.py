@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.models import available_devices, default_dtype
-from engine.sources import ModelSource
+from engine.models.loading import available_devices, default_dtype
+from engine.models.sources import ModelSource
 
 MODEL_SOURCE = "qe_model_source"  # the ModelSource last loaded successfully
 DEVICE = "qe_device"

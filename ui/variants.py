@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.eval_grid import CellResult
+from engine.evaluation.study import CellResult
 from engine.methods import QuantizedModel, RTNConfig, quantize_model
-from engine.models import LoadedModel
+from engine.models.loading import LoadedModel
 from ui import state
 from ui.cache import LruRegistry
 from ui.progress import progress_bar

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.schemes import FORMATS, QuantScheme
+from engine.quant.schemes import FORMATS, QuantScheme
 from ui.errors import show_error
 
 DEFAULT_SCHEME = QuantScheme(4, "int", True, "group", 64)  # not Q4_1's asym g32 grid: no fake zero error

@@ -7,7 +7,7 @@ H100 without one), modules.py (QuantLinear, which picks a kernel per device and 
 and `PackedRTNConfig`, the method that packs a model). Importing this package registers the method.
 """
 
-from engine.kernels.modules import (
+from engine.kernels.linear import (
     FORMATS,
     PackedRTNConfig,
     QuantLinear,

@@ -3,8 +3,8 @@
 
 NOT YET RUN ON A GPU. This file was written in sessions without one: the Triton kernels
 (engine/kernels/triton_kernels.py) were checked for correctness in Triton's CPU interpreter
-(TRITON_INTERPRET=1, every autotuned config; tests/engine/test_kernels.py) and built ahead of time for an
-H100, sm_90a, without spilling (engine/kernels/triton_aot.py, tests/engine/test_triton_compile.py); the
+(TRITON_INTERPRET=1, every autotuned config; tests/engine/kernels/test_kernels.py) and built ahead of time for an
+H100, sm_90a, without spilling (engine/kernels/triton_aot.py, tests/engine/kernels/test_triton_compile.py); the
 tinygemm and `_int_mm` wrappers follow torchao's use of the same ops, and every threshold below is a
 guess until the GPU run (bench/gpu_run.sh) sets it. No speed figure for this file has been measured.
 The GPU tests are marked `gpu` and skip without CUDA.
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from engine.kernels import reference
-from engine.primitives import pack_int4
+from engine.quant.primitives import pack_int4
 
 GEMV_MAX_TOKENS = 4  # guess: beyond a few rows the GEMV re-reads the weight once per row
 TRITON_GEMM_MAX_TOKENS = 128  # guess: beyond this, dequantize once and let cuBLAS run the matmul

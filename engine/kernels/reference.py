@@ -9,7 +9,7 @@ defined here, once, in the plain layouts the kernels pack from:
     W8A8   W8A16's weights, and activations quantized per token (row) at run time:
            x ~ q_x * s_x with s_x = max|x_row| / 127, so y = (q_x @ codes^T) * s_x * s_w
 
-Our int4 grid (engine.primitives) maps onto W4A16 exactly: a symmetric code q in [-8, 7] is stored as
+Our int4 grid (engine.quant.primitives) maps onto W4A16 exactly: a symmetric code q in [-8, 7] is stored as
 q + 8 with zero 0, and an asymmetric code q in [0, 15] with integer zero point zp keeps q and gets
 zero = (8 - zp) * scale (exact in float32: a 4-bit integer times an fp16 scale). Kernels may hold the
 scales and zeros in a 16-bit activation dtype; that rounding is theirs, not the format's.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from engine.primitives import QTensor
+from engine.quant.primitives import QTensor
 
 INT4_MIDPOINT = 8  # codes are stored unsigned; the kernels subtract 8 before scaling
 INT8_MAX = 127  # symmetric int8: codes in [-127, 127] (grid_max), so -128 never appears

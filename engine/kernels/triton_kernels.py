@@ -1,7 +1,7 @@
 """Our Triton kernels for packed int4 / int8 weights with 16-bit activations (engine.kernels.cuda launches them).
 
 Imported only where Triton is: by engine.kernels.cuda on a GPU (or under TRITON_INTERPRET=1, Triton's CPU
-interpreter), and by the ahead-of-time compile check (tests/engine/test_triton_compile.py,
+interpreter), and by the ahead-of-time compile check (tests/engine/kernels/test_triton_compile.py,
 bench/bench_triton_compile.py), which builds them for an H100 (sm_90a) on a machine without a GPU.
 Formats: engine/kernels/reference.py; the launch rules and the autotuned configs: engine/kernels/cuda.py.
 """

@@ -5,7 +5,7 @@ nearest: weights, weights + activations), llm_int8.py (vector-wise int8 with 16-
 smoothquant.py (activation smoothing folded into the norms, then W8A8), gptq.py (column-wise
 quantization with inverse-Hessian error compensation), awq.py (activation-aware scale search), bnb.py (bitsandbytes' own
 int8 / NF4 / FP4 layers, as transformers builds them), qat.py (quantization-aware training: a few steps of
-fine-tuning the linears' latent weights through the straight-through estimator of engine/qat.py).
+fine-tuning the linears' latent weights through the straight-through estimator of engine/quant/ste.py).
 """
 
 from engine.methods import awq, bnb, gptq, llm_int8, qat, rtn, smoothquant  # noqa: F401  (each registers its config)

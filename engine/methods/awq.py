@@ -45,6 +45,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from engine.analysis.stats import decoder_layers
 from engine.methods.gptq import (
     GramCollector,
     capture_layer_inputs,
@@ -54,11 +55,10 @@ from engine.methods.gptq import (
     set_linear,
 )
 from engine.methods.registry import LayerReport, Progress, register
-from engine.metrics import sqnr_db
-from engine.modules import linear_names, quantized_linear
-from engine.primitives import fake_quantize
-from engine.schemes import QuantScheme, bits_per_weight, check_shape
-from engine.stats import decoder_layers
+from engine.quant.linear import linear_names, quantized_linear
+from engine.quant.metrics import sqnr_db
+from engine.quant.primitives import fake_quantize
+from engine.quant.schemes import QuantScheme, bits_per_weight, check_shape
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 CLIP_GRID, CLIP_MAX_SHRINK = 20, 0.5  # llm-awq's auto_clip: ratios 1, 0.95, ..., 0.55

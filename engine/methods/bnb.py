@@ -36,8 +36,8 @@ from torch import Tensor, nn
 
 from engine.methods.llm_int8 import OutputErrors, calibration_batches, run_calibration, scaled
 from engine.methods.registry import LayerReport, register
-from engine.metrics import sqnr_db
-from engine.modules import linear_names, replace_linears
+from engine.quant.linear import linear_names, replace_linears
+from engine.quant.metrics import sqnr_db
 
 MODES = ("int8", "nf4", "fp4")
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

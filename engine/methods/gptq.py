@@ -12,14 +12,14 @@ implementation does, so later layers calibrate on the errors of earlier ones).
 `damping * mean(diag(H))` to the diagonal, the upper Cholesky factor of H^-1 drives the updates, columns
 are processed in lazy blocks of `block_size`, `act_order` visits columns by decreasing diag(H) and undoes
 the permutation afterwards, and `static_groups` fixes every group's scale from the original weights.
-Scales and zero points come from `engine.primitives.choose_qparams` on a group slice and columns are
-rounded with `engine.formats.fake`, so the grid is exactly RTN's (with H = I, GPTQ returns RTN's weights).
+Scales and zero points come from `engine.quant.primitives.choose_qparams` on a group slice and columns are
+rounded with `engine.quant.formats.fake`, so the grid is exactly RTN's (with H = I, GPTQ returns RTN's weights).
 
 Where we depart from the reference (and from gptqmodel, which keeps its behaviour):
 - A group starting inside a lazy block takes its scale from the fully updated weights; the reference reads
   its `W`, which misses the updates from earlier columns of the same block (the two agree when group_size
   is a multiple of block_size, e.g. g128 with blocks of 128). Output errors agree with gptqmodel's within
-  ~2% per linear on the same Hessian (tests/engine/test_crosscheck_gptqmodel.py).
+  ~2% per linear on the same Hessian (tests/engine/methods/test_crosscheck_gptqmodel.py).
 - `true_sequential` (off by default as in the reference; on in AutoGPTQ and gptqmodel) groups the linears
   of a layer by the tensor they read (q/k/v, o, gate/up, down on Llama) and quantizes group after group,
   each calibrated on inputs that already went through the quantized groups before it. Each group's
@@ -50,13 +50,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from engine import formats
+from engine.analysis.stats import decoder_layers
 from engine.methods.registry import LayerReport, Progress, register
-from engine.metrics import sqnr_db
-from engine.modules import FakeQuantLinear, keeps_scales, linear_names
-from engine.primitives import QParams, choose_qparams, quantize
-from engine.schemes import QuantScheme, bits_per_weight, check_shape
-from engine.stats import decoder_layers
+from engine.quant import formats
+from engine.quant.linear import FakeQuantLinear, keeps_scales, linear_names
+from engine.quant.metrics import sqnr_db
+from engine.quant.primitives import QParams, choose_qparams, quantize
+from engine.quant.schemes import QuantScheme, bits_per_weight, check_shape
 
 MAX_TOKENS_PER_FORWARD = 4096  # calibration rows are batched up to this many tokens per layer forward
 
@@ -256,7 +256,7 @@ def check_calibration(calib, method: str) -> Tensor:
     if calib is None:
         raise ValueError(
             f"{method} needs calibration data: pass calib=(n, tokens) token ids, e.g. "
-            "engine.data.token_windows(tokenizer, text, WindowSpec(window=512, count=32))"
+            "engine.models.data.token_windows(tokenizer, text, WindowSpec(window=512, count=32))"
         )
     ids = torch.as_tensor(calib)
     if ids.dim() == 1:

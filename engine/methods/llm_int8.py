@@ -38,10 +38,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from engine.analysis.stats import MAX_TOKENS_PER_FORWARD, StatsError, batched, decoder_layers
 from engine.methods.registry import LayerReport, Progress, register
-from engine.metrics import sqnr_db
-from engine.modules import linear_names, replace_linears
-from engine.stats import MAX_TOKENS_PER_FORWARD, StatsError, batched, decoder_layers
+from engine.quant.linear import linear_names, replace_linears
+from engine.quant.metrics import sqnr_db
 
 INT8_MAX = 127
 ERROR_WINDOWS = 2  # calibration windows on which each layer's output error is measured (a reference

@@ -1,13 +1,13 @@
 """Quantization-aware training (QAT) as a method: fine-tune the quantized linears of a language model for a
 few steps on calibration text, through the straight-through estimator, then freeze them.
 
-Every linear the other methods quantize (all but lm_head) becomes an `engine.qat.QATLinear`, whose forward
+Every linear the other methods quantize (all but lm_head) becomes an `engine.quant.ste.QATLinear`, whose forward
 sees its weight fake-quantized (dynamic scales, recomputed every step) and whose backward hands the
-gradient straight through to the full-precision "latent" weight (the clipped STE of `engine.qat`). Only
+gradient straight through to the full-precision "latent" weight (the clipped STE of `engine.quant.ste`). Only
 those latent weights train: embeddings, norms, biases and lm_head stay frozen. The loss is next-token
 cross-entropy on the calibration windows, the optimizer Adam with a cosine decay to zero over `steps`.
 At step 0 the model *is* round-to-nearest of the same scheme, so PTQ's loss is QAT's starting point. At
-the end every QATLinear becomes the `engine.modules.FakeQuantLinear` that RTN would build from the trained
+the end every QATLinear becomes the `engine.quant.linear.FakeQuantLinear` that RTN would build from the trained
 latent weight, so the rest of the app (Compare, Evaluate, export) sees the same module type as RTN / GPTQ
 / AWQ, with the weights on the scheme's grid.
 
@@ -63,14 +63,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.evaluate import perplexity
+from engine.evaluation.perplexity import perplexity
 from engine.methods.gptq import _one_thread, check_calibration
 from engine.methods.registry import LayerReport, NotEnoughMemoryError, Progress, register
-from engine.metrics import sqnr_db
-from engine.modules import fake_quant_linear, linear_names, replace_linears
-from engine.primitives import choose_qparams, fake_quantize
-from engine.qat import QATLinear
-from engine.schemes import QuantScheme, bits_per_weight, check_shape
+from engine.quant.linear import fake_quant_linear, linear_names, replace_linears
+from engine.quant.metrics import sqnr_db
+from engine.quant.primitives import choose_qparams, fake_quantize
+from engine.quant.schemes import QuantScheme, bits_per_weight, check_shape
+from engine.quant.ste import QATLinear
 
 DEFAULT_SCHEME = QuantScheme(3, "int", False, "group", 64)  # 3-bit, where PTQ hurts; 576 = 9 x 64, not 128
 TRAINING_MEMORY = 4  # float32 linear-weight sized buffers QAT adds: original copy, gradient, Adam's moments
@@ -164,7 +164,7 @@ def next_token_loss(model: nn.Module, ids: Tensor) -> Tensor:
 
 
 def held_out_loss(model: nn.Module, ids: Tensor) -> tuple[float, int]:
-    """(mean NLL in nats, tokens scored) over held-out windows, as `engine.evaluate.perplexity` scores."""
+    """(mean NLL in nats, tokens scored) over held-out windows, as `engine.evaluation.perplexity.perplexity` scores."""
     result = perplexity(model, ids)
     return result.mean_nll, result.token_count
 
@@ -188,7 +188,7 @@ def prepare_qat_linears(model: nn.Module, scheme: QuantScheme) -> list[nn.Parame
 
 def _check_room(model: nn.Module, names: list[str]) -> None:
     """Refuse before training when float32 training state would not fit in free memory."""
-    from engine.models import free_memory_bytes
+    from engine.models.loading import free_memory_bytes
 
     device = next(model.parameters()).device
     linear_elements = sum(model.get_submodule(n).weight.numel() for n in names)

@@ -50,7 +50,7 @@ def model_bytes(model: nn.Module) -> int:
 
 def check_room_for_copy(model: nn.Module, headroom: float = 1.3) -> None:
     """Refuse before copying when the copy (plus transients) would not fit in free memory."""
-    from engine.models import free_memory_bytes
+    from engine.models.loading import free_memory_bytes
 
     device = next(model.parameters()).device
     needed = int(model_bytes(model) * headroom)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from engine.methods.registry import LayerReport, register
-from engine.metrics import sqnr_db
-from engine.modules import fake_quant_linear, linear_names, replace_linears
-from engine.schemes import QuantScheme, check_shape
+from engine.quant.linear import fake_quant_linear, linear_names, replace_linears
+from engine.quant.metrics import sqnr_db
+from engine.quant.schemes import QuantScheme, check_shape
 
 
 @dataclass(frozen=True)

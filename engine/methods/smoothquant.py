@@ -22,7 +22,7 @@ Where we depart from the paper and its repository:
   `W8A8Linear(act_quant="per_token")`); the static per-tensor O2/O3 settings are not offered.
 - The attention's batched matmuls (Q @ K^T, P @ V) stay in float; the repository can quantize them
   (`quantize_bmm_input`, off by default for Llama).
-- Scales are stored at fp16 and rounded up (engine.primitives), the repository keeps them in the
+- Scales are stored at fp16 and rounded up (engine.quant.primitives), the repository keeps them in the
   model's dtype; the codes are the same otherwise (absmax / 127).
 - After folding we check, on one calibration window, that the smoothed model still computes what the
   original did; architectures whose norm is not a plain per-channel scale (Gemma's 1 + weight, norms
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from engine.analysis.stats import decoder_layers
 from engine.methods.llm_int8 import (
     ERROR_WINDOWS,
     OutputErrors,
@@ -49,10 +50,9 @@ from engine.methods.llm_int8 import (
     scaled,
 )
 from engine.methods.registry import LayerReport, Progress, check_room_for_copy, register
-from engine.metrics import relative_error, sqnr_db
-from engine.modules import fake_quant_linear, linear_names, replace_linears
-from engine.schemes import QuantScheme
-from engine.stats import decoder_layers
+from engine.quant.linear import fake_quant_linear, linear_names, replace_linears
+from engine.quant.metrics import relative_error, sqnr_db
+from engine.quant.schemes import QuantScheme
 
 SCALE_FLOOR = 1e-5  # the repository's clamp on s (and on max|W_j|)
 # (norm, linears reading its output) in a Llama-style decoder layer; fused projections also count
@@ -316,7 +316,7 @@ def alpha_sweep(
 
     Calibrates once on the original model, then for each alpha smooths and quantizes a fresh copy.
     """
-    from engine.evaluate import perplexity
+    from engine.evaluation.perplexity import perplexity
 
     configs = [SmoothQuantConfig(alpha, weight_bits, act_bits) for alpha in alphas]  # validate first
     if not configs:

@@ -42,7 +42,7 @@ def test_changing_context_batch_and_kv_changes_the_kv_cache(app):
 
 def test_moe_and_mla_catalog_models(app):
     open_page(app, "memory")
-    from engine.catalog import catalog_models
+    from engine.sizing.catalog import catalog_models
 
     deepseek = next(model for model in catalog_models() if model.name.startswith("DeepSeek-V3"))
     app.selectbox(key="memory_catalog").set_value(deepseek).run()

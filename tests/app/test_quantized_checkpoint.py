@@ -16,9 +16,9 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def gptq_folder(tmp_path_factory):
-    from engine.export import export_model
     from engine.methods import RTNConfig, quantize_model
-    from engine.schemes import QuantScheme
+    from engine.models.export import export_model
+    from engine.quant.schemes import QuantScheme
     from tests.conftest import build_char_tokenizer, build_tiny_llama
 
     folder = tmp_path_factory.mktemp("tiny-gptq")

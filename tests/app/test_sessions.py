@@ -7,7 +7,7 @@ import threading
 
 from streamlit.testing.v1 import AppTest
 
-from engine.sources import ModelSource
+from engine.models.sources import ModelSource
 from tests.app.conftest import ROOT, TIMEOUT, no_exceptions
 from tests.conftest import checksum
 

@@ -54,9 +54,9 @@ def test_speed_page_times_a_methods_lab_model(app):
     from the lab is the Speed page's own W4A16 (same grid), so both decode the same words. A model no
     kernel runs (our LLM.int8) is named with the reason instead."""
     from engine.methods import LLMInt8Config, RTNConfig, quantize_model
-    from engine.models import load_model
-    from engine.schemes import QuantScheme
-    from engine.sources import ModelSource
+    from engine.models.loading import load_model
+    from engine.models.sources import ModelSource
+    from engine.quant.schemes import QuantScheme
     from ui.methods_view import RUNS, MethodRun
 
     reference = load_model(ModelSource(), "cpu", "float32").model

@@ -1,0 +1,162 @@
+"""Token-by-token generation with a KV cache, callbacks and separate prefill / decode timings.
+
+A plain loop instead of `model.generate` so that every token can be reported as it appears (the compare
+page streams them) and prefill (the prompt, matrix-matrix) is timed apart from decode (one token at a
+time, matrix-vector) — the two regimes in which quantization pays off differently.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from engine.quant.schemes import QuantScheme
+    from engine.runtime.kv_cache import KVCacheConfig
+
+MAX_NEW_TOKENS_CAP = 1024  # beyond this a CPU demo runs for minutes; the UI slider stops here too
+
+
+class GenerationError(ValueError):
+    """Bad generation input (empty prompt, prompt too long, too many tokens); message is for the user."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 48  # short enough for a live demo on two CPU cores
+    temperature: float = 0.0  # 0 means greedy (argmax), the reproducible default
+    top_p: float = 1.0  # nucleus sampling mass when temperature > 0
+    seed: int = 0  # same seed for every model, so sampled runs are comparable
+    chat: bool = True  # wrap the prompt in the tokenizer's chat template when it has one
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_CAP:
+            raise GenerationError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_CAP}.")
+        if self.temperature < 0:
+            raise GenerationError("temperature must be >= 0 (0 = greedy).")
+        if not 0 < self.top_p <= 1:
+            raise GenerationError("top_p must be in (0, 1].")
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+    stopped_early: bool = False  # the caller's stop callback ended the loop
+    token_logprobs: list[float] = field(default_factory=list)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        decoded = max(len(self.token_ids) - 1, 0)
+        return decoded / self.decode_seconds if self.decode_seconds > 0 else float("nan")
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else float("nan")
+
+
+def max_context(model) -> int | None:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(config, "max_position_embeddings", None)
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool, context_limit: int | None) -> torch.Tensor:
+    if not prompt or not prompt.strip():
+        raise GenerationError("The prompt is empty: type something for the model to continue.")
+    if chat and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    else:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    if context_limit is not None and ids.shape[1] >= context_limit:
+        raise GenerationError(
+            f"The prompt is {ids.shape[1]} tokens but the model's context is {context_limit}; shorten it."
+        )
+    return ids  # (1, prompt_tokens)
+
+
+def _pick(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator) -> int:
+    if settings.temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
+    if settings.top_p < 1:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(0) - sorted_probs < settings.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tokenizer,
+    prompt: str,
+    settings: GenerationSettings | None = None,
+    on_token: Callable[[int, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    past_key_values=None,
+    kv_scheme: QuantScheme | KVCacheConfig | None = None,
+) -> GenerationResult:
+    """Generate up to `settings.max_new_tokens`; `on_token(token_id, text_so_far)` fires per token.
+
+    `kv_scheme` stores the KV cache quantized (engine.runtime.kv_cache); None keeps transformers' own cache.
+    """
+    settings = settings or GenerationSettings()
+    if kv_scheme is not None:
+        if past_key_values is not None:
+            raise GenerationError("Pass either past_key_values or kv_scheme, not both.")
+        from engine.runtime.kv_cache import make_kv_cache
+
+        past_key_values = make_kv_cache(model.config, kv_scheme)
+    limit = max_context(model)
+    ids = encode_prompt(tokenizer, prompt, settings.chat, limit).to(_device_of(model))
+    max_new = settings.max_new_tokens if limit is None else min(settings.max_new_tokens, limit - ids.shape[1])
+    eos = tokenizer.eos_token_id
+    stop_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    generator = torch.Generator().manual_seed(settings.seed)
+    tokens: list[int] = []
+    logprobs: list[float] = []
+    start = time.perf_counter()
+    out = model(input_ids=ids, past_key_values=past_key_values, use_cache=True)
+    logits = out.logits[0, -1].float().cpu()  # (vocab,)
+    prefill_seconds = time.perf_counter() - start
+    stopped_early = False
+    decode_start = time.perf_counter()
+    for step in range(max_new):
+        token = _pick(logits, settings, generator)
+        logprobs.append(float(torch.log_softmax(logits, -1)[token]))
+        if token in stop_ids:
+            break
+        tokens.append(token)
+        if on_token:
+            on_token(token, tokenizer.decode(tokens, skip_special_tokens=True))
+        if should_stop and should_stop():
+            stopped_early = True
+            break
+        if step == max_new - 1:
+            break
+        next_ids = torch.tensor([[token]], device=ids.device)
+        out = model(input_ids=next_ids, past_key_values=out.past_key_values, use_cache=True)
+        logits = out.logits[0, -1].float().cpu()
+    decode_seconds = time.perf_counter() - decode_start
+    return GenerationResult(
+        text=tokenizer.decode(tokens, skip_special_tokens=True),
+        token_ids=tokens,
+        prompt_tokens=int(ids.shape[1]),
+        prefill_seconds=prefill_seconds,
+        decode_seconds=decode_seconds,
+        stopped_early=stopped_early,
+        token_logprobs=logprobs,
+    )

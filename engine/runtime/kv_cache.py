@@ -1,0 +1,313 @@
+"""A quantized KV cache for Hugging Face causal LMs, built on our own `quantize` / `dequantize`.
+
+`make_kv_cache(model.config, KVCacheConfig(scheme, key_axis=...))` returns a transformers `Cache`
+(pass it as `past_key_values`). Every layer stores its keys and values as codes plus scales under a
+`QuantScheme` and dequantizes the whole history on every read, the way transformers' own
+`QuantizedCache` does; `nbytes()` is what it stores and `fp16_nbytes()` what a 16-bit cache would.
+
+Layouts (a layer's states are (batch, kv_heads, tokens, head_dim)):
+- values, and keys with key_axis="token": each token is quantized as it arrives; the scheme's
+  granularity runs along head_dim ("channel": one scale per token and head, "group": group_size channels).
+- keys with key_axis="channel" (KIVI): tokens collect in a full-precision residual until `token_block`
+  of them have arrived; the block is then quantized along the token axis ("channel": one scale per
+  channel of each block, "group": group_size tokens), so outlier channels get scales of their own.
+
+How KV quantization enters a forward pass: `update` returns the *dequantized* states of every cached
+token, the new ones included, so attention reads quantized K/V even within a single forward over a
+whole window. Perplexity therefore needs only one forward per window. Where this departs from serving:
+- a query reads its own token's key and value quantized (vLLM's fp8 cache does the same; KIVI and
+  transformers' `QuantizedCache` keep the most recent tokens in full precision);
+- with per-channel keys, a block quantized inside one forward gets its scales from all `token_block`
+  tokens, so an earlier query reads keys whose scale saw later tokens (in serving the block is only
+  quantized once complete, and meanwhile read at full precision);
+- values have no full-precision residual (KIVI keeps one), and the tail of a window shorter than
+  `token_block` stays unquantized (as in KIVI).
+The figures are thus slightly pessimistic for KIVI and exact for a per-token cache that stores every
+token, the current one included, before attention reads it.
+
+Storage accounting: codes count at `bits` bits (densely packed, the `QTensor.nbytes` convention),
+scales and zero points at the scale dtype, and unquantized (residual or `scheme=None`) elements at
+16 bits. In this process codes are held one per byte (int8 / uint8 / float8), so `resident_bytes()`
+is larger for sub-8-bit schemes. `scheme=None` stores the states as computed and reproduces
+transformers' `DynamicCache` bit for bit (the 16-bit baseline). Our primitives allocate on the CPU, so
+for a model on a GPU the codes live in CPU memory and every read copies the history back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers.cache_utils import Cache, DynamicLayer, get_layer_types_and_kwargs
+
+from engine.quant.primitives import QTensor, dequantize, quantize
+from engine.quant.schemes import QuantScheme, suggest_group_sizes
+
+KEY_AXES = ("token", "channel")
+BASELINE_BYTES = 2  # an unquantized element is counted at 16 bits, the serving baseline
+
+
+class KVCacheError(ValueError):
+    """A KV cache setting that cannot work for this model (or an unsupported cache operation)."""
+
+
+@dataclass(frozen=True)
+class KVCacheConfig:
+    scheme: QuantScheme | None = None  # None: keep keys and values as computed (the 16-bit baseline)
+    key_axis: str = "token"  # "token": keys like values; "channel": KIVI's per-channel keys
+    token_block: int = 128  # per-channel keys: tokens quantized together (KIVI's residual length R)
+
+    def __post_init__(self) -> None:
+        if self.key_axis not in KEY_AXES:
+            raise KVCacheError(f"key_axis must be one of {', '.join(KEY_AXES)} (got {self.key_axis!r})")
+        if (
+            isinstance(self.token_block, bool)
+            or not isinstance(self.token_block, int)
+            or self.token_block < 1
+        ):
+            raise KVCacheError(f"token_block must be a positive integer (got {self.token_block!r})")
+        scheme = self.scheme
+        if scheme is None:
+            return
+        if not isinstance(scheme, QuantScheme):
+            raise KVCacheError(f"scheme must be a QuantScheme or None (got {type(scheme).__name__})")
+        if scheme.granularity == "tensor":
+            raise KVCacheError(
+                "a growing KV cache has no whole tensor to share one scale; use granularity 'channel' "
+                "(one scale per token and head) or 'group'"
+            )
+        if scheme.double_quant:
+            raise KVCacheError(
+                "double_quant compresses the scales of a finished tensor; drop it for the KV cache"
+            )
+        grouped_keys = self.key_axis == "channel" and scheme.granularity == "group"
+        if grouped_keys and self.token_block % scheme.group_size:
+            raise KVCacheError(
+                f"per-channel keys group {scheme.group_size} tokens, which does not divide token_block "
+                f"{self.token_block}; pick a token_block that is a multiple of {scheme.group_size}"
+            )
+
+    @property
+    def label(self) -> str:
+        if self.scheme is None:
+            return "KV 16-bit"
+        keys = f", keys per channel ({self.token_block}-token blocks)" if self.key_axis == "channel" else ""
+        return f"KV {self.scheme.label}{keys}"
+
+
+def as_kv_config(kv: QuantScheme | KVCacheConfig | None) -> KVCacheConfig:
+    """A KVCacheConfig from a scheme (per-token keys and values), a config, or None (16-bit)."""
+    if isinstance(kv, KVCacheConfig):
+        return kv
+    return KVCacheConfig(scheme=kv)
+
+
+# -- storage -----------------------------------------------------------------------------------------
+
+
+class _CodeStore:
+    """Codes, scales and zero points of quantized blocks, appended along one axis.
+
+    Blocks always run along the last dim, so appending rows (dim=-2, per token) or whole blocks along the
+    last dim (per channel) keeps every block contiguous and one `dequantize` reads the lot.
+    """
+
+    def __init__(self, scheme: QuantScheme, dim: int) -> None:
+        self.scheme = scheme
+        self.dim = dim  # -2: per token (rows are tokens); -1: per channel (rows are channels)
+        # (batch, heads, tokens, head_dim) per token, (batch, heads, head_dim, tokens) per channel
+        self.codes: Tensor | None = None
+        self.scale: Tensor | None = None  # like codes, last dim = blocks per row
+        self.zero: Tensor | None = None
+        self.dtype = torch.float32
+
+    def append(self, x: Tensor) -> None:
+        qt = quantize(x.detach().to("cpu"), self.scheme)
+        self.dtype = x.dtype
+        if self.codes is None:
+            self.codes, self.scale, self.zero = qt.codes, qt.scale, qt.zero_point
+            return
+        self.codes = torch.cat([self.codes, qt.codes], dim=self.dim)
+        self.scale = torch.cat([self.scale, qt.scale], dim=self.dim)
+        if self.zero is not None:
+            self.zero = torch.cat([self.zero, qt.zero_point], dim=self.dim)
+
+    def dequantize(self) -> Tensor:
+        qt = QTensor(self.codes, self.scale, self.zero, self.scheme, self.codes.shape, self.dtype)
+        return dequantize(qt)
+
+    @property
+    def numel(self) -> int:
+        return 0 if self.codes is None else self.codes.numel()
+
+    def nbytes(self) -> int:
+        if self.codes is None:
+            return 0
+        extra = self.scale.numel() * self.scale.element_size()
+        if self.zero is not None:
+            extra += self.zero.numel() * self.zero.element_size()
+        return math.ceil(self.codes.numel() * self.scheme.bits / 8) + extra
+
+    def resident_bytes(self) -> int:
+        tensors = [t for t in (self.codes, self.scale, self.zero) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _tensor_bytes(t: Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+class QuantizedKVLayer(DynamicLayer):
+    """One attention layer's cache: quantized keys and values, dequantized on every read."""
+
+    is_croppable = False
+
+    def __init__(self, config: KVCacheConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.cumulative_length = 0
+        self._reset_stores()
+
+    def _reset_stores(self) -> None:
+        scheme = self.config.scheme
+        self.key_store = self.value_store = None
+        self.residual: Tensor | None = None  # (batch, heads, < token_block, head_dim) keys not yet in a block
+        if scheme is not None:
+            self.value_store = _CodeStore(scheme, dim=-2)
+            self.key_store = _CodeStore(scheme, dim=-1 if self.config.key_axis == "channel" else -2)
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        scheme = self.config.scheme
+        if scheme is None:
+            return
+        head_dim = key_states.shape[-1]
+        if scheme.granularity == "group" and head_dim % scheme.group_size:
+            choices = ", ".join(map(str, suggest_group_sizes(head_dim)))
+            raise KVCacheError(
+                f"group_size {scheme.group_size} does not divide this model's head_dim {head_dim}; "
+                f"pick one of {choices}"
+            )
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        """Store the new states (batch, heads, new_tokens, head_dim); return every cached token's states."""
+        if self.config.scheme is None:
+            self.cumulative_length += key_states.shape[-2]
+            return super().update(key_states, value_states, *args, **kwargs)
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.cumulative_length += key_states.shape[-2]
+        self.value_store.append(value_states)
+        if self.config.key_axis == "token":
+            self.key_store.append(key_states)
+        else:
+            self._append_channel_keys(key_states)
+        return self._read_keys(), self.value_store.dequantize().to(self.device)
+
+    def _append_channel_keys(self, key_states: Tensor) -> None:
+        pending = key_states if self.residual is None else torch.cat([self.residual, key_states], dim=-2)
+        block = self.config.token_block
+        full = (pending.shape[-2] // block) * block
+        for start in range(0, full, block):
+            self.key_store.append(
+                pending[..., start : start + block, :].transpose(-1, -2)
+            )  # (b, h, d, block)
+        self.residual = pending[..., full:, :] if full < pending.shape[-2] else None
+
+    def _read_keys(self) -> Tensor:
+        parts = []
+        if self.key_store.numel:
+            keys = self.key_store.dequantize().to(self.device)
+            parts.append(keys.transpose(-1, -2) if self.config.key_axis == "channel" else keys)
+        if self.residual is not None:
+            parts.append(self.residual)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
+
+    def get_seq_length(self) -> int:
+        return self.cumulative_length
+
+    def reset(self) -> None:
+        super().reset()
+        self.cumulative_length = 0
+        self._reset_stores()
+
+    # -- storage -----------------------------------------------------------------------------------
+    def nbytes(self) -> int:
+        if self.config.scheme is None:
+            return BASELINE_BYTES * (_numel(self.keys) + _numel(self.values))
+        return self.key_store.nbytes() + self.value_store.nbytes() + BASELINE_BYTES * _numel(self.residual)
+
+    def fp16_nbytes(self) -> int:
+        if self.config.scheme is None:
+            return self.nbytes()
+        return BASELINE_BYTES * (self.key_store.numel + _numel(self.residual) + self.value_store.numel)
+
+    def resident_bytes(self) -> int:
+        if self.config.scheme is None:
+            return _tensor_bytes(self.keys) + _tensor_bytes(self.values)
+        stores = self.key_store.resident_bytes() + self.value_store.resident_bytes()
+        return stores + _tensor_bytes(self.residual)
+
+    # -- operations a quantized history cannot undo ------------------------------------------------
+    def _unsupported(self, what: str) -> None:
+        raise KVCacheError(
+            f"the quantized KV cache does not support {what} (beam search, assisted decoding); "
+            "use greedy or sampled generation, or no KV quantization"
+        )
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self._unsupported("crop")
+
+    def reorder_cache(self, beam_idx: Tensor) -> None:
+        self._unsupported("reorder_cache")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._unsupported("batch_repeat_interleave")
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        self._unsupported("batch_select_indices")
+
+    def offload(self) -> None:
+        self._unsupported("offloading")
+
+    def prefetch(self) -> None:
+        self._unsupported("offloading")
+
+
+def _numel(t: Tensor | None) -> int:
+    return 0 if t is None else t.numel()
+
+
+class QuantizedKVCache(Cache):
+    """A transformers Cache of QuantizedKVLayer, one per decoder layer (full attention only)."""
+
+    def __init__(self, model_config, config: KVCacheConfig) -> None:
+        text_config = model_config.get_text_config(decoder=True)
+        layer_types, _ = get_layer_types_and_kwargs(text_config)
+        other = sorted(set(layer_types) - {"full_attention"})
+        if other:
+            raise KVCacheError(
+                f"the quantized KV cache supports full-attention layers only; this model also has {', '.join(other)} "
+                "layers (sliding window, chunked or shared KV)"
+            )
+        super().__init__(layers=[QuantizedKVLayer(config) for _ in layer_types])
+        self.config = config
+
+    def nbytes(self) -> int:
+        """Bytes stored: codes at `bits` bits, scales and zero points, unquantized elements at 16 bits."""
+        return sum(layer.nbytes() for layer in self.layers)
+
+    def fp16_nbytes(self) -> int:
+        """Bytes a 16-bit cache would hold for the same tokens."""
+        return sum(layer.fp16_nbytes() for layer in self.layers)
+
+    def resident_bytes(self) -> int:
+        """Bytes the cache's tensors occupy in this process (codes one per byte)."""
+        return sum(layer.resident_bytes() for layer in self.layers)
+
+
+def make_kv_cache(model_config, scheme: QuantScheme | KVCacheConfig | None) -> QuantizedKVCache:
+    """A fresh cache for one sequence; a QuantScheme quantizes keys and values per token."""
+    return QuantizedKVCache(model_config, as_kv_config(scheme))

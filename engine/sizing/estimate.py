@@ -1,0 +1,346 @@
+"""Memory sizing from a config alone: parameters by kind, weights under a scheme, and the KV cache.
+
+The first building block of the Memory page (issue 7): no weights are read; parameters are counted by
+building the model on the meta device. The KV cache follows `2 x layers x kv_heads x head_dim x bytes`
+per token with the details calculators get wrong:
+- `head_dim` from the config when present (it need not be hidden_size / heads);
+- grouped-query / multi-query attention through `num_key_value_heads` (Falcon: `num_kv_heads`);
+- sliding-window layers (`sliding_window` with `layer_types`, or Gemma-2-style alternation) hold at most
+  `sliding_window` tokens;
+- MLA (DeepSeek-V2/V3) caches one compressed latent of `kv_lora_rank + qk_rope_head_dim` values per
+  token and layer instead of keys and values per head.
+`estimate()` adds activations (the largest transient of one layer in prefill or decode, attention scores
+when not using fused SDPA/flash attention, the logits buffer) and framework overhead as its own line, and
+returns a `MemoryBreakdown`. GPUs, fitting and splitting live in `engine.sizing.gpus`; the CLI in
+`engine.sizing.cli` (`python -m engine.sizing --config llama-3.1-8b --weights int4-g128 --kv int8`).
+Where we simplify: activations assume one sequence batch is prefilled at once and nothing is freed
+mid-layer; overhead is a typical CUDA context plus allocator slack, not a measurement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.quant.schemes import QuantScheme
+from engine.sizing.parameters import (  # noqa: F401  (parameters_by_kind re-exported)
+    ConfigError,
+    ParameterCount,
+    _text_config,
+    count_parameters,
+    moe_fields,
+    parameters_by_kind,
+)
+from engine.sizing.presets import WeightPreset, weight_preset
+
+CUDA_OVERHEAD_BYTES = 600 * 1024**2  # CUDA context + cuBLAS workspace + allocator slack, typical on H100
+LOGITS_BYTES = 4  # logits are upcast to fp32 before softmax / sampling
+
+
+def _positive_int(config, name: str, default: int | None = None) -> int:
+    value = getattr(config, name, None)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"config field {name} must be a positive integer (got {value!r})")
+    return value
+
+
+def head_dim(config) -> int:
+    config = _text_config(config)
+    explicit = getattr(config, "head_dim", None)
+    if explicit:
+        return _positive_int(config, "head_dim")
+    hidden, heads = _positive_int(config, "hidden_size"), _positive_int(config, "num_attention_heads")
+    if hidden % heads:
+        raise ConfigError(
+            f"hidden_size {hidden} is not divisible by num_attention_heads {heads}; set head_dim"
+        )
+    return hidden // heads
+
+
+def layer_windows(config) -> list[int | None]:
+    """Per layer: the sliding window in tokens, or None for full attention."""
+    config = _text_config(config)
+    layers = _positive_int(config, "num_hidden_layers")
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if not window:
+        return [None] * layers
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+        raise ConfigError(f"sliding_window must be a positive number of tokens (got {window!r})")
+    if types:
+        if not isinstance(types, list | tuple) or not all(isinstance(kind, str) for kind in types):
+            raise ConfigError("layer_types must be a list of layer kinds such as 'sliding_attention'")
+        if len(types) != layers:
+            raise ConfigError(f"layer_types has {len(types)} entries for {layers} layers")
+        return [window if kind == "sliding_attention" else None for kind in types]
+    if getattr(config, "model_type", "") == "gemma2":  # even layers slide, odd layers attend fully
+        return [window if index % 2 == 0 else None for index in range(layers)]
+    if getattr(config, "use_sliding_window", True) is False:
+        return [None] * layers
+    return [window] * layers  # Mistral-7B v0.1 style: every layer slides
+
+
+def key_value_heads(config) -> int:
+    """KV heads: `num_key_value_heads`, Falcon's `num_kv_heads`, or 1 for multi-query; else every head."""
+    config = _text_config(config)
+    heads = _positive_int(config, "num_attention_heads")
+    if getattr(config, "model_type", "") == "falcon":
+        if getattr(config, "new_decoder_architecture", False):
+            return _positive_int(config, "num_kv_heads", heads)
+        return 1 if getattr(config, "multi_query", True) else heads
+    return _positive_int(config, "num_key_value_heads", heads)
+
+
+def kv_values_per_token_per_layer(config) -> int:
+    """Cached values (not bytes) one token adds to one layer: keys + values, or the MLA latent."""
+    config = _text_config(config)
+    rank = getattr(config, "kv_lora_rank", None)
+    if rank:  # MLA: compressed latent plus the decoupled RoPE key, shared by all heads
+        return _positive_int(config, "kv_lora_rank") + _positive_int(config, "qk_rope_head_dim")
+    heads = _positive_int(config, "num_attention_heads")
+    kv_heads = key_value_heads(config)
+    if heads % kv_heads:
+        raise ConfigError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+    return 2 * kv_heads * head_dim(config)
+
+
+def kv_bytes_per_token(config, kv_bits: float = 16) -> float:
+    """KV-cache bytes per token across all layers at full attention (the usual headline figure)."""
+    layers = _positive_int(_text_config(config), "num_hidden_layers")
+    return layers * kv_values_per_token_per_layer(config) * kv_bits / 8
+
+
+def kv_cache_bytes(config, context: int, batch: int = 1, kv_bits: float = 16) -> float:
+    """KV-cache bytes for `batch` sequences of `context` tokens; sliding-window layers cap at the window."""
+    if context < 0 or batch < 1:
+        raise ConfigError("context must be >= 0 and batch >= 1")
+    per_layer = kv_values_per_token_per_layer(config) * kv_bits / 8
+    tokens = sum(context if window is None else min(context, window) for window in layer_windows(config))
+    return batch * tokens * per_layer
+
+
+@dataclass(frozen=True)
+class KVFormat:
+    name: str  # CLI key: fp32, fp16, fp8, int8, int4, int3, int2
+    bits: int  # bits per cached value
+    group: int | None = None  # values sharing one fp16 scale and zero point; None: one per head (head_dim)
+    per_tensor: bool = False  # one scale for the whole cache (FP8 KV in vLLM): no per-token cost
+
+    def bits_per_value(self, head_dim_: int) -> float:
+        if self.bits >= 16 or self.per_tensor:
+            return float(self.bits)
+        return self.bits + 32 / (self.group or head_dim_)  # asymmetric: fp16 scale + fp16 zero per group
+
+    def label(self, head_dim_: int) -> str:
+        if self.bits >= 16:
+            return f"KV{self.bits} ({self.name})"
+        return f"KV {self.name} ({self.bits_per_value(head_dim_):.3g} bits/value)"
+
+
+KV_FORMATS = {
+    "fp32": KVFormat("fp32", 32),  # CPU models in float32 cache in float32 too
+    "fp16": KVFormat("fp16", 16),
+    "fp8": KVFormat("fp8", 8, per_tensor=True),
+    "int8": KVFormat("int8", 8),  # per token and head
+    "int4": KVFormat("int4", 4, group=64),  # Hugging Face's QuantizedCache default group
+    "int3": KVFormat("int3", 3, group=64),
+    "int2": KVFormat("int2", 2, group=64),
+}
+_KV_BY_BITS = {"16": "fp16", "8": "int8", "4": "int4", "3": "int3", "2": "int2", "bf16": "fp16"}
+
+
+def kv_format(name: str | int | KVFormat) -> KVFormat:
+    if isinstance(name, KVFormat):
+        return name
+    key = str(name).strip().lower().removeprefix("kv")
+    key = _KV_BY_BITS.get(key, key)
+    if key not in KV_FORMATS:
+        raise ConfigError(f"unknown KV-cache format {name!r}; choose one of {', '.join(KV_FORMATS)}")
+    return KV_FORMATS[key]
+
+
+@dataclass(frozen=True)
+class WeightBytes:
+    by_kind: dict[str, float]  # bytes per parameter kind (embeddings, attention, mlp, norms, head, other)
+    bits_per_weight: float  # effective bits over all parameters
+
+    @property
+    def total(self) -> float:
+        return sum(self.by_kind.values())
+
+
+def weight_bytes(
+    counts: dict[str, int], weights: WeightPreset | QuantScheme | str | None, in_features: int
+) -> WeightBytes:
+    """Bytes of the weights under a preset (a scheme means weight-only on linears; None: 16-bit)."""
+    preset = weight_preset("bf16" if weights is None else weights)
+    by_kind = {kind: count * preset.bits_for(kind, in_features) / 8 for kind, count in counts.items()}
+    total_params = sum(counts.values())
+    return WeightBytes(by_kind, 8 * sum(by_kind.values()) / total_params if total_params else 0.0)
+
+
+@dataclass(frozen=True)
+class Activations:
+    prefill_layer: float  # largest transient of one layer while prefilling the whole context
+    attention_scores: float  # batch x heads x context^2 score matrix (0 with fused SDPA / flash attention)
+    decode_layer: float  # the same for one new token
+    logits: float  # fp32 logits: last position only in generation, every position in evaluation
+
+    @property
+    def peak(self) -> float:
+        return max(self.prefill_layer + self.attention_scores, self.decode_layer) + self.logits
+
+
+def _intermediate_per_token(config) -> int:
+    """Widest MLP activation one token produces: the dense width, or its experts' widths summed."""
+    dense = getattr(config, "intermediate_size", None) or 4 * _positive_int(config, "hidden_size")
+    experts, per_token = moe_fields(config)
+    expert_width = getattr(config, "moe_intermediate_size", None)
+    if not experts:
+        return int(dense)
+    if not expert_width:  # Mixtral: each expert is as wide as intermediate_size
+        return int(dense) * max(per_token, 1)
+    shared = (getattr(config, "n_shared_experts", None) or 0) * expert_width
+    shared += getattr(config, "shared_expert_intermediate_size", None) or 0
+    return max(int(dense), per_token * expert_width + shared)  # dense layers (first_k_dense_replace) too
+
+
+def activations(
+    config,
+    context: int,
+    batch: int = 1,
+    activation_bytes: int = 2,
+    attention: str = "sdpa",
+    all_logits: bool = False,
+    prefill_chunk: int | None = None,
+) -> Activations:
+    """Peak transient bytes; `prefill_chunk` tokens per forward (None: the whole prompt at once, as
+    transformers' `generate` does; serving engines chunk long prompts, e.g. vLLM's 8192 batched tokens)."""
+    config = _text_config(config)
+    hidden = _positive_int(config, "hidden_size")
+    heads = _positive_int(config, "num_attention_heads")
+    kv_values = kv_values_per_token_per_layer(config)
+    vocab = _positive_int(config, "vocab_size")
+    width = _intermediate_per_token(config)
+
+    def layer(tokens: int) -> float:
+        attention_io = heads * head_dim(config) * 2 + kv_values  # queries, attention output, new K/V
+        mlp_io = 3 * width  # gate, up and their product
+        return tokens * (2 * hidden + max(attention_io, mlp_io)) * activation_bytes
+
+    if prefill_chunk is not None and prefill_chunk < 1:
+        raise ConfigError(f"prefill_chunk must be a positive number of tokens (got {prefill_chunk})")
+    tokens = batch * context if prefill_chunk is None else min(batch * context, prefill_chunk)
+    queries = context if prefill_chunk is None else min(context, prefill_chunk)
+    scores = 0.0
+    if attention == "eager":  # scores (queries x keys) in the activation dtype plus the fp32 softmax
+        scores = max(1, tokens // queries) * heads * queries * context * (activation_bytes + 4)
+    elif attention != "sdpa":
+        raise ConfigError(f"attention must be 'sdpa' or 'eager' (got {attention!r})")
+    logits = (tokens if all_logits else batch) * vocab * LOGITS_BYTES
+    return Activations(layer(tokens), scores, layer(batch), logits)
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    weights: WeightBytes
+    kv_cache: float  # bytes for batch x context tokens
+    activations: Activations
+    overhead: float  # framework / CUDA context, a labelled guess
+    parameters: ParameterCount
+    weights_label: str
+    kv_label: str
+    context: int
+    batch: int
+    kv_bytes_per_token: float  # all layers at full attention, for the headline figure
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def total(self) -> float:
+        return self.weights.total + self.kv_cache + self.activations.peak + self.overhead
+
+    def rows(self) -> list[tuple[str, float]]:
+        """(component, bytes) in the order the page stacks them."""
+        return [
+            ("weights", self.weights.total),
+            ("KV cache", self.kv_cache),
+            ("activations", self.activations.peak),
+            ("overhead", self.overhead),
+        ]
+
+    def decode_bytes_per_token(self) -> float:
+        """Bytes one decode step reads: the weights a token visits (one embedding row) and the KV cache."""
+        by_kind, counts = self.weights.by_kind, self.parameters
+        read = self.weights.total - by_kind.get("embeddings", 0.0)
+        if counts.experts and counts.by_kind.get("mlp"):
+            mlp_bytes_per_param = by_kind["mlp"] / counts.by_kind["mlp"]
+            read -= (counts.total - counts.active) * mlp_bytes_per_param
+        return read + self.kv_cache
+
+
+def estimate(
+    config,
+    weights: WeightPreset | QuantScheme | str = "bf16",
+    kv: KVFormat | str | int = "fp16",
+    context: int = 4096,
+    batch: int = 1,
+    activation_bytes: int = 2,
+    attention: str = "sdpa",
+    overhead: float = CUDA_OVERHEAD_BYTES,
+    all_logits: bool = False,
+    prefill_chunk: int | None = None,
+) -> MemoryBreakdown:
+    """Memory for serving `batch` sequences of `context` tokens, from the config alone."""
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        raise ConfigError(f"context must be a positive number of tokens (got {context!r})")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"batch must be a positive integer (got {batch!r})")
+    text = _text_config(config)
+    preset = weight_preset(weights)
+    kv_fmt = kv_format(kv)
+    dim = head_dim(text) if not getattr(text, "kv_lora_rank", None) else kv_values_per_token_per_layer(text)
+    kv_bits = kv_fmt.bits_per_value(dim)
+    counts = count_parameters(config)
+    notes = []
+    max_positions = getattr(text, "max_position_embeddings", None)
+    if isinstance(max_positions, int) and context > max_positions:
+        notes.append(f"context {context:,} is beyond the model's max_position_embeddings {max_positions:,}")
+    if any(window is not None for window in layer_windows(text)):
+        notes.append("sliding-window layers keep at most their window of tokens in the KV cache")
+    if getattr(text, "kv_lora_rank", None):
+        notes.append("MLA: the cache holds one compressed latent per token and layer")
+    return MemoryBreakdown(
+        weights=weight_bytes(counts.by_kind, preset, _positive_int(text, "hidden_size")),
+        kv_cache=kv_cache_bytes(text, context, batch, kv_bits),
+        activations=activations(text, context, batch, activation_bytes, attention, all_logits, prefill_chunk),
+        overhead=float(overhead),
+        parameters=counts,
+        weights_label=preset.label,
+        kv_label=kv_fmt.label(dim),
+        context=context,
+        batch=batch,
+        kv_bytes_per_token=kv_bytes_per_token(text, kv_bits),
+        notes=tuple(notes),
+    )
+
+
+def measured_bytes(model: torch.nn.Module) -> dict[str, int]:
+    """Real bytes of every parameter and buffer, by kind; shared storage (tied weights) counted once."""
+    from engine.models.loading import parameter_kind
+
+    seen: set[tuple[int, int]] = set()
+    by_kind: dict[str, int] = {}
+    for name, tensor in list(model.named_parameters(remove_duplicate=False)) + list(
+        model.named_buffers(remove_duplicate=False)
+    ):
+        data = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
+        key = (data.untyped_storage().data_ptr(), data.storage_offset())
+        if data.device.type != "meta" and key in seen:
+            continue
+        seen.add(key)
+        kind = parameter_kind(name) if isinstance(tensor, torch.nn.Parameter) else "buffers"
+        by_kind[kind] = by_kind.get(kind, 0) + data.numel() * data.element_size()
+    return by_kind

@@ -1,0 +1,172 @@
+"""Will it fit, on what, and how fast could it decode: a GPU catalog and the arithmetic over it.
+
+The catalog is data (`assets/catalog/gpus.json`): memory as the device reports it (nvidia-smi's total,
+not the marketing "80 GB"), datasheet bandwidth and bf16 FLOP/s, and the share of memory one process
+may use (Apple GPUs get about 75% of unified memory by default). "This machine's RAM" is added at run
+time from psutil, so the CPU path is sized too.
+
+Tensor parallelism: weights, activations and the KV cache are split n ways, except that a model with
+fewer KV heads than GPUs replicates them (each GPU keeps at least one whole KV head), and every GPU
+pays its own framework overhead. Decode speed is the bandwidth roofline: bytes read per token divided
+by bandwidth; real engines reach 60-90% of it and the Speed page measures the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.sizing.estimate import ConfigError, MemoryBreakdown, _text_config, key_value_heads
+
+GPU_CATALOG = Path(__file__).resolve().parents[2] / "assets" / "catalog" / "gpus.json"
+TENSOR_PARALLEL_SIZES = (1, 2, 4, 8, 16, 32, 64)
+MAX_SEARCH_CONTEXT = 16 * 1024 * 1024  # tokens; beyond this "largest context" reports the cap
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    vendor: str
+    memory_bytes: int  # what the device reports to the framework
+    bandwidth: float  # bytes/s, datasheet peak
+    bf16_flops: float  # dense FLOP/s, datasheet peak
+    usable_fraction: float = 1.0  # share of memory_bytes one process can allocate
+    source: str = ""
+
+    @property
+    def usable_bytes(self) -> float:
+        return self.memory_bytes * self.usable_fraction
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_catalog() -> tuple[GPU, ...]:
+    data = json.loads(GPU_CATALOG.read_text())
+    return tuple(
+        GPU(
+            name=row["name"],
+            vendor=row["vendor"],
+            memory_bytes=row["memory_mib"] * 1024**2,
+            bandwidth=row["bandwidth_gbs"] * 1e9,
+            bf16_flops=row["bf16_tflops"] * 1e12,
+            usable_fraction=row.get("usable_fraction", 1.0),
+            source=row.get("source", ""),
+        )
+        for row in data["gpus"]
+    )
+
+
+def this_machine() -> GPU:
+    """This computer's RAM as a device (bandwidth unknown: roughly DDR speed, left at 20 GB/s)."""
+    import psutil
+
+    return GPU("This machine (CPU RAM)", "CPU", psutil.virtual_memory().total, 20e9, 1e12, 1.0, "psutil")
+
+
+def all_devices() -> list[GPU]:
+    return [*gpu_catalog(), this_machine()]
+
+
+def gpu(name: str) -> GPU:
+    """A device by exact name, else by whole words ("L4" is not "L40S"), else by substring."""
+    devices, wanted = all_devices(), name.strip().lower()
+    word = re.compile(rf"(?<![a-z0-9]){re.escape(wanted)}(?![a-z0-9])")
+    for match in (
+        lambda d: d.name.lower() == wanted,
+        lambda d: word.search(d.name.lower()) is not None,
+        lambda d: wanted in d.name.lower(),
+    ):
+        found = [d for d in devices if match(d)]
+        if found:
+            return found[0]
+    raise ConfigError(f"unknown GPU {name!r}; choose one of: {', '.join(g.name for g in all_devices())}")
+
+
+def per_gpu_bytes(breakdown: MemoryBreakdown, config, count: int) -> float:
+    """Bytes each of `count` tensor-parallel GPUs holds."""
+    text = _text_config(config)
+    kv_heads = key_value_heads(text)
+    # MLA's latent is shared by all heads, so every GPU keeps it whole; otherwise beyond kv_heads GPUs
+    # the KV heads are replicated
+    kv_split = 1 if getattr(text, "kv_lora_rank", None) else min(count, kv_heads)
+    return (
+        breakdown.weights.total / count
+        + breakdown.kv_cache / kv_split
+        + breakdown.activations.peak / count
+        + breakdown.overhead
+    )
+
+
+def fits(breakdown: MemoryBreakdown, config, device: GPU, count: int = 1) -> bool:
+    return per_gpu_bytes(breakdown, config, count) <= device.usable_bytes
+
+
+def min_tensor_parallel(breakdown: MemoryBreakdown, config, device: GPU) -> int | None:
+    """Fewest GPUs (a power of two dividing the attention heads) that hold the model; None if > 64
+    (or, for Apple and CPU devices, if one does not hold it)."""
+    heads = getattr(_text_config(config), "num_attention_heads", 1) or 1
+    sizes = TENSOR_PARALLEL_SIZES if device.vendor == "NVIDIA" else (1,)  # one Mac, one CPU: no TP
+    for count in sizes:
+        if count > 1 and heads % count:
+            continue
+        if fits(breakdown, config, device, count):
+            return count
+    return None
+
+
+def largest_fitting(make: Callable[[int], MemoryBreakdown], config, device: GPU, count: int = 1) -> int:
+    """Largest n in [1, MAX_SEARCH_CONTEXT] with make(n) fitting (memory grows with n); 0 if n=1 does not."""
+    if not fits(make(1), config, device, count):
+        return 0
+    low, high = 1, 2
+    while high <= MAX_SEARCH_CONTEXT and fits(make(high), config, device, count):
+        low, high = high, high * 2
+    if high > MAX_SEARCH_CONTEXT:
+        return MAX_SEARCH_CONTEXT
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(make(middle), config, device, count) else (low, middle)
+    return low
+
+
+@dataclass(frozen=True)
+class DecodeEstimate:
+    bytes_per_step: float  # weights visited + KV cache read for one decode step of the whole batch
+    seconds_per_step: float  # at datasheet bandwidth
+    tokens_per_s: float  # per sequence
+    batch_tokens_per_s: float  # whole batch
+
+
+def decode_estimate(breakdown: MemoryBreakdown, device: GPU, count: int = 1) -> DecodeEstimate:
+    """Bandwidth roofline for one decode step (batch 1 decode is matrix-vector: memory-bound)."""
+    read = breakdown.decode_bytes_per_token() / count
+    seconds = read / device.bandwidth
+    return DecodeEstimate(read * count, seconds, 1 / seconds, breakdown.batch / seconds)
+
+
+@dataclass(frozen=True)
+class ServingWhatIf:
+    reserved: float  # what the engine grabs up front: utilization x device memory
+    kv_capacity: float  # bytes left for the KV cache after weights, activations and overhead
+    kv_tokens: int  # tokens that fit in that cache
+    concurrent_sequences: float  # kv_tokens / context
+
+
+def serving_what_if(
+    breakdown: MemoryBreakdown, device: GPU, utilization: float = 0.9, count: int = 1
+) -> ServingWhatIf:
+    """vLLM-style pre-allocation: the engine reserves `utilization` of the GPU and fills the rest of it
+    (after weights, activation peak and overhead) with KV-cache blocks."""
+    if not 0 < utilization <= 1:
+        raise ConfigError(f"gpu_memory_utilization must be in (0, 1] (got {utilization})")
+    reserved = utilization * device.usable_bytes * count
+    capacity = max(
+        0.0,
+        reserved - breakdown.weights.total - breakdown.activations.peak - breakdown.overhead * count,
+    )
+    per_token = breakdown.kv_cache / (breakdown.batch * breakdown.context)
+    tokens = int(capacity // per_token) if per_token else 0
+    return ServingWhatIf(reserved, capacity, tokens, tokens / breakdown.context)

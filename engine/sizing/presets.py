@@ -1,0 +1,171 @@
+"""How many bits each weight costs in memory, per storage format: the Memory page's weight presets.
+
+A preset says what happens to each kind of parameter (see `engine.models.loading.parameter_kind`): linear layers
+(attention, MLP, experts) take the quantized format with its scales and zero points; embeddings, the
+head and norms usually stay 16-bit under weight-only methods (GPTQ, AWQ, bitsandbytes), while
+llama.cpp's formats quantize the embeddings and head too and keep norms in fp32.
+
+Where we simplify: llama.cpp's K-quant mixes (Q4_K_M, Q5_K_M) use a different type per tensor; we apply
+their published whole-model average to every 2-D weight. GPTQ checkpoints also store a `g_idx` of one
+int32 per input feature (32 / out_features bits per weight, under 0.01 bpw at 4096 rows); we leave it out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.quant.schemes import QuantScheme, bits_per_weight
+
+LINEAR_KINDS = ("attention", "mlp")
+
+
+@dataclass(frozen=True)
+class WeightPreset:
+    name: str  # short key for the CLI and URLs, e.g. "int4-g128"
+    label: str  # what the page shows
+    scheme: QuantScheme | None = None  # linear layers' format (scales priced by bits_per_weight); None: fixed
+    linear_bits: float = 16.0  # bits per linear weight when there is no scheme
+    packed_zero_bits: float = 0.0  # bits per group for a zero point packed beside the codes (GPTQ/AWQ)
+    embedding_bits: float = 16.0  # embeddings and the head (tied or not)
+    norm_bits: float = 16.0  # norms and other small vectors
+    outlier_fraction: float = 0.0  # share of linear weights kept in 16-bit (LLM.int8 outlier columns)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.outlier_fraction < 1.0:
+            raise ValueError(f"outlier_fraction must be in [0, 1) (got {self.outlier_fraction})")
+
+    def linear_bits_for(self, in_features: int) -> float:
+        """Bits per linear weight for rows of `in_features`, scales, zeros and 16-bit outliers included."""
+        if self.scheme is None:
+            quantized = self.linear_bits
+        elif self.scheme.granularity == "channel":
+            quantized = bits_per_weight(self.scheme, in_features=in_features)
+        else:  # groups: libraries pad a last partial group, so price the large-matrix limit
+            quantized = bits_per_weight(self.scheme)
+        if self.scheme is not None and self.scheme.granularity == "group":
+            quantized += self.packed_zero_bits / self.scheme.group_size
+        return (1 - self.outlier_fraction) * quantized + self.outlier_fraction * 16.0
+
+    def bits_for(self, kind: str, in_features: int) -> float:
+        if kind in LINEAR_KINDS:
+            return self.linear_bits_for(in_features)
+        if kind in ("embeddings", "head"):
+            return self.embedding_bits
+        return self.norm_bits
+
+    @property
+    def quantized(self) -> bool:
+        return self.scheme is not None or self.linear_bits < 16
+
+    @classmethod
+    def from_scheme(cls, scheme: QuantScheme) -> WeightPreset:
+        """A weight-only preset for any scheme (the sidebar's), with embeddings and head kept 16-bit."""
+        return cls(scheme.label, f"{scheme.label} (your scheme)", scheme=scheme, note="Linear layers only.")
+
+
+def _gguf(name: str, bits: float, note: str) -> WeightPreset:
+    """llama.cpp formats quantize embeddings and head too, and keep norms in fp32."""
+    return WeightPreset(name, f"GGUF {name}", linear_bits=bits, embedding_bits=bits, norm_bits=32, note=note)
+
+
+def _scheme(label: str) -> QuantScheme:
+    return QuantScheme.from_label(label)
+
+
+PRESETS: dict[str, WeightPreset] = {
+    p.name: p
+    for p in (
+        WeightPreset("fp32", "fp32", linear_bits=32, embedding_bits=32, norm_bits=32, note="CPU default."),
+        WeightPreset("bf16", "bf16 / fp16", linear_bits=16, note="The usual GPU reference."),
+        WeightPreset(
+            "fp8",
+            "FP8 e4m3 (per-channel)",
+            scheme=_scheme("fp8_e4m3 channel scale_fp32"),
+            note="One fp32 scale per output row, as vLLM / TensorRT-LLM checkpoints store it.",
+        ),
+        WeightPreset(
+            "int8",
+            "int8 per-channel (W8, SmoothQuant)",
+            scheme=_scheme("int8 channel"),
+            note="One fp16 scale per output row.",
+        ),
+        WeightPreset(
+            "llm.int8",
+            "LLM.int8() (bitsandbytes)",
+            scheme=_scheme("int8 channel scale_fp32"),
+            note="bitsandbytes stores every weight in int8 with an fp32 row scale; outlier columns are "
+            "dequantized on the fly, so they cost nothing extra in memory.",
+        ),
+        WeightPreset(
+            "int4-g128",
+            "int4 g128, fp16 scales",
+            scheme=_scheme("int4 g128"),
+            note="Symmetric: 4 + 16/128 = 4.125 bits per weight.",
+        ),
+        WeightPreset(
+            "gptq-int4-g128",
+            "GPTQ int4 g128 (checkpoint)",
+            scheme=_scheme("int4 g128"),
+            packed_zero_bits=4,
+            note="fp16 scale plus a zero packed at 4 bits per group of 128: 4.156 bpw (g_idx left out).",
+        ),
+        WeightPreset(
+            "awq-int4-g128",
+            "AWQ int4 g128 (checkpoint)",
+            scheme=_scheme("int4 g128"),
+            packed_zero_bits=4,
+            note="Same layout cost as GPTQ: fp16 scale and a 4-bit zero per group.",
+        ),
+        WeightPreset("int3-g128", "int3 g128", scheme=_scheme("int3 g128"), note="3 + 16/128 = 3.125 bpw."),
+        WeightPreset(
+            "int2-g64",
+            "int2 g64",
+            scheme=_scheme("int2 g64"),
+            note="2 + 16/64 = 2.25 bpw; quality collapses.",
+        ),
+        WeightPreset(
+            "nf4",
+            "NF4 (bitsandbytes)",
+            scheme=_scheme("nf4 g64 scale_fp32"),
+            note="Blocksize 64 with an fp32 absmax: 4.5 bpw.",
+        ),
+        WeightPreset(
+            "nf4-dq",
+            "NF4 + double quant (QLoRA)",
+            scheme=_scheme("nf4 g64 scale_fp32 dq"),
+            note="Absmax re-quantized to 8 bits in blocks of 256: 4.127 bpw.",
+        ),
+        WeightPreset(
+            "fp4", "FP4 (bitsandbytes)", scheme=_scheme("fp4 g64 scale_fp32"), note="Same layout as NF4."
+        ),
+        _gguf("Q8_0", 8.5, "int8 with an fp16 scale per 32: 8.5 bpw."),
+        _gguf("Q6_K", 6.5625, "Super-blocks of 256: 6.5625 bpw."),
+        _gguf("Q5_K_M", 5.69, "Mixed Q5_K / Q6_K; about 5.69 bpw on average."),
+        _gguf("Q4_K_M", 4.89, "Mixed Q4_K / Q6_K; about 4.89 bpw on average."),
+        _gguf(
+            "Q4_1",
+            5.0,
+            "int4 with fp16 scale and min per 32: 5 bpw (how the default SmolLM2 was distributed).",
+        ),
+        _gguf("Q4_0", 4.5, "int4 with an fp16 scale per 32: 4.5 bpw."),
+    )
+}
+
+
+def weight_preset(name: str | WeightPreset | QuantScheme) -> WeightPreset:
+    """A preset by name (case-insensitive), or a scheme label such as 'int4 asym g64'."""
+    if isinstance(name, WeightPreset):
+        return name
+    if isinstance(name, QuantScheme):
+        return WeightPreset.from_scheme(name)
+    for key, preset in PRESETS.items():
+        if key.lower() == str(name).strip().lower():
+            return preset
+    try:
+        return WeightPreset.from_scheme(QuantScheme.from_label(str(name)))
+    except ValueError as exc:
+        raise ValueError(
+            f"unknown weight format {name!r}: use one of {', '.join(PRESETS)} or a scheme label such as "
+            f"'int4 asym g64' ({exc})"
+        ) from exc
