@@ -1,7 +1,7 @@
 """Compare generations: the reference and 1-3 quantized variants on one prompt, side by side.
 
 Models run one after another with the same settings and seed; tokens stream into each column. Results
-live in session state (ui.compare_view.CompareRun), so reruns redraw them without generating again.
+live in session state (ui.pages.compare.CompareRun), so reruns redraw them without generating again.
 """
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.runtime.generation import MAX_NEW_TOKENS_CAP, GenerationError, GenerationSettings
-from ui import cache, methods_view, page, state
-from ui import compare_view as view
+from ui import cache, page, state
+from ui.cache.variants import variant
 from ui.errors import show_error
-from ui.variants import variant
+from ui.pages import compare as view
+from ui.pages import methods as methods_view
 
 RUN_KEY = "compare_run"  # the CompareRun shown on this page
 DEFAULT_PROMPT = "What is the capital of France? Answer in one sentence."

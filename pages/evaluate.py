@@ -16,8 +16,10 @@ from engine.models.data import (
     token_windows,
 )
 from engine.models.sources import DEFAULT_MODEL_NAME
-from ui import cache, evaluate_charts, page, variants
+from ui import cache, page
+from ui.cache import variants
 from ui.errors import show_error
+from ui.pages import evaluate_charts
 from ui.progress import progress_bar
 
 page.start(

@@ -7,7 +7,8 @@ import streamlit as st
 
 from engine.analysis.blocks import block_count
 from engine.analysis.tensors import SYNTHETIC_KINDS
-from ui import cache, charts, outlier_cache, page, state
+from ui import cache, charts, page, state
+from ui.cache import outliers as outlier_cache
 from ui.errors import show_error
 
 page.start(

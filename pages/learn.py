@@ -8,8 +8,10 @@ import streamlit as st
 
 from engine.lessons import ACCELERATORS, DISTRIBUTIONS, SYMMETRY_DATA
 from engine.models.sources import ModelSourceError
-from ui import lesson_cache, lesson_charts, page
+from ui import page
+from ui.cache import lessons as lesson_cache
 from ui.errors import show_error
+from ui.pages import lesson_charts
 
 TAKEAWAY = ":material/lightbulb:"
 LAYER_SHAPES = {  # (in_features, out_features)

@@ -15,8 +15,10 @@ from engine.sizing.gpus import (
     serving_what_if,
 )
 from engine.sizing.presets import PRESETS, WeightPreset
-from ui import memory_cache, memory_charts, page, state
+from ui import page, state
 from ui.errors import show_error
+from ui.pages import memory as memory_cache
+from ui.pages import memory_charts
 
 GIB = 1024**3
 DEFAULT_FORMATS = ["bf16", "int8", "int4-g128", "nf4"]

@@ -9,8 +9,10 @@ from engine.evaluation.perplexity import ReferenceCache
 from engine.evaluation.study import pick_group_size
 from engine.models.data import DataError, WindowSpec, load_text, token_windows
 from engine.models.sources import DEFAULT_MODEL_NAME
-from ui import cache, methods_export, methods_view, page
+from ui import cache, page
 from ui.errors import show_error
+from ui.pages import methods as methods_view
+from ui.pages import methods_export
 from ui.progress import progress_bar
 
 page.start(

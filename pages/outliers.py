@@ -10,9 +10,10 @@ import streamlit as st
 from engine.analysis import outliers
 from engine.analysis.stats import StatsError, histogram_edges
 from engine.models.data import CORPORA, DataError, decode_upload
-from ui import cache, outlier_cache, page, state
-from ui import outlier_charts as charts
+from ui import cache, page, state
+from ui.cache import outliers as outlier_cache
 from ui.errors import show_error
+from ui.pages import outlier_charts as charts
 
 page.start(
     "Outliers",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from engine import speed
-from ui import cache, page, speed_view
+from ui import cache, page
 from ui.errors import show_error
+from ui.pages import speed as speed_view
 
 page.start(
     "Speed",

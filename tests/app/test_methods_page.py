@@ -6,11 +6,11 @@ import math
 from pathlib import Path
 
 from tests.app.conftest import no_exceptions, open_page
-from ui import methods_view
+from ui.pages import methods as methods_view
 
 
 def test_methods_lab_runs_two_methods_and_keeps_them(app, tmp_path, monkeypatch):
-    from ui import methods_export
+    from ui.pages import methods_export
 
     monkeypatch.setattr(methods_export, "exports_root", lambda: tmp_path)  # not the user's cache
     open_page(app, "methods")
@@ -82,7 +82,7 @@ def test_methods_lab_runs_qat_at_3_bits_and_draws_its_training_curve(app):
 def test_old_exports_are_pruned(tmp_path):
     import os
 
-    from ui.methods_export import _prune
+    from ui.pages.methods_export import _prune
 
     for index in range(6):
         folder = tmp_path / f"export-{index}"

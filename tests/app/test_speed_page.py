@@ -57,7 +57,7 @@ def test_speed_page_times_a_methods_lab_model(app):
     from engine.models.loading import load_model
     from engine.models.sources import ModelSource
     from engine.quant.schemes import QuantScheme
-    from ui.methods_view import RUNS, MethodRun
+    from ui.pages.methods import RUNS, MethodRun
 
     reference = load_model(ModelSource(), "cpu", "float32").model
     rtn = quantize_model(reference, RTNConfig(QuantScheme(4, "int", False, "group", 64)))

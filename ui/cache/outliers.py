@@ -1,4 +1,4 @@
-"""Cached engine calls for the Outliers page (to be folded into ui/cache.py; same rules: DESIGN rule 3).
+"""Cached engine calls for the Outliers page (DESIGN rule 3).
 
 Collecting statistics reports progress, so it runs outside any `st.cache_*` function and its results
 live in a small process-wide LRU keyed by (model, corpus, windows, tokens per window), the pattern
@@ -19,7 +19,9 @@ from engine.analysis.stats import Stats, collect_stats
 from engine.models.data import WindowSpec, load_text, text_fingerprint, token_windows
 from engine.models.sources import ModelSource
 from engine.quant.schemes import QuantScheme
-from ui import cache, state
+from ui import state
+from ui.cache.models import load
+from ui.cache.registry import LruRegistry
 from ui.progress import progress_bar
 
 STATS_KEPT = 4  # collections kept in memory at once (~40 MB each for a 135M model)
@@ -41,14 +43,14 @@ def stats_key(corpus: str, windows: int, window: int, text: str | None = None) -
 
 
 @st.cache_resource
-def _registry() -> cache.LruRegistry:
-    return cache.LruRegistry(STATS_KEPT)
+def _registry() -> LruRegistry:
+    return LruRegistry(STATS_KEPT)
 
 
 def cached(key: StatsKey) -> Stats | None:
     """Statistics already collected for `key` (in any session), else None."""
     registry = _registry()
-    return registry.get_or_create(key, lambda: None) if key in registry else None
+    return registry.get(key)
 
 
 def latest_for_current_model() -> tuple[StatsKey, Stats] | None:
@@ -70,7 +72,7 @@ def collect(key: StatsKey, text: str | None = None, where=st) -> Stats:
 
 
 def _collect(key: StatsKey, text: str | None, progress) -> Stats:
-    loaded = cache.load(key.source, key.device, key.dtype)
+    loaded = load(key.source, key.device, key.dtype)
     if text is None:
         progress(0.0, f"Reading the {key.corpus} text")
         text = load_text(key.corpus)
@@ -80,7 +82,7 @@ def _collect(key: StatsKey, text: str | None, progress) -> Stats:
 
 @st.cache_resource(show_spinner="Measuring every linear weight (once per model)")
 def _weights(source: ModelSource, device: str, dtype: str) -> list[outliers.WeightStats]:
-    return outliers.weight_stats(cache.load(source, device, dtype).model)
+    return outliers.weight_stats(load(source, device, dtype).model)
 
 
 def weights() -> list[outliers.WeightStats]:
@@ -89,12 +91,12 @@ def weights() -> list[outliers.WeightStats]:
 
 @st.cache_data(show_spinner="Quantizing every tensor with the sidebar scheme", max_entries=16)
 def sensitivity(key: StatsKey, scheme: QuantScheme, _stats: Stats) -> list[dict]:
-    model = cache.load(key.source, key.device, key.dtype).model
+    model = load(key.source, key.device, key.dtype).model
     return outliers.sensitivity(_stats, model, scheme)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def sample_tokens(key: StatsKey, _stats: Stats) -> list[str]:
     """The sampled tokens as short printable strings, for heatmap rows."""
-    tokenizer = cache.load(key.source, key.device, key.dtype).tokenizer
+    tokenizer = load(key.source, key.device, key.dtype).tokenizer
     return [repr(tokenizer.decode([token]))[1:-1][:12] for token in _stats.sample_ids.tolist()]

@@ -9,8 +9,9 @@ from engine.sizing.catalog import catalog_models
 from engine.sizing.configs import config_from_hub, config_from_json
 from engine.sizing.estimate import estimate
 from engine.sizing.measure import measure_generation_peak, peak_vs_estimate, weights_vs_real_bytes
-from ui import cache, memory_charts
+from ui import cache
 from ui.errors import show_error
+from ui.pages import memory_charts
 
 SOURCES = ["Catalog", "Loaded model", "Upload config.json", "Hub id"]
 DEFAULT_CATALOG_MODEL = "Llama-3.1-8B"

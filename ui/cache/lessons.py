@@ -1,4 +1,4 @@
-"""Cached engine calls for the Learn page (to be folded into ui/cache.py; same rules: DESIGN rule 3).
+"""Cached engine calls for the Learn page (DESIGN rule 3).
 
 Cheap lessons use `st.cache_data`. The QAT demo reports progress, so it runs outside any `st.cache_*`
 function (Streamlit would replay its progress bar) and its reports live in a small process-wide LRU,
@@ -13,7 +13,9 @@ import streamlit as st
 from engine import lessons
 from engine.models.sources import ModelSource
 from engine.quant.ste import QatReport, Staircase, qat_step_staircase, run_qat_demo
-from ui import cache, state
+from ui import state
+from ui.cache.models import load
+from ui.cache.registry import LruRegistry
 from ui.progress import progress_bar
 
 QAT_REPORTS_KEPT = 16
@@ -36,12 +38,12 @@ def granularity(bits: int, outliers: int, outlier_scale: float) -> lessons.Granu
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def projection_names(source: ModelSource, device: str, dtype: str) -> list[str]:
-    return lessons.mlp_output_projections(cache.load(source, device, dtype).model)
+    return lessons.mlp_output_projections(load(source, device, dtype).model)
 
 
 @st.cache_data(show_spinner="Running the model on the calibration and held-out texts", max_entries=16)
 def _captured(source: ModelSource, device: str, dtype: str, module: str) -> tuple[list, list]:
-    loaded = cache.load(source, device, dtype)
+    loaded = load(source, device, dtype)
     calibration = lessons.capture_inputs(loaded.model, loaded.tokenizer, lessons.CALIBRATION_TEXTS, module)
     held_out = lessons.capture_inputs(loaded.model, loaded.tokenizer, lessons.HELD_OUT_TEXTS, module)
     return calibration, held_out
@@ -78,15 +80,15 @@ def staircase(bits: int) -> Staircase:
 
 
 @st.cache_resource
-def _qat_reports() -> cache.LruRegistry:
-    return cache.LruRegistry(QAT_REPORTS_KEPT)
+def _qat_reports() -> LruRegistry:
+    return LruRegistry(QAT_REPORTS_KEPT)
 
 
 def qat_report(bits: int, steps: int, seed: int) -> QatReport | None:
     """The QAT demo's report if it was already run with these settings (in any session), else None."""
     key = (bits, steps, seed)
     registry = _qat_reports()
-    return registry.get_or_create(key, lambda: None) if key in registry else None
+    return registry.get(key)
 
 
 def run_qat(bits: int, steps: int, seed: int, where=st) -> QatReport:

@@ -321,7 +321,7 @@ def column_metrics(column: ColumnRun, reference: ColumnRun, where=st) -> None:
 
 
 def prepare_models(run: CompareRun, loaded, build: Callable) -> dict[int, object]:
-    """Column index -> the model it runs; `build(config)` returns a cached QuantizedModel (ui.variants).
+    """Column index -> the model it runs; `build(config)` returns a cached QuantizedModel (ui.cache.variants).
 
     A variant that cannot be built (a group size that does not divide) fails its column, not the page.
     """

@@ -14,7 +14,7 @@ from engine.evaluation.study import CellResult
 from engine.methods import QuantizedModel, RTNConfig, quantize_model
 from engine.models.loading import LoadedModel
 from ui import state
-from ui.cache import LruRegistry
+from ui.cache.registry import LruRegistry
 from ui.progress import progress_bar
 
 MAX_VARIANTS = 3  # quantized copies kept at once across all sessions
@@ -39,8 +39,8 @@ def variant(loaded: LoadedModel, config: RTNConfig, where=st) -> QuantizedModel:
     """The loaded model quantized with `config` (built once, with a progress bar)."""
     key = (model_key(), config)
     registry = variants()
-    if key in registry:
-        return registry.get_or_create(key, lambda: None)
+    if (held := registry.get(key)) is not None:
+        return held
     update, clear = progress_bar(where)
     try:
         return registry.get_or_create(key, lambda: quantize_model(loaded.model, config, progress=update))

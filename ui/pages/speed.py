@@ -17,8 +17,8 @@ import streamlit as st
 import torch
 
 from engine import speed
-from ui import methods_view
 from ui.errors import show_error
+from ui.pages import methods as methods_view
 from ui.progress import progress_bar
 
 KERNELS = "speed_kernel_run"  # session-state key: the last KernelRun

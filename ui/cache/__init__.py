@@ -1,0 +1,51 @@
+"""Every cached engine call lives in this package (DESIGN rule 3); pages reach them as `cache.<name>`.
+
+- registry.py: `LruRegistry`, the thread-safe LRU (with `get`) behind every process-wide cache;
+- models.py: the reference models, loaded once with a progress bar and shared by every session;
+- tensors.py: the Quantization grid page's tensors, scheme table and block view;
+- outliers.py, lessons.py, variants.py: the Outliers page's statistics, the Learn page's experiments,
+  and quantized variants of the loaded model (Compare, Evaluate, Methods lab, Speed).
+
+Cached objects are shared by every browser session and never mutated; work that reports progress runs
+outside `st.cache_*` functions so it can drive a live progress bar.
+"""
+
+from ui.cache.models import (
+    MAX_MODELS,
+    current_model,
+    current_model_or_stop,
+    load,
+    models,
+    summary,
+)
+from ui.cache.registry import LruRegistry
+from ui.cache.tensors import (
+    ActivationKey,
+    SyntheticKey,
+    WeightKey,
+    grid_view,
+    prior_grid,
+    scheme_table,
+    tensor,
+    tensor_shape,
+    weight_list,
+)
+
+__all__ = [
+    "MAX_MODELS",
+    "ActivationKey",
+    "LruRegistry",
+    "SyntheticKey",
+    "WeightKey",
+    "current_model",
+    "current_model_or_stop",
+    "grid_view",
+    "load",
+    "models",
+    "prior_grid",
+    "scheme_table",
+    "summary",
+    "tensor",
+    "tensor_shape",
+    "weight_list",
+]
