@@ -8,9 +8,8 @@
 - W8A8: `torch._int_mm(a (M, K) int8, b (K, N) int8) -> int32`, with per-token activation scales.
 
 Both weight-only ops accept float32, float16 and bfloat16 activations, but in torch 2.13 only bfloat16
-takes the vectorised path: on a 1536 x 576 weight at batch 1 (one thread, AVX-512) the int4 op took
-1.7 ms in float32 and 2.8 ms in float16 against 56 us in bfloat16, and nn.Linear in float32 took 107 us.
-So these wrappers cast activations to bfloat16 (COMPUTE_DTYPE) and the result back to x's dtype: the
+takes the vectorised path (measured: float32 and float16 are many times slower than bfloat16, and slower
+than nn.Linear in float32; figures for one machine belong in docs/benchmarks.md). So these wrappers cast activations to bfloat16 (COMPUTE_DTYPE) and the result back to x's dtype: the
 scales are held in bfloat16 too, which rounds our fp16 scales to 8 significant bits (relative 2^-9,
 the same order as rounding the activations themselves).
 
@@ -131,8 +130,8 @@ def int8_mm(x: Tensor, codes: Tensor, scales: Tensor) -> Tensor:
 def w8a8_mm(x: Tensor, codes_t: Tensor, scales: Tensor) -> Tensor:
     """Per-token int8 x (M, K) times int8 weights given transposed, codes_t (K, N); scales (N,) float32.
 
-    The activation codes are reference.quantize_per_token's, in fewer ops (each small op costs ~4 us at
-    batch 1, as much as the int8 GEMM itself on a 576-wide layer): no clamp, since |x| / (absmax / 127)
+    The activation codes are reference.quantize_per_token's, in fewer ops (at batch 1 each small op costs
+    about as much as the int8 GEMM itself on a 576-wide layer): no clamp, since |x| / (absmax / 127)
     cannot round past 127, and an all-zero row gets a tiny scale instead of 1 (its codes are 0 either way).
     """
     xf = x.float()

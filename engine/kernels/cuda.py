@@ -23,8 +23,10 @@ Kernels (weights as QuantLinear stores them on a GPU; see engine/kernels/referen
 - `w8a8_mm`: per-token int8 activations, `torch._int_mm` (cuBLAS needs more than 16 rows, so small
   batches are padded to INT_MM_MIN_ROWS) and a float epilogue with both scales.
 
-Triton is imported here at module import, and only when CUDA is available (or TRITON_INTERPRET=1 asks
-for the interpreter); QuantLinear imports this module only for tensors on a GPU.
+Which of these a QuantLinear call runs (and the regime thresholds above) is decided by the kernel table of
+engine/kernels/dispatch.py. Triton is imported here at module import, and only when CUDA is available (or
+TRITON_INTERPRET=1 asks for the interpreter); the dispatch table imports this module only for tensors on
+a GPU.
 """
 
 from __future__ import annotations
@@ -330,35 +332,3 @@ class TinygemmLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return tinygemm_mm(x, self.packed, self.scales_and_zeros, self.group_size)
-
-
-# -- dispatch for QuantLinear -------------------------------------------------------------------------------
-
-
-def kernel_for(fmt: str, tokens: int, group_size: int | None = None) -> str:
-    if fmt == "W8A8":
-        return "cuda_int_mm"
-    if triton is None or tokens > TRITON_GEMM_MAX_TOKENS:
-        return "dequant_matmul"
-    if fmt == "W4A16" and not triton_group_ok(group_size):
-        return "dequant_matmul"
-    regime = "gemv" if tokens <= GEMV_MAX_TOKENS else "gemm"
-    return f"triton_{fmt.lower()}_{regime}"
-
-
-def run(kernel: str, module, rows: Tensor) -> Tensor:
-    """Run `kernel` (from kernel_for) for a QuantLinear on rows (tokens, in) on the GPU."""
-    zeros = getattr(module, "zeros", None) if module.fmt == "W4A16" else None
-    if kernel == "cuda_int_mm":
-        return w8a8_mm(rows, module.qweight, module.scales)
-    if kernel.startswith("triton_w4a16"):
-        return w4a16(rows, module.qweight, module.scales, zeros, module.group_size)
-    if kernel.startswith("triton_w8a16"):
-        return w8a16(rows, module.qweight, module.scales)
-    if kernel == "dequant_matmul":
-        if module.fmt == "W4A16":
-            weight = dequantize_nibbles(module.qweight, module.scales, zeros, module.group_size, rows.dtype)
-        else:
-            weight = module.qweight.to(rows.dtype) * module.scales.to(rows.dtype).unsqueeze(-1)
-        return F.linear(rows, weight)
-    raise ValueError(f"unknown CUDA kernel {kernel!r}")

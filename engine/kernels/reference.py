@@ -1,7 +1,8 @@
 """The reference path for every packed format: dequantize, then one float matmul.
 
-Slow and obviously right; the tests hold every fast kernel (`cpu.py`, `cuda.py`) to it. The formats are
-defined here, once, in the plain layouts the kernels pack from:
+Slow and obviously right; the tests hold every fast kernel (`cpu.py`, `cuda.py`) to it, and the dispatch
+table (`dispatch.py`) falls back to `layer_forward` when a fast kernel fails. The formats are defined
+here, once, in the plain layouts the kernels pack from (`formats.py` names them, `layouts.py` stores them):
 
     W4A16  codes (N, K) uint8 in [0, 15], scales and zeros (N, K / group) float:
            w = (code - 8) * scale + zero        tinygemm's "float zero point" form
@@ -123,3 +124,17 @@ def w8a8_matmul(x: Tensor, codes: Tensor, scales: Tensor, bias: Tensor | None = 
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)
+
+
+# -- the reference kernel for a packed layer (engine.kernels.dispatch's last entry) --------------------------
+
+
+def layer_forward(x: Tensor, layer) -> Tensor:
+    """x (..., in) -> (..., out) for a QuantLinear: its stored bytes unpacked to the plain form (whatever
+    the layout), dequantized and multiplied in float32 on the CPU, bias added; in x's dtype and device."""
+    shape = x.shape
+    rows = x.reshape(-1, shape[-1]).cpu()  # (tokens, in)
+    parts = layer.codes_and_qparams()
+    bias = None if layer.bias is None else layer.bias.cpu()
+    y = layer.weight_format.reference_matmul(rows, parts, layer.group_size, bias)
+    return y.to(x.device).view(*shape[:-1], layer.out_features)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.kernels import PackedRTNConfig, QuantLinear, cpu, packed_format, reference, to_quant_linears
-from engine.methods import RTNConfig, quantize_model
+from engine.kernels import QuantLinear, cpu, packed_format, reference, to_quant_linears
+from engine.methods import PackedRTNConfig, RTNConfig, quantize_model
 from engine.quant.primitives import fake_quantize, quantize
 from engine.quant.schemes import QuantScheme
 from tests.conftest import build_char_tokenizer, build_tiny_llama, checksum
@@ -180,7 +180,7 @@ def test_packed_tiny_model_matches_fake_quant_and_leaves_the_input_alone():
     assert checksum(tiny) == before and result.model is not tiny
     assert isinstance(result.model.model.layers[0].mlp.down_proj, QuantLinear)
     assert isinstance(result.model.lm_head, torch.nn.Linear)  # the head stays as it is
-    assert {r.detail["decode kernel"] for r in result.layers} == {"cpu_int4"}
+    assert {r.detail.decode_kernel for r in result.layers} == {"cpu_int4"}
     fake = quantize_model(tiny, RTNConfig(INT4_SYM_G32)).model
     with torch.no_grad():
         packed_logits, fake_logits = result.model(ids).logits, fake(ids).logits
@@ -369,10 +369,10 @@ def test_decode_benchmark_and_roofline_on_a_tiny_model():
 
 
 def test_synthetic_model_refuses_what_does_not_fit(monkeypatch):
-    from engine import speed
+    from engine import _types, speed
     from engine.methods.registry import NotEnoughMemoryError
     from engine.sizing.catalog import catalog_model
 
-    monkeypatch.setattr(speed, "free_memory_bytes", lambda device: 2 * 2**30)
+    monkeypatch.setattr(_types, "free_memory_bytes", lambda device: 2 * 2**30)  # require_free asks it
     with pytest.raises(NotEnoughMemoryError, match=r"6\.7\d B parameters .* GiB is free on cpu"):
         speed.synthetic_model(catalog_model("llama-2-7b").config(), torch.bfloat16, "cpu")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.kernels import QuantLinear, pack_quantized_model
+from engine.kernels import QuantLinear
 from engine.methods import (
     AWQConfig,
     GPTQConfig,
@@ -15,6 +15,7 @@ from engine.methods import (
     QATConfig,
     RTNConfig,
     SmoothQuantConfig,
+    pack_quantized_model,
     quantize_model,
 )
 from engine.models.export import int_codes
@@ -112,7 +113,7 @@ def test_what_no_kernel_runs_is_refused_with_the_reason(tiny, calib, config, mes
 
 def test_refusals_are_known_before_building(tiny, calib):
     from engine import speed
-    from engine.kernels.linear import pack_refusal
+    from engine.methods.packed import pack_refusal
 
     assert pack_refusal(quantize_model(tiny, RTNConfig(INT4_ASYM_G32)).model) is None
     act_order = quantize_model(tiny, GPTQConfig(weights=INT4_ASYM_G32, act_order=True), calib).model
