@@ -70,7 +70,7 @@ def main() -> None:
             before = load()
             result = quantize_model(loaded.model, QATConfig(scheme, steps, lr, args.batch), (train, held_out))
             trace = qat_trace(result.layers)
-            changed = sum(r.detail["moved"] for r in result.layers) / len(result.layers)
+            changed = sum(r.detail.moved for r in result.layers) / len(result.layers)
             float_row = ("float (reference)", "-", trace.float_loss, None, None, None, None)
             ptq_row = ("PTQ (QAT at step 0)", "-", trace.ptq_loss, None, None, None, None)
             rows.append(

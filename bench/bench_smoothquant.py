@@ -75,9 +75,9 @@ def main() -> None:
         evaluated = perplexity(result.model, windows)
         note = ""
         if isinstance(config, LLMInt8Config) and data is not None:
-            kept = sum(len(r.detail["outlier_dims"]) for r in result.layers)
+            kept = sum(len(r.detail.outlier_dims) for r in result.layers)
             readers = [r for r in result.layers if r.name.endswith(("q_proj", "gate_proj"))]
-            with_247 = sum(247 in r.detail["outlier_dims"] for r in readers)
+            with_247 = sum(247 in r.detail.outlier_dims for r in readers)
             note = (
                 f"{kept} kept (layer, dim) pairs; dim 247 kept at {with_247}/{len(readers)} residual readers"
             )

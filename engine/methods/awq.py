@@ -32,33 +32,36 @@ Supported: Llama, Mistral and Qwen2 (an RMSNorm with a plain multiplicative weig
 gate/up). Other architectures raise a ValueError rather than fold scales into the wrong place.
 
 Cost per layer: one forward of the unquantized layer with hooks (Gram matrices and mean |x| of the four
-input sites), then grid x (out x in x in) products for the search, independent of the token count.
-SmolLM2-135M with 32 x 512 calibration tokens: ~3 s a layer, 100-170 s in all on two cores
-(bench/bench_methods.py), and perplexity 70.7 against RTN's 80.7 (int4 asym g64).
+input sites), then grid x (out x in x in) products for the search, independent of the token count
+(timings: docs/benchmarks.md). SmolLM2-135M with 32 x 512 calibration tokens: perplexity 70.7 against
+RTN's 80.7 (int4 asym g64, bench/bench_methods.py). The layer-by-layer plumbing is
+engine/methods/calibration.py, shared with GPTQ.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
 
+from engine._types import Progress
 from engine.analysis.stats import decoder_layers
-from engine.methods.gptq import (
+from engine.methods.calibration import (
     GramCollector,
     capture_layer_inputs,
     check_calibration,
+    check_shapes,
     layer_linears,
     relative_output_error,
     set_linear,
 )
-from engine.methods.registry import LayerReport, Progress, register
-from engine.quant.linear import linear_names, quantized_linear
+from engine.methods.registry import Calibration, LayerReport, register
+from engine.quant.linear import quantized_linear
 from engine.quant.metrics import sqnr_db
 from engine.quant.primitives import fake_quantize
-from engine.quant.schemes import QuantScheme, bits_per_weight, check_shape
+from engine.quant.schemes import QuantScheme, bits_per_weight
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 CLIP_GRID, CLIP_MAX_SHRINK = 20, 0.5  # llm-awq's auto_clip: ratios 1, 0.95, ..., 0.55
@@ -81,6 +84,17 @@ class AWQConfig:
     @property
     def label(self) -> str:
         return f"AWQ {self.weights.label}"
+
+
+@dataclass(frozen=True)
+class AWQDetail:
+    """What AWQ reports per linear (LayerReport.detail)."""
+
+    alpha: float | None = None  # the chosen s = x_mean^alpha; None: the linear was not scaled
+    curve: list[tuple[float, float]] = field(default_factory=list)  # [(alpha, output MSE)] of the search
+    rtn_output_error: float | None = None  # RTN's relative output error on the same calibration inputs
+    search_seconds: float = 0.0  # this linear's share of its group's scale search
+    note: str | None = None  # why it was not scaled
 
 
 @dataclass
@@ -208,7 +222,7 @@ def awq_layer(
     in_scale = {name: w.new_ones(w.shape[1]) for name, w in originals.items()}
     out_scale = {name: w.new_ones(w.shape[0]) for name, w in originals.items()}
     unscaled = "not scaled: its input is not a norm's or a linear's own output (v_proj feeds several heads)"
-    detail = {name: {"alpha": None, "curve": [], "note": unscaled} for name in linears}
+    detail = {name: AWQDetail(note=unscaled) for name in linears}
     for group in groups:
         start = time.perf_counter()
         site = group.linears[0]
@@ -224,7 +238,7 @@ def awq_layer(
         seconds = (time.perf_counter() - start) / len(group.linears)
         for name in group.linears:
             in_scale[name] = in_scale[name] * scales
-            detail[name] = {"alpha": alpha, "curve": curve, "search_seconds": seconds}
+            detail[name] = AWQDetail(alpha=alpha, curve=curve, search_seconds=seconds)
     reports = []
     for name, linear in linears.items():
         start = time.perf_counter()
@@ -245,15 +259,15 @@ def awq_layer(
                 bits_per_weight(config.weights, original.shape[1], original.shape[0]),
                 sqnr_db(original, quantized * r / s),  # the weight as the original inputs see it
                 relative_output_error(original, quantized * r / s, gram),
-                seconds=time.perf_counter() - start + detail[name].get("search_seconds", 0.0),
-                detail={**detail[name], "rtn_output_error": relative_output_error(original, rtn, gram)},
+                seconds=time.perf_counter() - start + detail[name].search_seconds,
+                detail=replace(detail[name], rtn_output_error=relative_output_error(original, rtn, gram)),
             )
         )
         set_linear(layer, name, module)
     return outputs, reports
 
 
-@register(AWQConfig)
+@register(AWQConfig, name="AWQ", calibration=Calibration.REQUIRED, detail_type=AWQDetail)
 def awq(model: nn.Module, config: AWQConfig, calib, progress: Progress | None) -> list[LayerReport]:
     return run_awq(model, config, calib, progress)
 
@@ -263,12 +277,7 @@ def run_awq(model: nn.Module, config: AWQConfig, calib, progress: Progress | Non
     ids = check_calibration(calib, "AWQ")
     prefix, layers = decoder_layers(model)
     check_architecture(model, layers)
-    for name in linear_names(model):
-        if name.startswith(prefix + "."):
-            try:
-                check_shape(config.weights, tuple(model.get_submodule(name).weight.shape))
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from exc
+    check_shapes(model, config.weights, prefix + ".")
     if progress:
         progress(0.0, "Capturing the inputs of decoder layer 0")
     inputs = capture_layer_inputs(model, layers, ids)

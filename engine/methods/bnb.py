@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from engine.methods.llm_int8 import OutputErrors, calibration_batches, run_calibration, scaled
-from engine.methods.registry import LayerReport, register
+from engine.methods.calibration import OutputErrors, calibration_batches, run_calibration, scaled
+from engine.methods.registry import Calibration, LayerReport, register
 from engine.quant.linear import linear_names, replace_linears
 from engine.quant.metrics import sqnr_db
 
@@ -104,6 +104,17 @@ class BnbConfig:
             bnb_4bit_compute_dtype=COMPUTE_DTYPES[self.compute_dtype],
             llm_int8_skip_modules=["lm_head"],
         )
+
+
+@dataclass(frozen=True)
+class BnbDetail:
+    """What bitsandbytes reports per linear (LayerReport.detail): the stored bytes by kind."""
+
+    mode: str  # int8, nf4 or fp4
+    codes_bytes: int  # the packed weight codes
+    statistics_bytes: int  # absmax statistics (and their own, with double quantization)
+    other_bytes: int  # codebooks and the packed quant-state description
+    seconds_quantize: float  # time to build and quantize the layer
 
 
 def bnb_linear(linear: nn.Linear, settings) -> nn.Module:
@@ -177,12 +188,12 @@ def stored_bytes(module: nn.Module) -> dict[str, int]:
     return parts
 
 
-@register(BnbConfig)
+@register(BnbConfig, name="bitsandbytes", calibration=Calibration.OPTIONAL_ERRORS, detail_type=BnbDetail)
 def bitsandbytes_method(model, config: BnbConfig, calib, progress) -> list[LayerReport]:
     settings = config.transformers_config()
     batches = None if calib is None else calibration_batches(calib)
     references: dict[str, tuple[Tensor, Tensor | None]] = {}
-    built: dict[str, tuple[float, float, dict]] = {}
+    built: dict[str, tuple[float, float, BnbDetail]] = {}
 
     def make(linear: nn.Linear, name: str) -> nn.Module:
         start = time.perf_counter()
@@ -192,8 +203,14 @@ def bitsandbytes_method(model, config: BnbConfig, calib, progress) -> list[Layer
         sqnr = sqnr_db(linear.weight.detach().float(), dequantized_weight(module))
         if batches is not None:
             references[name] = (linear.weight.detach(), None if linear.bias is None else linear.bias.detach())
-        detail = {f"{kind}_bytes": size for kind, size in parts.items()} | {"mode": config.mode}
-        built[name] = (bits, sqnr, detail | {"seconds_quantize": time.perf_counter() - start})
+        detail = BnbDetail(
+            config.mode,
+            parts["codes"],
+            parts["statistics"],
+            parts["other"],
+            seconds_quantize=time.perf_counter() - start,
+        )
+        built[name] = (bits, sqnr, detail)
         return module
 
     names = linear_names(model)
@@ -206,6 +223,6 @@ def bitsandbytes_method(model, config: BnbConfig, calib, progress) -> list[Layer
         errors = measured.relative()
         references.clear()
     return [
-        LayerReport(name, bits, sqnr, errors.get(name), detail["seconds_quantize"], detail)
+        LayerReport(name, bits, sqnr, errors.get(name), detail.seconds_quantize, detail)
         for name, (bits, sqnr, detail) in ((n, built[n]) for n in names)
     ]

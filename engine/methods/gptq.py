@@ -35,30 +35,41 @@ Where we depart from the reference (and from gptqmodel, which keeps its behaviou
 
 Memory: one layer's calibration inputs and outputs (2 x samples x tokens x hidden floats: 75 MB for
 32 x 512 tokens of SmolLM2-135M) and one Gram matrix per input site. Speed: the forwards and Gram
-matrices dominate; the column loop runs on one thread (see `_one_thread`). SmolLM2-135M at 4 bits with
-32 x 512 calibration tokens: 110 s on two cores (bench/bench_methods.py).
+matrices dominate; the column loop runs on one thread (`engine.methods.calibration.one_thread`);
+timings are in docs/benchmarks.md (bench/bench_methods.py). The layer-by-layer plumbing (capturing
+layer 0's inputs, input sites, Gram matrices) lives in engine/methods/calibration.py, shared with AWQ.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from engine._types import Progress
 from engine.analysis.stats import decoder_layers
-from engine.methods.registry import LayerReport, Progress, register
+from engine.methods.calibration import (
+    GramCollector,
+    capture_layer_inputs,
+    check_calibration,
+    check_shapes,
+    forward_layer,
+    input_sites,
+    layer_linears,
+    one_thread,
+    relative_output_error,
+    set_linear,
+)
+from engine.methods.registry import Calibration, LayerReport, register
 from engine.quant import formats
-from engine.quant.linear import FakeQuantLinear, keeps_scales, linear_names
+from engine.quant.linear import FakeQuantLinear, keeps_scales
 from engine.quant.metrics import sqnr_db
 from engine.quant.primitives import QParams, choose_qparams, quantize
 from engine.quant.schemes import QuantScheme, bits_per_weight, check_shape
 
-MAX_TOKENS_PER_FORWARD = 4096  # calibration rows are batched up to this many tokens per layer forward
+__all__ = ["GPTQConfig", "GPTQDetail", "GPTQResult", "gptq_quantize", "relative_output_error"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,17 @@ class GPTQResult:
     g_idx: Tensor | None = None  # (in_features,) group of each input column; None: column // group
 
 
+@dataclass(frozen=True)
+class GPTQDetail:
+    """What GPTQ reports per linear (LayerReport.detail)."""
+
+    loss: float | None = None  # the reference's Losses summed over the weight; None: RTN fallback
+    rtn_output_error: float | None = None  # RTN's relative output error on the same calibration inputs
+    dead_columns: int = 0  # inputs that were zero on every calibration token
+    damping: float | None = None  # the damping that made H positive definite
+    fallback: str | None = None  # why this linear was rounded to nearest instead (no calibration token)
+
+
 # -- the column loop -----------------------------------------------------------------------------------
 
 
@@ -127,7 +149,7 @@ def gptq_quantize(
 ) -> GPTQResult:
     """GPTQ of one weight (out_features, in_features) given H (in_features, in_features)."""
     check_shape(scheme, tuple(weight.shape))
-    with _one_thread(weight.device):
+    with one_thread(weight.device):
         return _gptq(weight, hessian, scheme, damping, act_order, block_size, static_groups)
 
 
@@ -171,21 +193,6 @@ def _gptq(weight, hessian, scheme, damping, act_order, block_size, static_groups
     return GPTQResult(QT.T.contiguous(), loss, int(dead.sum()), used_damping, qparams, g_idx)
 
 
-@contextmanager
-def _one_thread(device: torch.device):
-    """GPTQ's column loop is thousands of small ops and its Cholesky factors are small: on a busy CPU,
-    OpenMP's barrier waits made them 10-30x slower with two threads than with one (measured at load 5.7
-    on 2 cores). The setting is process-wide while it runs."""
-    threads = torch.get_num_threads()
-    if device.type == "cpu" and threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-
-
 def _column_loop(WT, QT, Hinv, scheme, group, block_size, scale, zero, fixed_groups, perm, chosen) -> float:
     """Quantize WT (columns, rows) row by row into QT with lazy-batched error feedback; returns the loss.
 
@@ -217,190 +224,6 @@ def _column_loop(WT, QT, Hinv, scheme, group, block_size, scale, zero, fixed_gro
     return loss
 
 
-def relative_output_error(weight: Tensor, quantized: Tensor, gram: Tensor) -> float:
-    """||X (W - Q)^T|| / ||X W^T|| over the tokens whose Gram matrix is gram = X^T X."""
-    W = weight.detach().float()
-    D = W - quantized.float()
-    noise = float(((D @ gram) * D).sum(dtype=torch.float64))
-    signal = float(((W @ gram) * W).sum(dtype=torch.float64))
-    if signal <= 0:
-        return 0.0 if noise <= 0 else math.inf
-    return math.sqrt(max(noise, 0.0) / signal)
-
-
-# -- layer-by-layer plumbing (shared with AWQ) ---------------------------------------------------------
-
-
-class _StopForward(Exception):
-    """Raised from a hook once everything needed from a forward has been seen."""
-
-
-@dataclass
-class LayerInputs:
-    """Calibration hidden states entering one decoder layer, in batches, with the layer's keyword args."""
-
-    hidden: list[Tensor]  # (batch, tokens, hidden) per batch
-    kwargs: list[dict]  # attention mask, position embeddings ... per batch
-
-    @property
-    def tokens(self) -> int:
-        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
-
-    @property
-    def samples(self) -> int:
-        return sum(h.shape[0] for h in self.hidden)
-
-
-def check_calibration(calib, method: str) -> Tensor:
-    """(n, tokens) token ids, or a ValueError that says what to pass."""
-    if calib is None:
-        raise ValueError(
-            f"{method} needs calibration data: pass calib=(n, tokens) token ids, e.g. "
-            "engine.models.data.token_windows(tokenizer, text, WindowSpec(window=512, count=32))"
-        )
-    ids = torch.as_tensor(calib)
-    if ids.dim() == 1:
-        ids = ids.unsqueeze(0)
-    if ids.dim() != 2 or ids.numel() == 0 or ids.dtype.is_floating_point:
-        raise ValueError(f"calibration must be (n, tokens) integer token ids (got {tuple(ids.shape)})")
-    return ids.long()
-
-
-@torch.no_grad()
-def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList, ids: Tensor) -> LayerInputs:
-    """Run the model on `ids` up to decoder layer 0 and keep what it receives (the reference's Catcher)."""
-    device = next(model.parameters()).device
-    rows = max(1, MAX_TOKENS_PER_FORWARD // ids.shape[1])
-    captured = LayerInputs([], [])
-
-    def catch(module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values")}
-        kwargs["use_cache"] = False
-        captured.hidden.append(hidden.detach())
-        captured.kwargs.append(kwargs)
-        raise _StopForward
-
-    handle = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        for start in range(0, ids.shape[0], rows):
-            with suppress(_StopForward):
-                model(input_ids=ids[start : start + rows].to(device), use_cache=False)
-    finally:
-        handle.remove()
-    return captured
-
-
-@torch.no_grad()
-def forward_layer(layer: nn.Module, inputs: LayerInputs) -> LayerInputs:
-    """The layer's outputs on every batch: the next layer's inputs."""
-    outputs = []
-    for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True):
-        out = layer(hidden, **kwargs)
-        outputs.append(out[0] if isinstance(out, tuple) else out)
-    return LayerInputs(outputs, inputs.kwargs)
-
-
-def layer_linears(model: nn.Module, prefix: str, index: int) -> dict[str, nn.Linear]:
-    """{name relative to the layer: linear} for the quantizable linears of decoder layer `index`."""
-    start = f"{prefix}.{index}."
-    return {
-        name[len(start) :]: model.get_submodule(name)
-        for name in linear_names(model)
-        if name.startswith(start)
-    }
-
-
-@torch.no_grad()
-def input_sites(layer: nn.Module, linears: dict[str, nn.Linear], inputs: LayerInputs) -> list[list[str]]:
-    """Linears grouped by the tensor they read, in call order (q/k/v, o, gate/up, down on Llama).
-
-    Found by running the first batch; linears the forward never calls come last, one per group.
-    """
-    order: list[tuple[str, Tensor]] = []
-
-    def record(name):
-        return lambda module, args: order.append((name, args[0]))
-
-    handles = [linear.register_forward_pre_hook(record(name)) for name, linear in linears.items()]
-    try:
-        forward_layer(layer, LayerInputs(inputs.hidden[:1], inputs.kwargs[:1]))
-    finally:
-        for handle in handles:
-            handle.remove()
-    sites: list[list[str]] = []
-    last = None
-    for name, tensor in order:
-        if any(name in site for site in sites):
-            continue
-        if last is not None and tensor is last:
-            sites[-1].append(name)
-        else:
-            sites.append([name])
-        last = tensor
-    seen = {name for site in sites for name in site}
-    return sites + [[name] for name in linears if name not in seen]
-
-
-class GramCollector:
-    """Sum of X^T X (and of |X|, per channel) of the inputs of chosen linears, one per input site.
-
-    `collect(layer, inputs, sites, stop_after)` runs the layer on every batch with pre-hooks on the
-    sites' first linears and, when `stop_after` names a linear, stops each forward once it has run.
-    """
-
-    def __init__(self, linears: dict[str, nn.Linear], keep_abs_sum: bool = False) -> None:
-        self.linears = linears
-        self.keep_abs_sum = keep_abs_sum
-        self.gram: dict[str, Tensor] = {}  # site leader -> (in, in) float32
-        self.abs_sum: dict[str, Tensor] = {}  # site leader -> (in,) float32
-        self.tokens: dict[str, int] = {}
-
-    def _hook(self, leader: str):
-        def hook(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (tokens, in)
-            if leader not in self.gram:
-                self.gram[leader] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
-                self.abs_sum[leader] = torch.zeros(x.shape[1], device=x.device)
-                self.tokens[leader] = 0
-            self.gram[leader].addmm_(x.T, x)
-            if self.keep_abs_sum:
-                self.abs_sum[leader] += x.abs().sum(0)
-            self.tokens[leader] += x.shape[0]
-
-        return hook
-
-    @torch.no_grad()
-    def collect(
-        self, layer: nn.Module, inputs: LayerInputs, sites: list[list[str]], stop_after: str | None = None
-    ) -> LayerInputs | None:
-        """Accumulate over every batch; returns the layer's outputs when no `stop_after` cut the forwards."""
-        handles = [self.linears[site[0]].register_forward_pre_hook(self._hook(site[0])) for site in sites]
-
-        def stop(module, args):
-            raise _StopForward
-
-        if stop_after is not None:  # registered after the Gram hooks, so they run first
-            handles.append(self.linears[stop_after].register_forward_pre_hook(stop))
-        outputs = []
-        try:
-            for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True):
-                try:
-                    out = layer(hidden, **kwargs)
-                    outputs.append(out[0] if isinstance(out, tuple) else out)
-                except _StopForward:
-                    pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        return LayerInputs(outputs, inputs.kwargs) if stop_after is None else None
-
-
-def set_linear(parent: nn.Module, name: str, module: nn.Module) -> None:
-    owner_name, _, child = name.rpartition(".")
-    setattr(parent.get_submodule(owner_name) if owner_name else parent, child, module)
-
-
 # -- the method -------------------------------------------------------------------------------------------
 
 
@@ -414,7 +237,7 @@ def _quantize_linear(
     rtn_codes = quantize(original, config.weights)
     rtn = rtn_codes.dequantize()
     if gram is None:  # no calibration token reached this linear
-        quantized, detail = rtn, {"fallback": "rtn: no calibration token reached this linear"}
+        quantized, detail = rtn, GPTQDetail(fallback="rtn: no calibration token reached this linear")
         output_error = None
         kept = (QParams(rtn_codes.scale, rtn_codes.zero_point), None)  # (rows or 1, groups)
     else:
@@ -430,12 +253,12 @@ def _quantize_linear(
         quantized = result.weight
         kept = (result.qparams, result.g_idx)
         output_error = relative_output_error(original, quantized, gram)
-        detail = {
-            "gptq_loss": result.loss,
-            "rtn_output_error": relative_output_error(original, rtn, gram),
-            "dead_columns": result.dead_columns,
-            "damping": result.damping,
-        }
+        detail = GPTQDetail(
+            loss=result.loss,
+            rtn_output_error=relative_output_error(original, rtn, gram),
+            dead_columns=result.dead_columns,
+            damping=result.damping,
+        )
     linear.weight.data.copy_(quantized.to(linear.weight.dtype))
     report = LayerReport(
         name,
@@ -448,17 +271,12 @@ def _quantize_linear(
     return report, kept if keeps_scales(config.weights) else (None, None)
 
 
-@register(GPTQConfig)
+@register(GPTQConfig, name="GPTQ", calibration=Calibration.REQUIRED, detail_type=GPTQDetail)
 def gptq(model: nn.Module, config: GPTQConfig, calib, progress: Progress | None) -> list[LayerReport]:
     ids = check_calibration(calib, "GPTQ")
     prefix, layers = decoder_layers(model)
-    for name in linear_names(model):  # fail fast, before any forward
-        if name.startswith(prefix + "."):
-            try:
-                check_shape(config.weights, tuple(model.get_submodule(name).weight.shape))
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from exc
-    say: Callable[[float, str], None] = progress or (lambda fraction, message: None)
+    check_shapes(model, config.weights, prefix + ".")  # fail fast, before any forward
+    say: Progress = progress or (lambda fraction, message: None)
     say(0.0, "Capturing the inputs of decoder layer 0")
     inputs = capture_layer_inputs(model, layers, ids)
     reports: list[LayerReport] = []

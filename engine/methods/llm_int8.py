@@ -11,9 +11,8 @@ this over the calibration windows (when given), one window per forward as at inf
 the kept dims of every layer, along with the relative error of each layer's output against the
 original weights on the first `ERROR_WINDOWS` windows.
 
-Also here, shared with the other calibrated methods: `calibration_batches` / `run_calibration` (run
-token windows through the model's body, without the output head) and `OutputErrors` (forward hooks
-comparing quantized layers with their full-precision weights on the same inputs).
+The calibration pass (`run_calibration`) and the output-error hooks (`OutputErrors`) are shared with
+SmoothQuant and bitsandbytes, in engine/methods/calibration.py.
 
 Where we depart from the paper and from bitsandbytes:
 - The per-token absmax is taken over the int8 part only (the paper's decomposition); bitsandbytes
@@ -32,14 +31,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from engine.analysis.stats import MAX_TOKENS_PER_FORWARD, StatsError, batched, decoder_layers
-from engine.methods.registry import LayerReport, Progress, register
+from engine.methods.calibration import (
+    OutputErrors,
+    calibration_batches,
+    first_windows,
+    run_calibration,
+    scaled,
+)
+from engine.methods.registry import Calibration, LayerReport, register
 from engine.quant.linear import linear_names, replace_linears
 from engine.quant.metrics import sqnr_db
 
@@ -65,6 +69,18 @@ class LLMInt8Config:
     @property
     def label(self) -> str:
         return "LLM.int8()" if self.threshold == 6.0 else f"LLM.int8() t={self.threshold:g}"
+
+
+@dataclass(frozen=True)
+class LLMInt8Detail:
+    """What LLM.int8() reports per linear (LayerReport.detail); the kept dims only when calibrated."""
+
+    threshold: float  # |x| at or above which an input dim ran in 16-bit
+    outlier_dims: list[int] = field(default_factory=list)  # input dims kept in 16-bit on some call
+    outlier_tokens: list[int] = field(default_factory=list)  # per kept dim: tokens with |x| >= threshold
+    max_abs: list[float] = field(default_factory=list)  # per kept dim: largest |x| seen
+    fraction: float = 0.0  # share of input dims that ran in 16-bit
+    tokens: int = 0  # calibration tokens seen; 0: no calibration ran, nothing was recorded
 
 
 # -- the arithmetic ------------------------------------------------------------------------------------
@@ -153,153 +169,28 @@ class LLMInt8Linear(nn.Module):
             out.add_(self.bias.float())
         return out.to(x.dtype).view(*shape[:-1], self.out_features)
 
-    def kept_summary(self) -> dict:
+    def kept_summary(self) -> LLMInt8Detail:
         """Recorded dims kept in 16-bit, how many tokens crossed the threshold in each, and their share."""
         dims = (self.outlier_tokens > 0).nonzero().flatten()
-        return {
-            "outlier_dims": dims.tolist(),
-            "outlier_tokens": self.outlier_tokens[dims].tolist(),  # per kept dim: tokens with |x| >= t
-            "max_abs": self.input_absmax[dims].tolist(),  # per kept dim: largest |x| seen
-            "fraction": dims.numel() / self.in_features,  # share of input dims that ran in 16-bit
-            "tokens": self.tokens_seen,
-            "threshold": self.threshold,
-        }
+        return LLMInt8Detail(
+            threshold=self.threshold,
+            outlier_dims=dims.tolist(),
+            outlier_tokens=self.outlier_tokens[dims].tolist(),
+            max_abs=self.input_absmax[dims].tolist(),
+            fraction=dims.numel() / self.in_features,
+            tokens=self.tokens_seen,
+        )
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, threshold={self.threshold:g}"
 
 
-# -- calibration helpers (shared with SmoothQuant and bitsandbytes) --------------------------------------
-
-
-def calibration_batches(
-    calib: Tensor | Iterable[Tensor], max_tokens: int = MAX_TOKENS_PER_FORWARD
-) -> list[Tensor]:
-    """(batch, tokens) id batches from (count, window) ids, one (tokens,) window, or a list of either.
-
-    Windows of a (count, window) tensor are batched up to `max_tokens` tokens per forward (at least one).
-    """
-    if isinstance(calib, Tensor):
-        windows = calib.unsqueeze(0) if calib.dim() == 1 else calib
-        batches = batched(windows, max_tokens)
-    else:
-        batches = [torch.as_tensor(b).reshape(1, -1) if torch.as_tensor(b).dim() < 2 else b for b in calib]
-    batches = [b for b in batches if b.numel()]
-    if not batches:
-        raise ValueError("the calibration set is empty: pass (count, window) token ids")
-    if any(b.dtype.is_floating_point or b.dtype == torch.bool for b in batches):
-        raise ValueError("calibration windows must hold integer token ids")
-    return batches
-
-
-def scaled(progress: Progress | None, start: float, end: float) -> Progress | None:
-    """A progress callback that maps [0, 1] onto [start, end] of `progress`."""
-    if progress is None:
-        return None
-    return lambda fraction, message: progress(start + (end - start) * fraction, message)
-
-
-@torch.no_grad()
-def run_calibration(model: nn.Module, batches: list[Tensor], progress: Progress | None = None) -> int:
-    """Run the batches through the model's body (no output head, no cache); returns the tokens run.
-
-    Progress is reported after every decoder layer of every batch (a batch of 2,048 tokens takes seconds
-    on a CPU), through forward hooks that are always removed.
-    """
-    body = getattr(model, "base_model", model)
-    device = next(model.parameters()).device
-    handles, step = [], [0]
-    try:
-        _, layers = decoder_layers(model)
-    except StatsError:
-        layers = []
-    total = len(batches) * max(len(layers), 1)
-
-    def tick(message: str) -> None:
-        step[0] += 1
-        if progress:
-            progress(min(step[0] / total, 1.0), message)
-
-    tokens = 0
-    try:
-        for index, layer in enumerate(layers):
-            handles.append(
-                layer.register_forward_hook(lambda *_, i=index: tick(f"layer {i + 1} of {len(layers)}"))
-            )
-        for index, batch in enumerate(batches):
-            body(input_ids=batch.to(device), use_cache=False)
-            tokens += batch.numel()
-            if not layers:
-                tick(f"calibration batch {index + 1} of {len(batches)}")
-    finally:
-        for handle in handles:
-            handle.remove()
-    return tokens
-
-
-def first_windows(batches: list[Tensor], count: int) -> tuple[list[Tensor], list[Tensor]]:
-    """(batches holding the first `count` windows, batches holding the rest)."""
-    head, tail, left = [], [], count
-    for batch in batches:
-        if left > 0:
-            head.append(batch[:left])
-            if batch.shape[0] > left:
-                tail.append(batch[left:])
-            left -= head[-1].shape[0]
-        else:
-            tail.append(batch)
-    return head, tail
-
-
-class OutputErrors:
-    """`with OutputErrors(model, references) as errors: run ...; errors.relative()` -> {name: error}.
-
-    Forward hooks on the named modules compare each output with linear(input, weight, bias) of the
-    reference (weight, bias) given for it, on the very inputs the quantized model feeds that layer:
-    the error is ||y_q - y|| / ||y|| summed over every call. Hooks are removed on exit.
-    """
-
-    def __init__(self, model: nn.Module, references: dict[str, tuple[Tensor, Tensor | None]]) -> None:
-        self.model, self.references = model, references
-        self.signal = dict.fromkeys(references, 0.0)
-        self.noise = dict.fromkeys(references, 0.0)
-        self._handles: list = []
-
-    def __enter__(self) -> OutputErrors:
-        try:
-            for name in self.references:
-                self._handles.append(self.model.get_submodule(name).register_forward_hook(self._hook(name)))
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        while self._handles:
-            self._handles.pop().remove()
-
-    def _hook(self, name: str) -> Callable:
-        weight, bias = self.references[name]
-
-        def hook(module, args, output):
-            x = args[0]
-            reference = nn.functional.linear(x.to(weight.dtype), weight, bias).float()  # (..., out)
-            self.signal[name] += float(torch.linalg.vector_norm(reference)) ** 2
-            self.noise[name] += float(torch.linalg.vector_norm(output.float() - reference)) ** 2
-
-        return hook
-
-    def relative(self) -> dict[str, float]:
-        return {
-            name: math.sqrt(self.noise[name] / self.signal[name]) if self.signal[name] > 0 else 0.0
-            for name in self.references
-        }
-
-
 # -- the method ----------------------------------------------------------------------------------------
 
 
-@register(LLMInt8Config)
+@register(
+    LLMInt8Config, name="LLM.int8()", calibration=Calibration.OPTIONAL_REPORT, detail_type=LLMInt8Detail
+)
 def llm_int8(model, config: LLMInt8Config, calib, progress) -> list[LayerReport]:
     batches = None
     if calib is not None:  # one window per forward: outlier dims are found per call, as at inference
@@ -340,6 +231,6 @@ def llm_int8(model, config: LLMInt8Config, calib, progress) -> list[LayerReport]
     for name in names:
         module = model.get_submodule(name)
         sqnr, seconds = built[name]
-        detail = module.kept_summary() if batches is not None else {"threshold": config.threshold}
+        detail = module.kept_summary() if batches is not None else LLMInt8Detail(config.threshold)
         reports.append(LayerReport(name, module.bits_per_weight, sqnr, errors.get(name), seconds, detail))
     return reports

@@ -36,19 +36,18 @@ training, or a pair (train, held_out) of such tensors (the Methods page passes i
 the held-out loss is the log of the perplexity it reports). Calibration windows are drawn at random
 offsets and can overlap by chance; pass a separate held-out tensor for a strictly disjoint measurement.
 The float, PTQ and QAT held-out losses and the training loss of every step ride on the first layer's
-report as a `QATTrace` (`detail["qat_trace"]`; read it with `qat_trace(reports)`).
+report as a `QATTrace` (its `QATDetail.trace`; read it with `qat_trace(reports)`).
 
 Measured (bench/bench_qat.py, SmolLM2-135M, int3 asym g64, one 256-token window a step, lr 3e-4, held
 out 4 x 256 evaluation tokens): float 4.290 nats (perplexity 72.9), PTQ 5.308 (201.9), QAT after 4 / 10 /
 20 steps 4.923 / 4.716 / 4.671 (137.4 / 111.7 / 106.8): 38% / 58% / 63% of what PTQ lost.
 
 Cost: one forward and backward of the whole model per step plus two fake-quantization passes over every
-linear weight (the forward, and the STE's grid mask): 4.4-6.6 s a step on one thread of a two-core CPU
-shared with other jobs (load average 2.7-4.4), 8-9 s at load 6. Training runs on one thread, like
-GPTQ's column loop (`engine.methods.gptq._one_thread`): on this shared machine two OpenMP threads took
-37-39 s a step while another process held a core, against 4.7 s on two idle cores and 9-15 s on one
-busy thread. Memory: the model plus a copy of the original linear weights (for SQNR), their gradients
-and Adam's two moments, about 4x the linear weights (1.7 GB for SmolLM2-135M in float32; 4.4 GB
+linear weight (the forward, and the STE's grid mask); timings per step are in docs/benchmarks.md
+(bench/bench_qat.py). Training runs on one thread, like GPTQ's column loop
+(`engine.methods.calibration.one_thread`): on a shared CPU, two OpenMP threads were many times slower
+per step than one. Memory: the model plus a copy of the original linear weights (for SQNR), their
+gradients and Adam's two moments, about 4x the linear weights (1.7 GB for SmolLM2-135M in float32; 4.4 GB
 resident in all, with the shared reference model).
 """
 
@@ -56,20 +55,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engine._types import Progress, require_free
 from engine.evaluation.perplexity import perplexity
-from engine.methods.gptq import _one_thread, check_calibration
-from engine.methods.registry import LayerReport, NotEnoughMemoryError, Progress, register
+from engine.methods.calibration import check_calibration, check_shapes, one_thread
+from engine.methods.registry import Calibration, LayerReport, register
 from engine.quant.linear import fake_quant_linear, linear_names, replace_linears
 from engine.quant.metrics import sqnr_db
 from engine.quant.primitives import choose_qparams, fake_quantize
-from engine.quant.schemes import QuantScheme, bits_per_weight, check_shape
+from engine.quant.schemes import QuantScheme, bits_per_weight
 from engine.quant.ste import QATLinear
 
 DEFAULT_SCHEME = QuantScheme(3, "int", False, "group", 64)  # 3-bit, where PTQ hurts; 576 = 9 x 64, not 128
@@ -127,9 +126,21 @@ class QATTrace:
         return math.nan if lost <= 0 else (self.ptq_loss - self.qat_loss) / lost
 
 
+@dataclass(frozen=True)
+class QATDetail:
+    """What QAT reports per linear (LayerReport.detail)."""
+
+    rtn_sqnr_db: float  # SQNR of round-to-nearest of the original weight, for comparison
+    moved: float | None = None  # int grids: share of weights more than half a step from RTN's value
+    trace: QATTrace | None = None  # how training went; on the first layer's report only
+
+
 def qat_trace(reports: list[LayerReport]) -> QATTrace | None:
     """The run's QATTrace, from the reports `quantize_model(..., QATConfig(...))` returned."""
-    return next((r.detail["qat_trace"] for r in reports if "qat_trace" in r.detail), None)
+    return next(
+        (r.detail.trace for r in reports if isinstance(r.detail, QATDetail) and r.detail.trace is not None),
+        None,
+    )
 
 
 # -- data ---------------------------------------------------------------------------------------------
@@ -188,36 +199,28 @@ def prepare_qat_linears(model: nn.Module, scheme: QuantScheme) -> list[nn.Parame
 
 def _check_room(model: nn.Module, names: list[str]) -> None:
     """Refuse before training when float32 training state would not fit in free memory."""
-    from engine.models.loading import free_memory_bytes
-
-    device = next(model.parameters()).device
     linear_elements = sum(model.get_submodule(n).weight.numel() for n in names)
     upcast = sum(p.numel() * (4 - p.element_size()) for p in model.parameters())  # 16-bit: float32 copy
-    needed = TRAINING_MEMORY * linear_elements * 4 + max(upcast, 0)
-    free = free_memory_bytes(str(device))
-    if needed > free:
-        raise NotEnoughMemoryError(
-            f"QAT trains in float32 and keeps a copy of the linear weights, their gradients and Adam's two "
-            f"moments: about {needed / 1024**3:.1f} GiB more, but only {free / 1024**3:.1f} GiB is free on "
-            f"{device}. Use a smaller model, or a post-training method (RTN, GPTQ, AWQ)."
-        )
+    require_free(
+        TRAINING_MEMORY * linear_elements * 4 + max(upcast, 0),
+        next(model.parameters()).device,
+        "QAT trains in float32 and keeps a copy of the linear weights, their gradients and Adam's two "
+        "moments, in addition to the model",
+        "Use a smaller model, or a post-training method (RTN, GPTQ, AWQ).",
+    )
 
 
-@register(QATConfig)
+@register(QATConfig, name="QAT", calibration=Calibration.TRAIN_AND_HELD_OUT, detail_type=QATDetail)
 def qat(model: nn.Module, config: QATConfig, calib, progress: Progress | None) -> list[LayerReport]:
     train_ids, held_ids = split_calibration(calib, config.held_out)
     names = linear_names(model)
     if not names:
         raise ValueError("QAT found no linear layer to quantize")
-    for name in names:  # fail fast, before any forward
-        try:
-            check_shape(config.weights, tuple(model.get_submodule(name).weight.shape))
-        except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from exc
+    check_shapes(model, config.weights)  # fail fast, before any forward
     _check_room(model, names)
     device = next(model.parameters()).device
     dtypes = {name: t.dtype for name, t in [*model.named_parameters(), *model.named_buffers()]}
-    with _one_thread(device):
+    with one_thread(device):
         reports = _train(model, config, names, train_ids.to(device), held_ids.to(device), progress)
     with torch.no_grad():  # trained in float32 (see _train): every tensor gets back the dtype it came with
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
@@ -227,7 +230,7 @@ def qat(model: nn.Module, config: QATConfig, calib, progress: Progress | None) -
 
 
 def _train(model, config: QATConfig, names, train_ids, held_ids, progress) -> list[LayerReport]:
-    say: Callable[[float, str], None] = progress or (lambda fraction, message: None)
+    say: Progress = progress or (lambda fraction, message: None)
     start = time.perf_counter()
     trainable_before = {name: p.requires_grad for name, p in model.named_parameters()}
     original = {n: model.get_submodule(n).weight.detach().float().clone() for n in names}  # for the SQNRs
@@ -269,7 +272,7 @@ def _train(model, config: QATConfig, names, train_ids, held_ids, progress) -> li
         parameter.requires_grad_(trainable)
     seconds = (time.perf_counter() - start) / len(reports)  # training is joint: each layer's equal share
     reports = [replace(r, seconds=seconds) for r in reports]
-    reports[0].detail["qat_trace"] = QATTrace(
+    trace = QATTrace(
         train_loss=train_loss,
         float_loss=float_loss,
         ptq_loss=ptq_loss,
@@ -279,6 +282,7 @@ def _train(model, config: QATConfig, names, train_ids, held_ids, progress) -> li
         held_out_tokens=held_tokens,
         seconds_per_step=seconds_per_step,
     )
+    reports[0] = replace(reports[0], detail=replace(reports[0].detail, trace=trace))
     say(1.0, f"QAT done: held-out loss {qat_loss:.3f} (PTQ {ptq_loss:.3f}, float {float_loss:.3f})")
     return reports
 
@@ -303,9 +307,8 @@ def _freeze(model: nn.Module, scheme: QuantScheme, original: dict[str, Tensor]) 
         frozen = fake_quant_linear(linear, scheme)  # the trained latent weight, rounded as RTN rounds
         before = original.pop(name)  # (out_features, in_features) float32
         rtn = fake_quantize(before, scheme)
-        detail = {"rtn_sqnr_db": sqnr_db(before, rtn)}
-        if scheme.format == "int":
-            detail["moved"] = moved_level(before, rtn, frozen.weight, scheme)
+        moved = moved_level(before, rtn, frozen.weight, scheme) if scheme.format == "int" else None
+        detail = QATDetail(rtn_sqnr_db=sqnr_db(before, rtn), moved=moved)
         bits = bits_per_weight(scheme, linear.in_features, linear.out_features)
         reports.append(LayerReport(name, bits, sqnr_db(before, frozen.weight.float()), detail=detail))
         return frozen

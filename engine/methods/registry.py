@@ -1,5 +1,10 @@
 """The method registry: one entry point, dispatching on the config's type (torchao's `quantize_` shape).
 
+Each method registers its config type with the facts the rest of the app needs about it, as a
+`MethodInfo`: its display name, what it does with calibration data, and the type of the per-layer
+`detail` its reports carry (a frozen dataclass, e.g. `GPTQDetail`). The UI draws from tables keyed by
+those types, never from `if name == ...` chains.
+
 `quantize_model` never touches the model it is given: the cached reference model is shared by every
 browser session, so each method works on a deep copy and returns it with a per-layer report.
 """
@@ -9,12 +14,36 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import Enum
 
 from torch import nn
 
-Progress = Callable[[float, str], None]
-_HANDLERS: dict[type, Callable] = {}
+from engine._types import NotEnoughMemoryError, Progress, require_free
+
+__all__ = [
+    "Calibration",
+    "LayerReport",
+    "MethodInfo",
+    "NotEnoughMemoryError",
+    "Progress",
+    "QuantizedModel",
+    "check_room_for_copy",
+    "method_info",
+    "methods",
+    "quantize_model",
+    "register",
+]
+
+
+class Calibration(Enum):
+    """What a method does with `calib` (token windows)."""
+
+    NONE = "none"  # ignores it (RTN)
+    OPTIONAL_ERRORS = "optional: measures each layer's output error on it"  # bitsandbytes
+    OPTIONAL_REPORT = "optional: its report (e.g. LLM.int8's kept dims) is measured on it"
+    REQUIRED = "required"  # SmoothQuant, GPTQ, AWQ
+    TRAIN_AND_HELD_OUT = "required: trains on it; (train, held_out) pairs measure the loss"  # QAT
 
 
 @dataclass(frozen=True)
@@ -24,7 +53,16 @@ class LayerReport:
     weight_sqnr_db: float  # SQNR of the quantized weight against the original
     output_error: float | None = None  # relative error of the layer's output on calibration inputs
     seconds: float = 0.0
-    detail: dict = field(default_factory=dict)  # method-specific (kept outlier dims, smoothing scales…)
+    detail: object | None = None  # the method's own frozen dataclass (its MethodInfo.detail_type), or None
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    config_type: type  # the config dataclass quantize_model dispatches on
+    handler: Callable  # handler(model copy, config, calib, progress) -> list[LayerReport]
+    name: str  # display name, e.g. "GPTQ"
+    calibration: Calibration  # what it does with calib
+    detail_type: type | None  # type of LayerReport.detail in its reports (None: no detail)
 
 
 @dataclass
@@ -40,8 +78,7 @@ class QuantizedModel:
         return sum(r.bits_per_weight for r in self.layers) / len(self.layers) if self.layers else 16.0
 
 
-class NotEnoughMemoryError(MemoryError):
-    """Quantizing would need more memory than is free; the message has the numbers."""
+_METHODS: dict[type, MethodInfo] = {}
 
 
 def model_bytes(model: nn.Module) -> int:
@@ -50,36 +87,55 @@ def model_bytes(model: nn.Module) -> int:
 
 def check_room_for_copy(model: nn.Module, headroom: float = 1.3) -> None:
     """Refuse before copying when the copy (plus transients) would not fit in free memory."""
-    from engine.models.loading import free_memory_bytes
-
-    device = next(model.parameters()).device
-    needed = int(model_bytes(model) * headroom)
-    free = free_memory_bytes(str(device))
-    if needed > free:
-        raise NotEnoughMemoryError(
-            f"Quantizing makes a copy of the model: about {needed / 1024**3:.1f} GiB, but only "
-            f"{free / 1024**3:.1f} GiB is free on {device}. Close other quantized variants (they are evicted "
-            "oldest first), use a smaller model, or load it in a 16-bit dtype."
-        )
+    require_free(
+        int(model_bytes(model) * headroom),
+        next(model.parameters()).device,
+        "Quantizing makes a copy of the model",
+        "Close other quantized variants (they are evicted oldest first), use a smaller model, or load it "
+        "in a 16-bit dtype.",
+    )
 
 
-def register(config_type: type) -> Callable:
+def register(
+    config_type: type,
+    name: str | None = None,
+    calibration: Calibration = Calibration.NONE,
+    detail_type: type | None = None,
+) -> Callable:
+    """Decorator registering `handler(model, config, calib, progress)` for `config_type`.
+
+    `name` defaults to the config's class name without "Config" (PackedRTNConfig -> "PackedRTN").
+    """
+
     def decorator(handler: Callable) -> Callable:
-        _HANDLERS[config_type] = handler
+        display = name or config_type.__name__.removesuffix("Config")
+        _METHODS[config_type] = MethodInfo(config_type, handler, display, calibration, detail_type)
         return handler
 
     return decorator
 
 
+def method_info(config_or_type) -> MethodInfo:
+    """The registry entry of a config (or config type); ValueError naming the known ones otherwise."""
+    config_type = config_or_type if isinstance(config_or_type, type) else type(config_or_type)
+    info = _METHODS.get(config_type)
+    if info is None:
+        known = ", ".join(sorted(t.__name__ for t in _METHODS))
+        raise ValueError(f"no quantization method registered for {config_type.__name__}; known: {known}")
+    return info
+
+
+def methods() -> list[MethodInfo]:
+    """Every registered method, in registration order."""
+    return list(_METHODS.values())
+
+
 def quantize_model(model: nn.Module, config, calib=None, progress: Progress | None = None) -> QuantizedModel:
     """Quantize a deep copy of `model` with the method `config` names; `calib`: token batches if needed."""
-    handler = _HANDLERS.get(type(config))
-    if handler is None:
-        known = ", ".join(sorted(t.__name__ for t in _HANDLERS))
-        raise ValueError(f"no quantization method registered for {type(config).__name__}; known: {known}")
+    info = method_info(config)
     check_room_for_copy(model)
     start = time.perf_counter()
     copied = copy.deepcopy(model)
     copied.eval()
-    layers = handler(copied, config, calib, progress)
+    layers = info.handler(copied, config, calib, progress)
     return QuantizedModel(copied, config, layers, time.perf_counter() - start)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.methods.registry import LayerReport, register
+from engine.methods.registry import Calibration, LayerReport, register
 from engine.quant.linear import fake_quant_linear, linear_names, replace_linears
 from engine.quant.metrics import sqnr_db
 from engine.quant.schemes import QuantScheme, check_shape
@@ -32,7 +32,7 @@ class RTNConfig:
         return f"{w}A{self.activations.bits}" if self.activations else w
 
 
-@register(RTNConfig)
+@register(RTNConfig, name="RTN", calibration=Calibration.NONE)
 def rtn(model, config: RTNConfig, calib, progress) -> list[LayerReport]:
     for name in linear_names(model):  # check every shape before touching anything: fail fast
         if config.weights is not None:

@@ -39,17 +39,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from engine._types import Progress
 from engine.analysis.stats import decoder_layers
-from engine.methods.llm_int8 import (
-    ERROR_WINDOWS,
+from engine.hooks import pre_hooks
+from engine.methods.calibration import (
     OutputErrors,
-    absmax,
     calibration_batches,
     first_windows,
     run_calibration,
     scaled,
 )
-from engine.methods.registry import LayerReport, Progress, check_room_for_copy, register
+from engine.methods.llm_int8 import ERROR_WINDOWS, absmax
+from engine.methods.registry import Calibration, LayerReport, check_room_for_copy, register
 from engine.quant.linear import fake_quant_linear, linear_names, replace_linears
 from engine.quant.metrics import relative_error, sqnr_db
 from engine.quant.schemes import QuantScheme
@@ -82,6 +83,18 @@ class SmoothQuantConfig:
     @property
     def label(self) -> str:
         return f"SmoothQuant W{self.weight_bits}A{self.act_bits} α={self.alpha:g}"
+
+
+@dataclass(frozen=True)
+class SmoothQuantDetail:
+    """What SmoothQuant reports per linear (LayerReport.detail); the maxima are per input channel."""
+
+    alpha: float  # the migration strength used
+    smoothed: bool  # False for o_proj / down_proj: no norm precedes them to fold into
+    act_max_before: list[float] | None = None  # max |x| over calibration tokens, before smoothing
+    act_max_after: list[float] | None = None  # ... after (before / s)
+    weight_max_before: list[float] | None = None  # max |w| over output rows, before smoothing
+    weight_max_after: list[float] | None = None  # ... after (before * s)
 
 
 @dataclass
@@ -142,7 +155,6 @@ def collect_input_maxima(
     """{linear name: (in_features,) float32 max |x| over every calibration token} for every linear."""
     maxima: dict[str, Tensor] = {}
     last: list = [None, None]  # (input tensor, its maxima): q/k/v read the same tensor, reduce it once
-    handles = []
 
     def hook_for(name: str):
         def hook(module, args):
@@ -155,12 +167,9 @@ def collect_input_maxima(
         return hook
 
     try:
-        for name in linear_names(model):
-            handles.append(model.get_submodule(name).register_forward_pre_hook(hook_for(name)))
-        run_calibration(model, batches, progress)
+        with pre_hooks((model.get_submodule(name), hook_for(name)) for name in linear_names(model)):
+            run_calibration(model, batches, progress)
     finally:
-        for handle in handles:
-            handle.remove()
         last[0] = last[1] = None
     return {name: value.cpu() for name, value in maxima.items()}
 
@@ -235,7 +244,7 @@ def _smooth_and_quantize(
         )
     weight_scheme, act_scheme = QuantScheme(config.weight_bits), QuantScheme(config.act_bits)
     references: dict[str, tuple[Tensor, Tensor | None]] = {}
-    built: dict[str, dict] = {}
+    built: dict[str, dict] = {}  # name -> sqnr, bits, seconds, detail
 
     def make(linear: nn.Linear, name: str) -> nn.Module:
         begin = time.perf_counter()
@@ -243,11 +252,13 @@ def _smooth_and_quantize(
         weight_max_after = linear.weight.detach().float().abs().amax(0).cpu()  # (in,)
         scales = applied.get(name)
         act_max = input_maxima.get(name)
-        detail = {"alpha": config.alpha, "smoothed": scales is not None}
+        detail = SmoothQuantDetail(config.alpha, smoothed=scales is not None)
         if act_max is not None:
             after = act_max if scales is None else act_max / scales
             weight_before = weight_max_after if scales is None else weight_max_after / scales
-            detail.update(
+            detail = SmoothQuantDetail(
+                config.alpha,
+                smoothed=scales is not None,
                 act_max_before=act_max.tolist(),
                 act_max_after=after.tolist(),
                 weight_max_before=weight_before.tolist(),
@@ -290,7 +301,9 @@ def _smooth_and_quantize(
 # -- the method ----------------------------------------------------------------------------------------
 
 
-@register(SmoothQuantConfig)
+@register(
+    SmoothQuantConfig, name="SmoothQuant", calibration=Calibration.REQUIRED, detail_type=SmoothQuantDetail
+)
 def smoothquant(model, config: SmoothQuantConfig, calib, progress) -> list[LayerReport]:
     if calib is None:
         raise ValueError(

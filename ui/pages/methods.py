@@ -1,40 +1,55 @@
 """The Methods lab's pieces: a form per method with the papers' defaults, the runner that quantizes and
 scores each one, and the figures (per-layer error, LLM.int8 kept dims, SmoothQuant maxima, GPTQ loss,
-AWQ search curve, QAT training curve). Runs are kept in the session and offered to the Compare page."""
+AWQ search curve, QAT training curve). Runs are kept in the session and offered to the Compare page.
+
+Methods are picked by display name only at the multiselect; from there on everything is keyed by type:
+`FORMS` maps a config type to its form, `FIGURES` maps a report-detail type (the registry's
+`MethodInfo.detail_type`) to the figure that draws it, and what a run is fed comes from the registry's
+`Calibration`.
+"""
 
 from __future__ import annotations
 
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import plotly.graph_objects as go
+import pandas as pd
 import streamlit as st
 
 from engine.evaluation.perplexity import ComparisonResult, ReferenceCache, evaluate_against_reference
-from engine.methods import QuantizedModel, RTNConfig, quantize_model
-from engine.methods.awq import AWQConfig
+from engine.methods import Calibration, QuantizedModel, RTNConfig, method_info, quantize_model
+from engine.methods.awq import AWQConfig, AWQDetail
 from engine.methods.bnb import BnbConfig
-from engine.methods.gptq import GPTQConfig
-from engine.methods.llm_int8 import LLMInt8Config
-from engine.methods.qat import QATConfig, QATTrace, qat_trace
-from engine.methods.smoothquant import SmoothQuantConfig
+from engine.methods.gptq import GPTQConfig, GPTQDetail
+from engine.methods.llm_int8 import LLMInt8Config, LLMInt8Detail
+from engine.methods.qat import QATConfig, QATDetail, QATTrace, qat_trace
+from engine.methods.smoothquant import SmoothQuantConfig, SmoothQuantDetail
+from engine.models.data import DataError, WindowSpec, load_text, token_windows
 from engine.quant.schemes import QuantScheme
 from ui import state
+from ui.errors import show_error
+from ui.pages.methods_charts import bar, curve, maxima, qat_curve
+from ui.progress import progress_bar
 
-METHODS = ["RTN", "LLM.int8()", "SmoothQuant", "GPTQ", "AWQ", "bitsandbytes", "QAT"]
-NEEDS_CALIBRATION = {"SmoothQuant", "GPTQ", "AWQ", "QAT"}
-USES_CALIBRATION = NEEDS_CALIBRATION | {"LLM.int8()"}  # LLM.int8 reports its kept dims on calibration text
+LAB_METHODS = (RTNConfig, LLMInt8Config, SmoothQuantConfig, GPTQConfig, AWQConfig, BnbConfig, QATConfig)
+CONFIG_TYPES = {method_info(t).name: t for t in LAB_METHODS}  # display name -> config type (the UI edge)
+METHODS = list(CONFIG_TYPES)
+NEEDS_CALIBRATION = {
+    name
+    for name, config_type in CONFIG_TYPES.items()
+    if method_info(config_type).calibration in (Calibration.REQUIRED, Calibration.TRAIN_AND_HELD_OUT)
+}
 RUNS = "methods_runs"  # session key: {label: MethodRun}
 RUNS_MODEL = "methods_runs_model"  # session key: the model selection those runs were built from
-COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 
 
 @dataclass
 class MethodRun:
     label: str
-    method: str
+    method: str  # display name
     quantized: QuantizedModel
     comparison: ComparisonResult
     seconds: float  # time to quantize
@@ -54,73 +69,115 @@ def runs() -> dict[str, MethodRun]:
     return st.session_state.setdefault(RUNS, {})
 
 
-def config_form(method: str, bits: int, group_size: int, where=st):
-    """The method's knobs with the papers' defaults; returns its config (raises ValueError if impossible)."""
-    scheme = QuantScheme(bits, "int", True, "group", group_size)
-    key = re.sub(r"\W", "", method.lower())
-    if method == "RTN":
-        return RTNConfig(scheme)
-    if method == "LLM.int8()":
-        threshold = where.number_input(
-            "Outlier threshold", 0.5, 1000.0, 6.0, 0.5, key=f"methods_{key}_threshold"
-        )
-        return LLMInt8Config(threshold=float(threshold))
-    if method == "SmoothQuant":
-        alpha = where.slider("Migration strength α", 0.0, 1.0, 0.5, 0.05, key=f"methods_{key}_alpha")
-        return SmoothQuantConfig(alpha=float(alpha))
-    if method == "GPTQ":
-        cols = where.columns(2)
-        damping = cols[0].number_input(
-            "Damping", 0.001, 0.5, 0.01, 0.005, format="%.3f", key=f"methods_{key}_damp"
-        )
-        act_order = cols[1].checkbox("Act order", key=f"methods_{key}_actorder")
-        return GPTQConfig(scheme, damping=float(damping), act_order=act_order)
-    if method == "AWQ":
-        grid = where.slider("Scale search points", 2, 40, 20, key=f"methods_{key}_grid")
-        return AWQConfig(QuantScheme(bits, "int", False, "group", group_size), grid=int(grid))
-    if method == "QAT":
-        cols = where.columns(2)
-        steps = cols[0].number_input(
-            "Training steps",
-            1,
-            500,
-            10,
-            key=f"methods_{key}_steps",
-            help="One forward and backward of one calibration window each: 4-7 s a step on two CPU cores "
-            "for SmolLM2-135M with 256-token windows, so the default 10 take about a minute.",
-        )
-        lr = cols[1].select_slider(
-            "Learning rate",
-            [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3],
-            3e-4,
-            format_func=lambda v: f"{v:g}",
-            key=f"methods_{key}_lr",
-            help="Peak Adam rate, cosine-decayed to 0. 3e-4 recovered the most in 4-10 steps at 3 bits.",
-        )
-        return QATConfig(QuantScheme(bits, "int", False, "group", group_size), steps=int(steps), lr=float(lr))
-    mode = where.radio("Format", ["nf4", "fp4", "int8"], horizontal=True, key=f"methods_{key}_mode")
-    double = where.checkbox("Double quantization", key=f"methods_{key}_dq", disabled=mode == "int8")
+# -- forms: one per config type ---------------------------------------------------------------------------
+
+
+def _symmetric(bits: int, group_size: int) -> QuantScheme:
+    return QuantScheme(bits, "int", True, "group", group_size)
+
+
+def _asymmetric(bits: int, group_size: int) -> QuantScheme:
+    return QuantScheme(bits, "int", False, "group", group_size)
+
+
+def _rtn_form(bits: int, group_size: int, key: str, where) -> RTNConfig:
+    return RTNConfig(_symmetric(bits, group_size))
+
+
+def _llm_int8_form(bits: int, group_size: int, key: str, where) -> LLMInt8Config:
+    threshold = where.number_input("Outlier threshold", 0.5, 1000.0, 6.0, 0.5, key=f"{key}_threshold")
+    return LLMInt8Config(threshold=float(threshold))
+
+
+def _smoothquant_form(bits: int, group_size: int, key: str, where) -> SmoothQuantConfig:
+    alpha = where.slider("Migration strength α", 0.0, 1.0, 0.5, 0.05, key=f"{key}_alpha")
+    return SmoothQuantConfig(alpha=float(alpha))
+
+
+def _gptq_form(bits: int, group_size: int, key: str, where) -> GPTQConfig:
+    cols = where.columns(2)
+    damping = cols[0].number_input("Damping", 0.001, 0.5, 0.01, 0.005, format="%.3f", key=f"{key}_damp")
+    act_order = cols[1].checkbox("Act order", key=f"{key}_actorder")
+    return GPTQConfig(_symmetric(bits, group_size), damping=float(damping), act_order=act_order)
+
+
+def _awq_form(bits: int, group_size: int, key: str, where) -> AWQConfig:
+    grid = where.slider("Scale search points", 2, 40, 20, key=f"{key}_grid")
+    return AWQConfig(_asymmetric(bits, group_size), grid=int(grid))
+
+
+def _bnb_form(bits: int, group_size: int, key: str, where) -> BnbConfig:
+    mode = where.radio("Format", ["nf4", "fp4", "int8"], horizontal=True, key=f"{key}_mode")
+    double = where.checkbox("Double quantization", key=f"{key}_dq", disabled=mode == "int8")
     return BnbConfig(mode=mode, double_quant=bool(double and mode != "int8"))
 
 
-def label_of(method: str, config) -> str:
-    if isinstance(config, RTNConfig):
-        return f"RTN {config.weights.label}"
-    return getattr(config, "label", None) or f"{method} {config}"
+def _qat_form(bits: int, group_size: int, key: str, where) -> QATConfig:
+    cols = where.columns(2)
+    steps = cols[0].number_input(
+        "Training steps",
+        1,
+        500,
+        10,
+        key=f"{key}_steps",
+        help="One forward and backward of one calibration window each: 4-7 s a step on two CPU cores "
+        "for SmolLM2-135M with 256-token windows, so the default 10 take about a minute.",
+    )
+    lr = cols[1].select_slider(
+        "Learning rate",
+        [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3],
+        3e-4,
+        format_func=lambda v: f"{v:g}",
+        key=f"{key}_lr",
+        help="Peak Adam rate, cosine-decayed to 0. 3e-4 recovered the most in 4-10 steps at 3 bits.",
+    )
+    return QATConfig(_asymmetric(bits, group_size), steps=int(steps), lr=float(lr))
+
+
+FORMS: dict[type, Callable] = {
+    RTNConfig: _rtn_form,
+    LLMInt8Config: _llm_int8_form,
+    SmoothQuantConfig: _smoothquant_form,
+    GPTQConfig: _gptq_form,
+    AWQConfig: _awq_form,
+    BnbConfig: _bnb_form,
+    QATConfig: _qat_form,
+}
+
+
+def config_form(config_type: type, bits: int, group_size: int, where=st):
+    """The method's knobs with the papers' defaults; returns its config (raises ValueError if impossible)."""
+    key = "methods_" + re.sub(r"\W", "", method_info(config_type).name.lower())  # e.g. methods_llmint8
+    return FORMS[config_type](bits, group_size, key, where)
+
+
+def label_of(config) -> str:
+    """The run's name: the config's label (RTN's says which method it is)."""
+    return f"RTN {config.weights.label}" if isinstance(config, RTNConfig) else config.label
+
+
+# -- running ----------------------------------------------------------------------------------------------
+
+
+def calibration_for(config, calibration, evaluation):
+    """What the lab feeds a method, from what the registry says it does with calibration text."""
+    kind = method_info(config).calibration
+    if kind is Calibration.TRAIN_AND_HELD_OUT:  # QAT: trains on calibration, scores evaluation windows
+        return (calibration, evaluation)
+    if kind in (Calibration.REQUIRED, Calibration.OPTIONAL_REPORT):
+        return calibration
+    return None  # none, or only an output-error pass (bitsandbytes) the lab skips to keep runs short
 
 
 def run_method(
-    method: str, config, reference, calibration, evaluation, reference_cache: ReferenceCache, progress
+    config, reference, calibration, evaluation, reference_cache: ReferenceCache, progress
 ) -> MethodRun:
     """Quantize a copy with `config` (progress 0-0.8), then score it against the reference (0.8-1)."""
     start = time.perf_counter()
-    calib = calibration if method in USES_CALIBRATION else None
-    if method == "QAT":  # trains on the calibration windows, measures its loss on the evaluation ones
-        calib = (calibration, evaluation)
     quantized = quantize_model(
         reference,
         config,
-        calib=calib,
+        calib=calibration_for(config, calibration, evaluation),
         progress=lambda f, m: progress(0.8 * f, m),
     )
     seconds = time.perf_counter() - start
@@ -131,148 +188,86 @@ def run_method(
         reference_cache,
         progress=lambda f, m: progress(0.8 + 0.2 * f, m),
     )
-    return MethodRun(label_of(method, config), method, quantized, comparison, seconds)
+    return MethodRun(label_of(config), method_info(config).name, quantized, comparison, seconds)
 
 
-def _layer_index(name: str) -> str:
-    match = re.search(r"layers\.(\d+)\.(?:\w+\.)?(\w+)$", name)
-    return f"{match.group(1)}.{match.group(2)}" if match else name
+@dataclass(frozen=True)
+class TextSettings:
+    calib_windows: int  # calibration windows
+    calib_tokens: int  # tokens per calibration window
+    eval_windows: int  # evaluation windows of 256 tokens
 
 
-def per_layer_error(all_runs: list[MethodRun]) -> go.Figure:
-    """Weight SQNR of every quantized linear, one line per method (higher is better)."""
-    figure = go.Figure()
-    for index, run in enumerate(all_runs):
-        layers = run.quantized.layers
-        figure.add_scatter(
-            x=[_layer_index(r.name) for r in layers],
-            y=[r.weight_sqnr_db for r in layers],
-            mode="lines",
-            name=run.label,
-            line=dict(color=COLORS[index % len(COLORS)], width=1.5),
-            hovertemplate="%{x}: %{y:.1f} dB<extra>" + run.label + "</extra>",
+def run_methods(todo: dict[str, object], loaded, text: TextSettings, into: dict[str, MethodRun]) -> bool:
+    """Quantize and score each {method name: config} in turn, with a progress bar each, into `into`.
+
+    One method failing leaves the others' results; a Stop button ends the run after the current step.
+    False (after saying why) when the text to calibrate and evaluate on could not be read."""
+    try:
+        corpus = load_text("britannica")
+        spec = WindowSpec(text.calib_tokens, text.calib_windows, split="calibration")
+        calibration = token_windows(loaded.tokenizer, corpus, spec)
+        evaluation = token_windows(
+            loaded.tokenizer, corpus, WindowSpec(256, text.eval_windows, split="evaluation")
         )
-    figure.update_layout(
-        title="Weight SQNR per linear layer (dB, higher is closer to the original)",
-        height=360,
-        margin=dict(l=10, r=10, t=50, b=10),
-        xaxis=dict(title="layer.module", showticklabels=False),
-        yaxis_title="SQNR (dB)",
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+    except DataError as exc:
+        show_error(exc)
+        return False
+    st.button("Stop", key="methods_stop", help="Stops after the current step; finished methods are kept.")
+    reference_cache = ReferenceCache()
+    for index, config in enumerate(todo.values()):
+        name = method_info(config).name
+        update, clear = progress_bar()
+
+        def progress(f, m, index=index, name=name, update=update):
+            update(f, f"{name} ({index + 1}/{len(todo)}): {m}")
+
+        try:
+            run = run_method(config, loaded.model, calibration, evaluation, reference_cache, progress)
+            into[run.label] = run
+        except Exception as exc:  # one method failing leaves the others' results
+            show_error(exc, prefix=f"{name} failed: ")
+        finally:
+            clear()
+    return True
+
+
+def results_table(all_runs: list[MethodRun]) -> pd.DataFrame:
+    """One row per run: bits, perplexity and its change, KL and top-1 agreement, time to quantize."""
+    reference_ppl = all_runs[0].comparison.reference.perplexity
+    return pd.DataFrame(
+        [
+            {
+                "method": run.label,
+                "bits/weight (linears)": run.bits_per_weight,
+                "perplexity": run.comparison.candidate.perplexity,
+                "Δ perplexity": run.comparison.candidate.perplexity / reference_ppl - 1,
+                "mean KL": run.comparison.agreement.mean_kl,
+                "top-1 agreement": run.comparison.agreement.top1_agreement,
+                "seconds to quantize": run.seconds,
+            }
+            for run in all_runs
+        ]
     )
-    return figure
 
 
-def output_error(all_runs: list[MethodRun]) -> go.Figure | None:
-    """Relative error of each layer's output on calibration inputs, for methods that measure it."""
-    measured = [r for r in all_runs if any(layer.output_error is not None for layer in r.quantized.layers)]
-    if not measured:
-        return None
-    figure = go.Figure()
-    for index, run in enumerate(measured):
-        layers = [layer for layer in run.quantized.layers if layer.output_error is not None]
-        figure.add_scatter(
-            x=[_layer_index(r.name) for r in layers],
-            y=[r.output_error for r in layers],
-            mode="lines",
-            name=run.label,
-            line=dict(color=COLORS[index % len(COLORS)]),
-        )
-        rtn = [layer.detail.get("rtn_output_error") for layer in layers]
-        if all(v is not None for v in rtn):
-            figure.add_scatter(
-                x=[_layer_index(r.name) for r in layers],
-                y=rtn,
-                mode="lines",
-                name=f"RTN on the same inputs ({run.label})",
-                line=dict(color=COLORS[index % len(COLORS)], dash="dot"),
-            )
-    figure.update_layout(
-        title="Layer output error on calibration inputs (relative; lower is better)",
-        height=340,
-        margin=dict(l=10, r=10, t=50, b=10),
-        xaxis=dict(title="layer.module", showticklabels=False),
-        yaxis=dict(title="relative error", type="log"),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
-    )
-    return figure
+RESULTS_COLUMNS = {
+    "bits/weight (linears)": "%.3f",
+    "perplexity": "%.3f",
+    "Δ perplexity": "percent",
+    "mean KL": "%.4f",
+    "top-1 agreement": "percent",
+    "seconds to quantize": "%.1f",
+}
 
 
-def detail_series(run: MethodRun, key: str) -> list[tuple[str, object]]:
-    return [(layer.name, layer.detail[key]) for layer in run.quantized.layers if key in layer.detail]
-
-
-def bar(names: list[str], values: list[float], title: str, y: str) -> go.Figure:
-    figure = go.Figure(go.Bar(x=[_layer_index(n) for n in names], y=values, marker_color="#1f77b4"))
-    figure.update_layout(title=title, height=300, margin=dict(l=10, r=10, t=50, b=10), yaxis_title=y)
-    return figure
-
-
-def curve(points: list, title: str, x: str, y: str, best: float | None = None) -> go.Figure:
-    figure = go.Figure(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers"))
-    if best is not None:
-        figure.add_vline(
-            x=best, line=dict(color="#d62728", dash="dash"), annotation_text=f"chosen {best:.2f}"
-        )
-    figure.update_layout(
-        title=title, height=300, margin=dict(l=10, r=10, t=50, b=10), xaxis_title=x, yaxis_title=y
-    )
-    return figure
-
-
-def maxima(before: list[float], after: list[float], layer: str) -> go.Figure:
-    figure = go.Figure()
-    figure.add_scatter(y=before, mode="lines", name="before smoothing", line=dict(color="#d62728"))
-    figure.add_scatter(y=after, mode="lines", name="after smoothing", line=dict(color="#1f77b4"))
-    figure.update_layout(
-        title=f"{layer}: per-channel max |X| of the input (the outliers SmoothQuant moves into the weights)",
-        height=320,
-        margin=dict(l=10, r=10, t=50, b=10),
-        xaxis_title="input channel",
-        yaxis=dict(title="max |x|", type="log"),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
-    )
-    return figure
+def details(run: MethodRun, keep: Callable[[object], bool] = lambda detail: True) -> list[tuple[str, object]]:
+    """[(layer name, its report detail)] for the layers whose detail passes `keep`."""
+    return [(r.name, r.detail) for r in run.quantized.layers if r.detail is not None and keep(r.detail)]
 
 
 def trace_of(run: MethodRun) -> QATTrace | None:
     return qat_trace(run.quantized.layers)
-
-
-def qat_curve(trace: QATTrace, title: str) -> go.Figure:
-    """Training loss per step, the float and PTQ held-out losses as lines, QAT's held-out loss as a star."""
-    steps = list(range(1, len(trace.train_loss) + 1))
-    figure = go.Figure()
-    figure.add_scatter(
-        x=steps,
-        y=trace.train_loss,
-        mode="lines+markers",
-        name="training loss (this step's window)",
-        line=dict(color="#1f77b4"),
-    )
-    for value, name, color in (
-        (trace.float_loss, "float, held-out", "#2ca02c"),
-        (trace.ptq_loss, "PTQ (step 0), held-out", "#d62728"),
-    ):
-        figure.add_scatter(
-            x=[0, len(steps)], y=[value, value], mode="lines", name=name, line=dict(color=color, dash="dash")
-        )
-    figure.add_scatter(
-        x=[len(steps)],
-        y=[trace.qat_loss],
-        mode="markers",
-        name="QAT, held-out",
-        marker=dict(symbol="star", size=16, color="#9467bd"),
-    )
-    figure.update_layout(
-        title=title,
-        height=340,
-        margin=dict(l=10, r=10, t=50, b=10),
-        xaxis=dict(title="step", rangemode="tozero"),
-        yaxis_title="next-token loss (nats)",
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
-    )
-    return figure
 
 
 def qat_takeaway(trace: QATTrace, run: MethodRun) -> str:
@@ -293,7 +288,7 @@ def qat_takeaway(trace: QATTrace, run: MethodRun) -> str:
     else:
         sentence += f", {max(recovered, 0.0):.0%} of what PTQ lost."
     sentences = [sentence]
-    moved = [value for _, value in detail_series(run, "moved")]
+    moved = [detail.moved for _, detail in details(run, lambda d: d.moved is not None)]
     if moved:
         sentences.append(
             f"{sum(moved) / len(moved):.1%} of the weights end on another level than round-to-nearest's; the "
@@ -301,3 +296,70 @@ def qat_takeaway(trace: QATTrace, run: MethodRun) -> str:
         )
     sentences.append("Each step trains on a different calibration window, so the training curve is noisy.")
     return " ".join(sentences)
+
+
+# -- each method's own figure, keyed by its report-detail type -------------------------------------------
+
+
+def _int8_kept_dims(run: MethodRun) -> None:
+    kept = details(run, lambda d: d.tokens > 0)  # recorded on calibration text
+    if kept:
+        figure = bar(
+            [n for n, _ in kept],
+            [len(d.outlier_dims) for _, d in kept],
+            f"{run.label}: input dims kept in 16-bit",
+            "dims",
+        )
+        st.plotly_chart(figure, width="stretch", key=f"methods_int8_{run.label}")
+
+
+def _smoothquant_maxima(run: MethodRun) -> None:
+    series = dict(details(run, lambda d: d.act_max_before is not None))
+    if series:
+        name = st.selectbox("Layer (SmoothQuant)", list(series), key=f"methods_sq_layer_{run.label}")
+        figure = maxima(series[name].act_max_before, series[name].act_max_after, name)
+        st.plotly_chart(figure, width="stretch", key=f"methods_sq_{run.label}")
+
+
+def _gptq_loss(run: MethodRun) -> None:
+    losses = details(run, lambda d: d.loss is not None)
+    if losses:
+        figure = bar(
+            [n for n, _ in losses], [d.loss for _, d in losses], f"{run.label}: GPTQ loss per layer", "loss"
+        )
+        st.plotly_chart(figure, width="stretch", key=f"methods_gptq_{run.label}")
+
+
+def _awq_search(run: MethodRun) -> None:
+    curves = dict(details(run))
+    if curves:
+        name = st.selectbox("Layer (AWQ)", list(curves), key=f"methods_awq_layer_{run.label}")
+        detail = curves[name]
+        figure = curve(
+            detail.curve, f"{name}: AWQ scale search", "α (s = mean|x|^α)", "output error", detail.alpha
+        )
+        st.plotly_chart(figure, width="stretch", key=f"methods_awq_{run.label}")
+
+
+def _qat_training(run: MethodRun) -> None:
+    trace = trace_of(run)
+    if trace is not None:
+        figure = qat_curve(trace, f"{run.label}: training loss and held-out losses")
+        st.plotly_chart(figure, width="stretch", key=f"methods_qat_{run.label}")
+        st.caption(qat_takeaway(trace, run))
+
+
+FIGURES: dict[type, Callable[[MethodRun], None]] = {
+    LLMInt8Detail: _int8_kept_dims,
+    SmoothQuantDetail: _smoothquant_maxima,
+    GPTQDetail: _gptq_loss,
+    AWQDetail: _awq_search,
+    QATDetail: _qat_training,
+}
+
+
+def method_figure(run: MethodRun) -> None:
+    """Draw the run's own diagnostics, if its method's report detail has a figure."""
+    draw = FIGURES.get(method_info(run.quantized.config).detail_type)
+    if draw is not None:
+        draw(run)

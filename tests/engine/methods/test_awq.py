@@ -79,25 +79,25 @@ def test_never_mutates_and_reports_the_search(tiny, calib, result):
     assert isinstance(result.model.model.layers[0].mlp.up_proj, FakeQuantLinear)
     assert len(result.layers) == 14
     q = next(r for r in result.layers if r.name == "model.layers.0.self_attn.q_proj")
-    alphas = [alpha for alpha, _ in q.detail["curve"]]
+    alphas = [alpha for alpha, _ in q.detail.curve]
     assert alphas == pytest.approx([i / 20 for i in range(20)])
-    assert q.detail["alpha"] in alphas
-    assert min(loss for _, loss in q.detail["curve"]) == dict(q.detail["curve"])[q.detail["alpha"]]
+    assert q.detail.alpha in alphas
+    assert min(loss for _, loss in q.detail.curve) == dict(q.detail.curve)[q.detail.alpha]
     o = next(r for r in result.layers if r.name.endswith("0.self_attn.o_proj"))
-    assert o.detail["alpha"] is None  # grouped-query attention: v_proj -> o_proj cannot be scaled
+    assert o.detail.alpha is None  # grouped-query attention: v_proj -> o_proj cannot be scaled
     assert all(r.bits_per_weight == pytest.approx(5.0) for r in result.layers)  # int4 asym g32
 
 
 def test_chosen_scales_cut_the_output_error_of_scaled_layers(result):
-    scaled = [r for r in result.layers if r.detail["alpha"] is not None]
+    scaled = [r for r in result.layers if r.detail.alpha is not None]
     assert len(scaled) == 12
     for report in scaled:
-        assert report.output_error <= report.detail["rtn_output_error"] + 1e-9, report.name
+        assert report.output_error <= report.detail.rtn_output_error + 1e-9, report.name
     # with 20x outlier channels the search moves off alpha 0 and wins clearly where those channels enter
     for report in scaled:
         if report.name.split(".")[-1] in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
-            assert report.detail["alpha"] > 0
-            assert report.output_error < 0.8 * report.detail["rtn_output_error"], report.name
+            assert report.detail.alpha > 0
+            assert report.output_error < 0.8 * report.detail.rtn_output_error, report.name
 
 
 def test_awq_beats_rtn_on_logits(tiny, calib, result):

@@ -88,7 +88,7 @@ def test_report_carries_bits_sqnr_and_calibrated_errors(planted, ids):
     result = quantize_model(planted, BnbConfig("fp4", double_quant=True), calib=ids)
     assert len(result.layers) == 14
     for report in result.layers:
-        assert report.detail["mode"] == "fp4" and report.detail["codes_bytes"] > 0
+        assert report.detail.mode == "fp4" and report.detail.codes_bytes > 0
         assert report.bits_per_weight > 4.5  # tiny layers: the stored tables weigh in
         assert 12 < report.weight_sqnr_db < 25 and 0 < report.output_error < 0.5
     assert BnbConfig("fp4", double_quant=True).label == "bnb fp4 dq"

@@ -254,7 +254,7 @@ def layer_inputs(model, ids, layers, sites) -> dict[tuple[int, str], torch.Tenso
 
 def test_same_inputs_same_search(default_loaded, windows, tmp_path):
     from engine.methods.awq import search_clip, search_scales
-    from engine.methods.gptq import relative_output_error
+    from engine.methods.calibration import relative_output_error
     from engine.quant.primitives import fake_quantize
 
     model, (calibration, _) = default_loaded.model, windows

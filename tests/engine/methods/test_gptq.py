@@ -82,14 +82,14 @@ def test_never_mutates_and_reports_every_linear(tiny, calib, results):
     assert len(result.layers) == 14
     for report in result.layers:
         assert report.bits_per_weight == pytest.approx(4.5)
-        assert report.output_error < report.detail["rtn_output_error"]
-        assert report.detail["gptq_loss"] > 0 and report.seconds > 0
+        assert report.output_error < report.detail.rtn_output_error
+        assert report.detail.loss > 0 and report.seconds > 0
 
 
 @pytest.mark.parametrize("bits", [3, 4])
 def test_every_layer_beats_rtn_on_its_calibration_inputs(results, bits):
     for report in results[bits].layers:
-        assert report.output_error < report.detail["rtn_output_error"], report.name
+        assert report.output_error < report.detail.rtn_output_error, report.name
 
 
 def test_layer_zero_error_measured_independently(tiny, calib, results):
@@ -134,7 +134,7 @@ def test_true_sequential_runs_and_progress_is_reported(tiny, calib):
     result = quantize_model(
         tiny, GPTQConfig(G32[4], true_sequential=True), calib, lambda f, m: seen.append((f, m))
     )
-    assert all(r.output_error < r.detail["rtn_output_error"] for r in result.layers)
+    assert all(r.output_error < r.detail.rtn_output_error for r in result.layers)
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any("Layer 2/2" in m for _, m in seen)

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from engine.methods import llm_int8 as llm_int8_module
-from engine.methods.llm_int8 import LLMInt8Config, LLMInt8Linear, int8_matmul, vectorwise_quantize
+from engine.methods.llm_int8 import (
+    LLMInt8Config,
+    LLMInt8Detail,
+    LLMInt8Linear,
+    int8_matmul,
+    vectorwise_quantize,
+)
 from engine.methods.registry import quantize_model
 from engine.methods.rtn import RTNConfig
 from engine.quant.primitives import fake_quantize
@@ -64,11 +70,11 @@ def test_kept_dims_contain_the_planted_channel_and_little_else(planted, ids):
     for index in range(2):
         for reader in ("self_attn.q_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"):
             detail = by_name[f"model.layers.{index}.{reader}"].detail
-            assert PLANTED in detail["outlier_dims"]
-            assert detail["fraction"] <= 0.1  # 64 dims: the planted one and at most a few random crossings
-            assert detail["tokens"] == ids.numel()
-            at = detail["outlier_dims"].index(PLANTED)
-            assert detail["max_abs"][at] > 20 and detail["outlier_tokens"][at] > ids.numel() // 2
+            assert PLANTED in detail.outlier_dims
+            assert detail.fraction <= 0.1  # 64 dims: the planted one and at most a few random crossings
+            assert detail.tokens == ids.numel()
+            at = detail.outlier_dims.index(PLANTED)
+            assert detail.max_abs[at] > 20 and detail.outlier_tokens[at] > ids.numel() // 2
     for report in result.layers:
         assert report.output_error is not None and report.output_error < 0.05
         assert report.bits_per_weight == pytest.approx(8 + 32 / (128 if "down_proj" in report.name else 64))
@@ -84,7 +90,7 @@ def test_threshold_inf_equals_plain_vectorwise_int8(planted, ids):
     """No decomposition: exactly per-row int8 weights x per-token int8 activations (fp32 scales)."""
     pure = quantize_model(planted, LLMInt8Config(math.inf), calib=ids)
     plain = quantize_model(planted, RTNConfig(W8_FP32, W8_FP32)).model
-    assert all(r.detail["outlier_dims"] == [] and r.detail["tokens"] == ids.numel() for r in pure.layers)
+    assert all(r.detail.outlier_dims == [] and r.detail.tokens == ids.numel() for r in pure.layers)
     reference, ours, theirs = logits(planted, ids), logits(pure.model, ids), logits(plain, ids)
     # layer outputs agree to ~1e-7; a rare rounding tie flipping one activation code (x * 127 / absmax
     # vs x / scale) grows through the coarse outlier-dominated layers to ~0.1% of the logits
@@ -149,7 +155,7 @@ def test_matches_bitsandbytes_linear8bitlt():
 
 def test_without_calibration_the_model_still_runs(planted, ids):
     result = quantize_model(planted, LLMInt8Config())
-    assert all(r.output_error is None and r.detail == {"threshold": 6.0} for r in result.layers)
+    assert all(r.output_error is None and r.detail == LLMInt8Detail(6.0) for r in result.layers)
     assert torch.isfinite(logits(result.model, ids)).all()
 
 
@@ -177,10 +183,10 @@ def test_default_model_keeps_perplexity_and_reports_feature_247(default_loaded):
     pure = perplexity(quantize_model(model, LLMInt8Config(math.inf)).model, windows).perplexity
     kept = {}
     for report in result.layers:
-        for dim in report.detail["outlier_dims"]:
+        for dim in report.detail.outlier_dims:
             kept[dim] = kept.get(dim, 0) + 1
     residual_readers = [r for r in result.layers if r.name.endswith(("q_proj", "gate_proj"))]
-    with_247 = [r.name for r in residual_readers if 247 in r.detail["outlier_dims"]]
+    with_247 = [r.name for r in residual_readers if 247 in r.detail.outlier_dims]
     top = sorted(kept.items(), key=lambda item: -item[1])[:5]
     print(
         f"\nLLM.int8() perplexity {ours:.3f} vs reference {reference:.3f} ({ours / reference - 1:+.2%}); "

@@ -69,9 +69,24 @@ def test_impossible_schemes_name_the_layer(tiny):
 
 
 def test_quantizing_refuses_without_room_for_the_copy(tiny, monkeypatch):
-    import engine.models.loading
+    import engine._types
     from engine.methods.registry import NotEnoughMemoryError
 
-    monkeypatch.setattr(engine.models.loading, "free_memory_bytes", lambda device: 1024)
+    monkeypatch.setattr(engine._types, "free_memory_bytes", lambda device: 1024)
     with pytest.raises(NotEnoughMemoryError, match=r"only 0.0 GiB is free on cpu"):
         quantize_model(tiny, RTNConfig(QuantScheme(8)))
+
+
+def test_the_registry_carries_each_methods_facts():
+    from engine.methods import Calibration, GPTQConfig, LLMInt8Config, QATConfig, method_info, methods
+    from engine.methods.gptq import GPTQDetail
+
+    gptq = method_info(GPTQConfig(QuantScheme(4, "int", True, "group", 32)))
+    assert (gptq.name, gptq.calibration, gptq.detail_type) == ("GPTQ", Calibration.REQUIRED, GPTQDetail)
+    assert (
+        method_info(RTNConfig).calibration is Calibration.NONE and method_info(RTNConfig).detail_type is None
+    )
+    assert method_info(LLMInt8Config).calibration is Calibration.OPTIONAL_REPORT
+    assert method_info(QATConfig).calibration is Calibration.TRAIN_AND_HELD_OUT
+    names = {info.name for info in methods()}
+    assert {"RTN", "LLM.int8()", "SmoothQuant", "GPTQ", "AWQ", "bitsandbytes", "QAT"} <= names

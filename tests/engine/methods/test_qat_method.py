@@ -98,11 +98,11 @@ def test_training_loss_goes_down_and_held_out_loss_beats_ptq(tiny, calib, run):
 def test_reports_compare_with_the_original_and_with_rtn(run):
     result, _, _ = run
     for report in result.layers:
-        assert report.detail["rtn_sqnr_db"] > 5  # int3 g64 of a random init
-        assert 0 < report.detail["moved"] < 1  # lr 3e-3 on a 0.02-std init moves many weights a level
-        assert report.weight_sqnr_db < report.detail["rtn_sqnr_db"] + 1e-6  # trained away from the original
-    assert "qat_trace" in result.layers[0].detail
-    assert all("qat_trace" not in r.detail for r in result.layers[1:])
+        assert report.detail.rtn_sqnr_db > 5  # int3 g64 of a random init
+        assert 0 < report.detail.moved < 1  # lr 3e-3 on a 0.02-std init moves many weights a level
+        assert report.weight_sqnr_db < report.detail.rtn_sqnr_db + 1e-6  # trained away from the original
+    assert result.layers[0].detail.trace is not None
+    assert all(r.detail.trace is None for r in result.layers[1:])
 
 
 def test_gradients_reach_only_the_linears(tiny, calib, run):

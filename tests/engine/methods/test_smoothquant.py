@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from engine.methods.llm_int8 import calibration_batches
+from engine.methods.calibration import calibration_batches
 from engine.methods.registry import quantize_model
 from engine.methods.rtn import RTNConfig
 from engine.methods.smoothquant import (
@@ -68,14 +68,14 @@ def test_smoothing_flattens_the_planted_channel_and_reports_it(planted, ids):
     for index in range(2):
         for name in ("self_attn.q_proj", "self_attn.k_proj", "mlp.gate_proj"):
             detail = by_name[f"model.layers.{index}.{name}"].detail
-            assert detail["smoothed"] and detail["alpha"] == 0.5
-            before, after = detail["act_max_before"], detail["act_max_after"]
+            assert detail.smoothed and detail.alpha == 0.5
+            before, after = detail.act_max_before, detail.act_max_after
             assert max(range(64), key=before.__getitem__) == PLANTED
             assert max_ratio(after) < 0.3 * max_ratio(before)
-            weight_ratio = max_ratio(detail["weight_max_after"]) / max_ratio(detail["weight_max_before"])
+            weight_ratio = max_ratio(detail.weight_max_after) / max_ratio(detail.weight_max_before)
             assert weight_ratio > 1  # the difficulty moved into the weights
         down = by_name[f"model.layers.{index}.mlp.down_proj"].detail
-        assert not down["smoothed"] and down["act_max_before"] == down["act_max_after"]
+        assert not down.smoothed and down.act_max_before == down.act_max_after
     assert all(isinstance(result.model.get_submodule(r.name), FakeQuantLinear) for r in result.layers)
     assert all(r.output_error is not None and r.output_error < 0.05 for r in result.layers)
     assert all(
@@ -171,4 +171,4 @@ def test_default_model_smoothquant_beats_naive_w8a8(default_loaded):
     )
     assert smooth < naive  # measured 75.00 vs 76.03 (reference 72.93)
     q_proj = next(r for r in result.layers if r.name.endswith("layers.3.self_attn.q_proj")).detail
-    assert max_ratio(q_proj["act_max_after"]) < max_ratio(q_proj["act_max_before"])
+    assert max_ratio(q_proj.act_max_after) < max_ratio(q_proj.act_max_before)
