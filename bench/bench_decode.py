@@ -32,7 +32,7 @@ LOOPS = [speed.HF_LOOP, speed.DYNAMIC_LOOP, speed.STATIC_LOOP, speed.COMPILED_LO
 
 def measure(model, tokenizer, variants, loops, prompt_tokens, new_tokens, rounds, bandwidth):
     """{(variant, loop): [DecodeTiming per round]}, every variant built once, rounds interleaved."""
-    built = {name: speed.build_variant(model, name) for name in variants}
+    built = {r.label: speed.build_variant(model, r) for r in map(speed.variant_recipe, variants)}
     prompt = speed.prompt_of_length(tokenizer, prompt_tokens)
     runs: dict[tuple[str, str], list[speed.DecodeTiming]] = {}
     for index in range(rounds):

@@ -6,8 +6,8 @@ Llama-2-7B decode (128-token prompt, 256 new tokens) with fp16 >= 60% of its roo
 
 Run: .venv/bin/python -m bench.bench_kernels [--repeats 20] [--threads N] [--rounds 3] [--new-tokens 64]
 [--no-llama] [--synthetic smollm2-135m-instruct] (random weights in a catalog config, where the default
-model's files are not at hand: a GPU machine). On CPU it runs one torch thread unless told otherwise: with two OpenMP threads on two
-shared, loaded cores, medians land on multiples of the scheduler's 16 ms time slice. Tables:
+model's files are not at hand: a GPU machine). On CPU it runs one torch thread unless told otherwise: OpenMP threads on shared, loaded
+cores make medians land on the scheduler's time slices (docs/benchmarks.md). Tables:
 1. the default model's linear shapes x batch 1..256 x format: median µs, achieved GB/s, speed-up over the
    baseline (fp32 on CPU, bf16 on a GPU), with the kernel that ran; bitsandbytes' NF4 and LLM.int8()
    layers beside ours;
@@ -81,9 +81,10 @@ def kernel_tables(results: list[speed.KernelTiming], baseline: str) -> str:
 
 def decode_rounds(model, tokenizer, variants, prompt_tokens, new_tokens, rounds, bandwidth, group_size=None):
     """Median DecodeTiming per variant over `rounds` interleaved runs (every variant built once)."""
-    built = {name: speed.build_variant(model, name, group_size) for name in variants}
+    recipes = [speed.variant_recipe(v) for v in variants]  # names or recipes -> recipes
+    built = {r.label: speed.build_variant(model, r, group_size) for r in recipes}
     prompt = speed.prompt_of_length(tokenizer, prompt_tokens)
-    runs: dict[str, list[speed.DecodeTiming]] = {name: [] for name in variants}
+    runs: dict[str, list[speed.DecodeTiming]] = {name: [] for name in built}
     for _ in range(rounds):
         for name, variant in built.items():
             runs[name].append(speed.decode_benchmark(variant, tokenizer, name, prompt, new_tokens, bandwidth))
@@ -131,8 +132,8 @@ def main() -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch threads (default: 1 on CPU, where two OpenMP threads on shared cores time the "
-        "scheduler's 16 ms slices instead of the kernels; torch's own choice on a GPU)",
+        help="torch threads (default: 1 on CPU, where OpenMP threads on shared cores time the "
+        "scheduler's slices instead of the kernels; torch's own choice on a GPU)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved decode runs per variant")
     parser.add_argument("--prompt-tokens", type=int, default=None)
@@ -179,11 +180,10 @@ def main() -> None:
         for fmt, picks in cuda.tuned_gemv_configs().items():
             for key, config in picks.items():
                 print(f"\n{fmt} decode GEMV autotuned for {key}: {config}")
-    variants = (
-        (["bf16", "fp16", "W8A16", "W4A16", "W8A8"] if on_gpu else ["fp32", "bf16", "W8A16", "W4A16", "W8A8"])
-        + ["W4A16" + speed.HEAD_SUFFIX]
-        + [v for v in speed.BNB_FORMATS if speed.bnb_installed()]
-    )
+    names = ["bf16", "fp16"] if on_gpu else ["fp32", "bf16"]
+    variants = [speed.VARIANTS[n] for n in [*names, "W8A16", "W4A16", "W8A8", "W4A16 + int8 head"]] + [
+        r for r in speed.BNB_FORMATS.values() if speed.bnb_installed()
+    ]
     print(
         f"\n## End-to-end greedy decode, {loaded.source.label} ({dtype}), {prompt_tokens}-token prompt, "
         f"{new_tokens} new tokens, median of {args.rounds} interleaved rounds\n"

@@ -32,7 +32,7 @@ def test_speed_page_runs_a_microbenchmark_and_a_decode(app):
     assert app.multiselect(key="speed_loops").value == ["dynamic cache", "static cache"]  # CPU default
     app.multiselect(key="speed_loops").set_value(["dynamic cache", "static + compile"]).run()
     assert any("no CUDA graphs" in caption.value for caption in app.caption)  # said before it runs
-    loops = ["dynamic cache", "transformers generate", "static cache"]  # compiling takes a minute here
+    loops = ["dynamic cache", "transformers generate", "static cache"]  # compiling is slow on a CPU
     app.multiselect(key="speed_loops").set_value(loops)
     app.number_input(key="speed_prompt_tokens").set_value(8)
     app.number_input(key="speed_new_tokens").set_value(4)

@@ -1,8 +1,10 @@
-"""Helpers for the Speed page: running the engine's benchmarks into session state, and their charts.
+"""Helpers for the Speed page: its texts, the requests its forms make, and running the engine's benchmarks
+into session state (charts and tables: ui/pages/speed_charts.py).
 
 Results are kept per browser session (`st.session_state`), never cached across sessions: a timing is a
 measurement of one moment on one machine, and the page says which (device, threads, load average).
-Charts are plotly figures built from the engine's plain dataclasses.
+The page's multiselects hold names; `formats_of` / `variants_of` turn them into engine.recipes objects
+here, at the edge, and the engine works on the recipes.
 """
 
 from __future__ import annotations
@@ -11,35 +13,17 @@ import datetime as dt
 import os
 from dataclasses import dataclass, field
 
-import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 import torch
 
 from engine import speed
+from engine.recipes import Recipe
 from ui.errors import show_error
 from ui.pages import methods as methods_view
 from ui.progress import progress_bar
 
 KERNELS = "speed_kernel_run"  # session-state key: the last KernelRun
 DECODE = "speed_decode_run"  # session-state key: the last DecodeRun
-FORMAT_COLORS = {
-    "fp32": "#7f7f7f",
-    "bf16": "#9467bd",
-    "fp16": "#8c564b",
-    "W8A16": "#1f77b4",
-    "W4A16": "#d62728",
-    "W4A16 tinygemm": "#ff7f0e",
-    "W8A8": "#2ca02c",
-    "NF4 (bnb)": "#e377c2",
-    "LLM.int8 (bnb)": "#17becf",
-}
-LOOP_COLORS = {
-    speed.DYNAMIC_LOOP: "#1f77b4",
-    speed.HF_LOOP: "#7f7f7f",
-    speed.STATIC_LOOP: "#ff7f0e",
-    speed.COMPILED_LOOP: "#2ca02c",
-}
 LOOP_HELP = (
     f"**{speed.DYNAMIC_LOOP}**: our plain token loop (engine.runtime.generation) on transformers' growing cache, "
     f"what the rest of the app runs. **{speed.HF_LOOP}**: transformers' own `generate` (greedy); its "
@@ -49,8 +33,8 @@ LOOP_HELP = (
 )
 DECODE_CPU_NOTE = (
     "On a CPU there are **no CUDA graphs**: the compiled step is inductor's C++ / OpenMP code, which "
-    "removes Python overhead and fuses small ops but reads the same weights. Compiling takes about a "
-    "minute per variant on two cores; it runs in a warm-up, is shown in **compile s**, and is never "
+    "removes Python overhead and fuses small ops but reads the same weights. Compiling takes a while "
+    "per variant on a CPU; it runs in a warm-up, is shown in **compile s**, and is never "
     "counted in tokens/s. The loaded model keeps its compiled step for the next run with the same "
     "prompt and token counts; packed variants are rebuilt each run and compile again (faster, from "
     "inductor's on-disk cache)."
@@ -65,6 +49,40 @@ CPU_NOTE = (
     "`_int_mm`, timed on this machine's cores, which other processes may share; bitsandbytes' NF4 and "
     "LLM.int8() layers run its CPU code for comparison. The GPU engine numbers "
     "(our Triton kernels, tinygemm, cuBLAS) need a GPU run: pick `cuda` in the sidebar on a machine with one."
+)
+
+SHAPES_HELP = (
+    "Llama-2-7B's weights are 4096×4096, 11008×4096 and 4096×11008 (out × in): about 50 times the "
+    "default model's (SmolLM2-135M), so on a CPU the larger batches make a long run."
+)
+PICKED_SHAPES_HELP = (
+    "The loaded model's linear shapes, and its output head (lm_head), left out by default: no method "
+    "quantizes it, but in a small model it is the largest matmul of a decode step."
+)
+VARIANTS_HELP = (
+    "fp/bf16 and the packed W8A16 / W4A16 / W8A8 round the loaded model to nearest; '+ int8 head' "
+    "packs the output head too (every method keeps it 16-bit, but in a small model it is most of what a "
+    "token reads); (bnb) are bitsandbytes' layers; (Methods lab) are the models built on the Methods "
+    "page (GPTQ, AWQ, ...), packed from the integer codes each method chose."
+)
+SYNTHETIC_HELP = (
+    "Any catalog architecture, built in bf16 with random weights on this device: how fast a model "
+    "of that size would run here, without downloading it. Refused, with the numbers, when it does not "
+    "fit in free memory."
+)
+ROOFLINE_NOTE = (
+    "Roofline: every weight a decode step reads (the output head included, the embedding table only "
+    "when tied to it) plus the KV cache at the mean context, divided by the measured copy bandwidth. "
+    "Packed variants compute in bf16 inside each linear on CPU; the rest of the model keeps its dtype. "
+    "The (bnb) variants are bitsandbytes' own layers as transformers builds them, with bitsandbytes' "
+    "default CPU path (NF4 weights repacked for its AVX512-BF16 kernel where the CPU has it; LLM.int8 "
+    "casts activations to fp16 and splits outlier columns at every call). "
+    "Every loop is greedy, so a variant's loops should decode the same tokens (**same tokens**); "
+    "**compile s** is the compiled loop's one-time warm-up, left out of its tokens/s."
+)
+CPU_COMPILE_NOTE = (
+    "No CUDA graphs on a CPU: a compiled step here saves Python and small-op overhead only. "
+    "The CUDA-graph numbers need a GPU (`cuda` in the sidebar)."
 )
 
 
@@ -99,6 +117,40 @@ class DecodeRun:
     model_label: str
     synthetic: bool
     results: list[speed.DecodeTiming] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class KernelRequest:  # what the microbenchmark form asks for
+    shapes: list[speed.LinearShape]
+    batches: list[int]
+    formats: list[Recipe]
+    repeats: int
+
+
+@dataclass(frozen=True)
+class DecodeRequest:  # what the decode form asks for
+    variants: list[Recipe | str]  # catalog recipes, or Methods-lab names (built by lab_builders)
+    loops: list[str]
+    prompt_tokens: int
+    new_tokens: int
+    synthetic: object | None = None  # a catalog model (engine.sizing.catalog) to build with random weights
+
+
+def formats_of(names: list[str]) -> list[Recipe]:
+    """The multiselect's format names as recipes (the UI edge: the engine takes recipes)."""
+    return [speed.format_recipe(name) for name in names]
+
+
+def variants_of(names: list[str], lab_runs: dict) -> list[Recipe | str]:
+    """The variant names as recipes; Methods-lab names stay names (their builders go alongside)."""
+    return [name if name in lab_runs else speed.variant_recipe(name) for name in names]
+
+
+def default_variants(on_gpu: bool, options: list[str]) -> list[str]:
+    defaults = ["bf16", "W8A16", "W4A16"] if on_gpu else ["fp32", "W8A16", "W4A16"]
+    if on_gpu and "NF4 (bnb)" in options:  # the issue's comparison: ours against bitsandbytes
+        defaults.append("NF4 (bnb)")
+    return defaults
 
 
 def methods_lab_variants() -> tuple[dict, dict[str, str]]:
@@ -150,16 +202,16 @@ def default_shapes(choices: dict[str, speed.LinearShape]) -> list[str]:
 # -- running ----------------------------------------------------------------------------------------------
 
 
-def run_kernels(shapes, batches, formats, device: str, repeats: int) -> None:
+def run_kernels(request: KernelRequest, device: str) -> None:
     update, clear = progress_bar()
     try:
         results = speed.microbenchmark(
-            shapes,
-            sorted(batches),
-            formats,
+            request.shapes,
+            sorted(request.batches),
+            request.formats,
             device=device,
-            repeats=repeats,
-            warmup=max(2, repeats // 5),
+            repeats=request.repeats,
+            warmup=max(2, request.repeats // 5),
             progress=update,
         )
         st.session_state[KERNELS] = KernelRun(Machine.now(device), results)
@@ -200,187 +252,39 @@ def run_decode(
         clear()
 
 
-# -- charts and tables ------------------------------------------------------------------------------------
-
-
-def _layout(figure: go.Figure, title: str, x: str, y: str, height: int = 440) -> go.Figure:
-    """Title on top, legend under the x axis: up to nine formats wrap there without covering the title."""
-    figure.update_layout(
-        title=title,
-        xaxis_title=x,
-        yaxis_title=y,
-        height=height,
-        margin=dict(l=10, r=10, t=50, b=10),
-        legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0),
+def run_decode_request(request: DecodeRequest, loaded, lab_runs: dict) -> None:
+    """Run a decode request on the loaded model, or on a synthetic model built (and freed) for it."""
+    device = loaded.device
+    if request.synthetic is None:
+        names = [v for v in request.variants if isinstance(v, str)]
+        run_decode(
+            loaded.model,
+            loaded.tokenizer,
+            request.variants,
+            request.prompt_tokens,
+            request.new_tokens,
+            loaded.source.label,
+            False,
+            request.loops,
+            builders=lab_builders(lab_runs, names),
+        )
+        return
+    entry = request.synthetic
+    try:
+        with st.spinner(f"Building {entry.name} with random weights on {device}…"):
+            model = speed.synthetic_model(entry.config(), dtype=speed.DTYPES["bf16"], device=device)
+    except MemoryError as exc:
+        show_error(exc)
+        st.stop()
+    tokenizer = speed.SyntheticTokenizer(model.config.vocab_size)
+    run_decode(
+        model,
+        tokenizer,
+        request.variants,
+        request.prompt_tokens,
+        request.new_tokens,
+        entry.name,
+        True,
+        request.loops,
     )
-    return figure
-
-
-def _by_format(results: list[speed.KernelTiming], label: str) -> dict[str, list[speed.KernelTiming]]:
-    lines: dict[str, list[speed.KernelTiming]] = {}
-    for r in results:
-        if r.shape.label == label:
-            lines.setdefault(r.format, []).append(r)
-    return {fmt: sorted(rows, key=lambda r: r.batch) for fmt, rows in lines.items()}
-
-
-def speedup_chart(results: list[speed.KernelTiming], label: str, baseline: str) -> go.Figure:
-    """Speed-up over the baseline vs batch, one line per format: where a line crosses 1, quantization
-    stops paying."""
-    figure = go.Figure()
-    for fmt, rows in _by_format(results, label).items():
-        figure.add_scatter(
-            x=[r.batch for r in rows],
-            y=[r.speedup for r in rows],
-            mode="lines+markers",
-            name=fmt,
-            line=dict(color=FORMAT_COLORS.get(fmt), dash="dot" if fmt in speed.BNB_FORMATS else "solid"),
-            customdata=[[r.kernel, r.seconds * 1e6] for r in rows],
-            hovertemplate="batch %{x}: %{y:.2f}x (%{customdata[1]:.0f} µs, %{customdata[0]})<extra>"
-            + fmt
-            + "</extra>",
-        )
-    figure.add_hline(y=1.0, line=dict(color="gray", dash="dash"), annotation_text=f"{baseline} baseline")
-    figure.update_xaxes(type="log", dtick=0.60206)  # powers of 4
-    figure.update_yaxes(type="log")
-    return _layout(
-        figure, f"Speed-up over {baseline}: {label}", "batch (rows of x, log scale)", "speed-up (log)"
-    )
-
-
-def bandwidth_chart(
-    results: list[speed.KernelTiming], label: str, bandwidth: float | None = None
-) -> go.Figure:
-    """Achieved GB/s (weights + activations moved per call) vs batch, one line per format."""
-    figure = go.Figure()
-    for fmt, rows in _by_format(results, label).items():
-        figure.add_scatter(
-            x=[r.batch for r in rows],
-            y=[r.gbytes_per_s for r in rows],
-            mode="lines+markers",
-            name=fmt,
-            line=dict(color=FORMAT_COLORS.get(fmt), dash="dot" if fmt in speed.BNB_FORMATS else "solid"),
-            hovertemplate="batch %{x}: %{y:.1f} GB/s<extra>" + fmt + "</extra>",
-        )
-    if bandwidth:
-        figure.add_hline(
-            y=bandwidth / 1e9,
-            line=dict(color="#d62728", dash="dot"),
-            annotation_text="measured copy bandwidth",
-        )
-    figure.update_xaxes(type="log", dtick=0.60206)
-    return _layout(figure, f"Achieved bandwidth: {label}", "batch (log scale)", "GB/s")
-
-
-def kernel_table(results: list[speed.KernelTiming]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {
-                "shape": r.shape.label,
-                "batch": r.batch,
-                "format": r.format,
-                "kernel": r.kernel,
-                "µs": r.seconds * 1e6,
-                "GB/s": r.gbytes_per_s,
-                "TFLOP/s": r.tflops,
-                "speed-up": r.speedup,
-            }
-            for r in results
-        ]
-    ).round({"µs": 1, "GB/s": 2, "TFLOP/s": 4, "speed-up": 2})
-
-
-def _loops(results: list[speed.DecodeTiming]) -> dict[str, list[speed.DecodeTiming]]:
-    by_loop: dict[str, list[speed.DecodeTiming]] = {}
-    for r in results:
-        by_loop.setdefault(r.loop, []).append(r)
-    return by_loop
-
-
-def decode_chart(results: list[speed.DecodeTiming]) -> go.Figure:
-    """Decode tokens/s per variant, one bar per decode loop, and the variant's bandwidth roofline as a
-    hollow bar beside them."""
-    figure = go.Figure()
-    for loop, rows in _loops(results).items():
-        figure.add_bar(
-            x=[r.variant for r in rows],
-            y=[r.decode_tokens_per_s for r in rows],
-            name=loop,
-            marker_color=LOOP_COLORS.get(loop, "#1f77b4"),
-            text=[f"{r.decode_tokens_per_s:.1f}" for r in rows],
-            textposition="outside",
-            customdata=[[r.compile_seconds] for r in rows],
-            hovertemplate="%{x}: %{y:.1f} tokens/s (compile %{customdata[0]:.1f} s, not counted)<extra>"
-            + loop
-            + "</extra>",
-        )
-    roofs = list({r.variant: r for r in results}.values())  # one per variant
-    figure.add_bar(
-        x=[r.variant for r in roofs],
-        y=[r.roofline_tokens_per_s for r in roofs],
-        name="roofline (bytes per token ÷ measured bandwidth)",
-        marker=dict(color="rgba(0,0,0,0)", line=dict(color="#444", width=2)),
-        customdata=[[r.bytes_per_token / 2**20] for r in roofs],
-        hovertemplate="%{x}: %{y:.1f} tokens/s if memory-bound (%{customdata[0]:.0f} MiB per token)"
-        "<extra>roofline</extra>",
-    )
-    figure.update_layout(barmode="group")
-    return _layout(figure, "Decode (batch 1) with its memory roofline", "variant", "tokens/s")
-
-
-def prefill_chart(results: list[speed.DecodeTiming]) -> go.Figure:
-    figure = go.Figure()
-    for loop, rows in _loops(results).items():
-        figure.add_bar(
-            x=[r.variant for r in rows],
-            y=[r.prefill_tokens_per_s for r in rows],
-            name=loop,
-            marker_color=LOOP_COLORS.get(loop, "#1f77b4"),
-            text=[f"{r.prefill_tokens_per_s:.0f}" for r in rows],
-            textposition="outside",
-            hovertemplate="%{x}: %{y:.0f} prompt tokens/s<extra>" + loop + "</extra>",
-        )
-    figure.update_layout(barmode="group")
-    return _layout(figure, "Prefill (the prompt, matrix-matrix)", "variant", "prompt tokens/s", height=380)
-
-
-def same_tokens(results: list[speed.DecodeTiming]) -> list[bool]:
-    """Whether each row decoded the same tokens as its variant's first row (greedy loops should)."""
-    first: dict[str, tuple[int, ...]] = {}
-    for r in results:
-        first.setdefault(r.variant, r.token_ids)
-    return [r.token_ids == first[r.variant] for r in results]
-
-
-def decode_table(results: list[speed.DecodeTiming]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {
-                "variant": r.variant,
-                "loop": r.loop,
-                "prefill tok/s": r.prefill_tokens_per_s,
-                "decode tok/s": r.decode_tokens_per_s,
-                "roofline tok/s": r.roofline_tokens_per_s,
-                "% of roofline": 100 * r.roofline_fraction,
-                "compile s": r.compile_seconds,
-                "ran as": r.ran_as or "eager",
-                "same tokens": same,
-                "weights MiB": r.weight_bytes / 2**20,
-                "MiB read per token": r.bytes_per_token / 2**20,
-                "tokens": f"{r.prompt_tokens} + {r.new_tokens}",
-                "note": r.note,
-                "first words": r.text[:60],
-            }
-            for r, same in zip(results, same_tokens(results), strict=True)
-        ]
-    ).round(
-        {
-            "prefill tok/s": 1,
-            "decode tok/s": 1,
-            "roofline tok/s": 1,
-            "% of roofline": 0,
-            "compile s": 1,
-            "weights MiB": 1,
-            "MiB read per token": 1,
-        }
-    )
+    del model

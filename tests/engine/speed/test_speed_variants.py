@@ -1,6 +1,6 @@
 """The Speed engine's variants. bitsandbytes' NF4 and LLM.int8() layers as formats: they compute what
 they store, their bytes include the statistics bitsandbytes keeps outside parameters, and a whole bnb
-model decodes through every decode loop but the compiled one (compiling takes a minute on two cores).
+model decodes through every decode loop but the compiled one (compiling is slow on a CPU).
 A recast copy that would not fit in memory is refused before it is made."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import speed
+from engine import _types, recipes, speed
 from engine.methods.bnb import dequantized_weight, stored_bytes
 from engine.sizing.estimate import measured_bytes
 from tests.conftest import build_char_tokenizer, build_tiny_llama
@@ -99,7 +99,7 @@ def test_a_recast_copy_that_would_not_fit_is_refused(monkeypatch):
     from engine.methods.registry import NotEnoughMemoryError
 
     tiny = build_tiny_llama()
-    monkeypatch.setattr(speed, "free_memory_bytes", lambda device: 1000)
+    monkeypatch.setattr(_types, "free_memory_bytes", lambda device: 1000)  # what require_free asks
     with pytest.raises(NotEnoughMemoryError, match=r"The bf16 variant copies the model: .* free on cpu"):
         speed.build_variant(tiny, "bf16")
     assert speed.build_variant(tiny, "fp32") is tiny  # its own dtype: no copy, nothing to check
@@ -134,3 +134,23 @@ def test_output_head_shape_is_offered_apart():
     tiny = build_tiny_llama()
     assert speed.output_head_shape(tiny) == speed.LinearShape(96, 64, 1, ("lm_head",))
     assert all("lm_head" not in shape.names for shape in speed.model_linear_shapes(tiny))
+
+
+def test_speed_names_stand_for_catalog_recipes():
+    """The page's short names are looked up once; the engine builds from the recipe's typed fields."""
+    assert speed.VARIANTS["W4A16"] is recipes.get("W4A16 packed") and speed.VARIANTS["W4A16"].label == "W4A16"
+    assert speed.VARIANTS["W4A16 + int8 head"].packed_head
+    assert speed.FORMATS["W4A16 tinygemm"].kernel == "tinygemm" and "W4A16 tinygemm" not in speed.VARIANTS
+    assert {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16} == speed.DTYPES
+    w = weight(96, 64)
+    by_name, by_recipe = speed.layer_for("W8A8", w), speed.layer_for(recipes.get("W8A8 packed"), w)
+    assert by_name.fmt == by_recipe.fmt == "W8A8"
+    tiny = build_tiny_llama()
+    built = speed.build_variant(tiny, recipes.get("W4A16 packed"))
+    assert built.model.layers[0].mlp.down_proj.fmt == "W4A16"
+    with pytest.raises(ValueError, match="not a variant the decode benchmark builds"):
+        speed.build_variant(tiny, recipes.get("W4"))  # fake quantization: not something the Speed page times
+    with pytest.raises(ValueError, match="unknown format 'W5'"):
+        speed.layer_for("W5", w)
+    timings = speed.decode_comparison(tiny, build_char_tokenizer(), [recipes.get("W8A16 packed")], 4, 3)
+    assert [t.variant for t in timings] == ["W8A16"]
