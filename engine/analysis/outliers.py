@@ -23,25 +23,15 @@ Where we depart from the papers:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from engine.analysis.stats import (
-    CHUNK_ELEMENTS,
-    KIVI_BITS,
-    KIVI_LAYOUTS,
-    KV_KINDS,
-    SiteStats,
-    Stats,
-    is_output_projection,
-)
+from engine.analysis.site_stats import CHUNK_ELEMENTS, KIVI_BITS, KIVI_LAYOUTS, KV_KINDS, SiteStats, Stats
+from engine.analysis.stats import is_output_projection
 from engine.quant.metrics import sqnr_db
 from engine.quant.primitives import fake_quantize
 from engine.quant.schemes import QuantScheme, check_shape
-
-Progress = Callable[[float, str], None]
 
 ACTIVATION_STATISTICS = ("abs-max", "kurtosis", "max/median channel", "outlier channels")
 

@@ -12,7 +12,7 @@ the whole row) and ask two questions per block:
   8-bit grids (llama.cpp Q8_0, int8 per channel) where counting cannot: 32 values never exceed 256 levels.
 
 Speed: both checks need sorted blocks, so we first run them on an evenly spaced sample of at most 128
-rows; a full-precision tensor fails there (~2 ms) and only a candidate grid is confirmed on every block
+rows; a full-precision tensor fails there, cheaply, and only a candidate grid is confirmed on every block
 (one full sort). For undetected tensors `max_distinct_per_block` is therefore a lower bound from the
 sample; for a detected grid it is exact at the detected block size. Tolerances: an affine block fits
 when every value is within 0.1 d of the grid (fp16-stored dequantized weights still fit), and a grid

@@ -8,15 +8,14 @@ channel cost a full sort); everything else is exact.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from engine.analysis.stats import CHUNK_ELEMENTS, decoder_layers
-
-Progress = Callable[[float, str], None]
+from engine._types import Progress
+from engine.analysis.site_stats import CHUNK_ELEMENTS
+from engine.analysis.stats import decoder_layers
 
 WEIGHT_STATISTICS = ("abs-max", "kurtosis", "max/median input channel", "beyond kσ (%)")
 

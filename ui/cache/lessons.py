@@ -11,8 +11,8 @@ from __future__ import annotations
 import streamlit as st
 
 from engine import lessons
+from engine.lessons.qat_spiral import QatReport, Staircase, qat_step_staircase, run_qat_demo
 from engine.models.sources import ModelSource
-from engine.quant.ste import QatReport, Staircase, qat_step_staircase, run_qat_demo
 from ui import state
 from ui.cache.models import load
 from ui.cache.registry import LruRegistry

@@ -15,7 +15,7 @@ from engine.lessons import (
     SpeedLesson,
     SymmetryLesson,
 )
-from engine.quant.ste import QatReport, Staircase
+from engine.lessons.qat_spiral import QatReport, Staircase
 from ui.charts import CLIP_COLOR, VALUE_COLOR, _layout
 
 FORMAT_COLORS = {"int4": "#1f77b4", "nf4": "#d62728", "fp4": "#2ca02c"}

@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from engine.analysis import outliers
-from engine.analysis.stats import (
-    HIST_BINS,
-    StatsCollector,
-    StatsError,
-    _Accumulator,
-    collect_stats,
-    histogram_edges,
-)
+from engine.analysis.site_stats import HIST_BINS, StatsError, _Accumulator, histogram_edges
+from engine.analysis.stats import StatsCollector, collect_stats
 from engine.analysis.weight_stats import weight_numbers
 from engine.quant.schemes import QuantScheme
 from tests.conftest import build_tiny_llama

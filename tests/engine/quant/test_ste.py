@@ -1,5 +1,5 @@
-"""QAT: the STE's forward is fake_quantize and its backward the (clipped) identity; prepare_qat copies;
-the seeded spiral demo shows PTQ losing accuracy at low bits and QAT winning it back."""
+"""QAT building blocks: the STE's forward is fake_quantize and its backward the (clipped) identity;
+prepare_qat copies. The spiral demo's tests are in tests/engine/lessons/test_qat_spiral.py."""
 
 from __future__ import annotations
 
@@ -7,17 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from engine.lessons.qat_spiral import SpiralTask, spiral_mlp
 from engine.quant.primitives import fake_quantize
 from engine.quant.schemes import QuantScheme
-from engine.quant.ste import (
-    QATLinear,
-    SpiralTask,
-    fake_quant_ste,
-    prepare_qat,
-    qat_step_staircase,
-    run_qat_demo,
-    spiral_mlp,
-)
+from engine.quant.ste import QATLinear, fake_quant_ste, prepare_qat
 
 SCHEMES = [
     QuantScheme(4, "int", True, "channel"),
@@ -65,16 +58,6 @@ def test_ste_clipping_with_a_zero_point():
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
 
 
-def test_staircase_picture():
-    stair = qat_step_staircase(bits=3)
-    assert torch.unique(stair.forward).numel() == 8
-    inside = (stair.x > stair.low) & (stair.x < stair.high)
-    away_from_edges = ((stair.x - stair.low).abs() > 1e-3) & ((stair.x - stair.high).abs() > 1e-3)
-    assert torch.equal(stair.ste_gradient[away_from_edges], inside[away_from_edges].float())
-    assert set(stair.ste_gradient.tolist()) == {0.0, 1.0}
-    assert stair.low == pytest.approx(-4.5 / 3) and stair.high == pytest.approx(3.5 / 3)
-
-
 def test_qat_linear_forward_is_rtn_of_the_weights():
     torch.manual_seed(0)
     linear = nn.Linear(64, 16)
@@ -116,49 +99,3 @@ def test_prepare_qat_filter_and_clear_errors():
         prepare_qat(model, QuantScheme(4, "int", True, "group", 32))
     with pytest.raises(ValueError, match="found no nn.Linear"):
         prepare_qat(nn.Sequential(nn.ReLU()), QuantScheme(4))
-
-
-@pytest.fixture(scope="module")
-def reports():
-    return {(bits, seed): run_qat_demo(bits, steps=400, seed=seed) for bits, seed in ((2, 0), (3, 0), (3, 1))}
-
-
-def test_float_model_learns_the_spiral(reports):
-    for report in reports.values():
-        assert report.float_accuracy >= 0.97
-        assert len(report.float_curve) == SpiralTask().float_steps
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_qat_recovers_what_ptq_loses_at_3_bits(reports, seed):
-    report = reports[(3, seed)]
-    assert report.ptq_accuracy <= report.float_accuracy - 0.15, "PTQ should visibly hurt at 3 bits"
-    assert report.qat_accuracy >= 0.95
-    assert report.qat_accuracy - report.ptq_accuracy >= 0.2
-    assert report.recovered >= 0.8
-    assert len(report.qat_curve) == 400
-    assert f"{report.qat_accuracy:.1%}" in report.takeaway
-
-
-def test_qat_beats_ptq_at_2_bits(reports):
-    report = reports[(2, 0)]
-    assert report.ptq_accuracy <= 0.6
-    assert report.qat_accuracy - report.ptq_accuracy >= 0.2
-
-
-def test_gradient_check_shows_identity_backward(reports):
-    check = reports[(3, 0)].gradient_check
-    assert check.max_abs_difference <= 1e-6 * max(check.gradient_norm, 1.0)
-    assert check.gradient_norm > 0
-
-
-def test_demo_progress_and_determinism():
-    threads = torch.get_num_threads()
-    seen = []
-    small = SpiralTask(train_points=600, test_points=300, float_steps=60)
-    first = run_qat_demo(3, steps=20, seed=5, progress=lambda f, m: seen.append(f), task=small)
-    second = run_qat_demo(3, steps=20, seed=5, task=small)
-    assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
-    assert first.qat_curve == second.qat_curve
-    assert first.scheme.label == "int3 channel"
-    assert torch.get_num_threads() == threads, "the demo must restore the thread count"
