@@ -6,6 +6,8 @@ live in session state (ui.pages.compare.CompareRun), so reruns redraw them witho
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import streamlit as st
 
 from engine.runtime.generation import MAX_NEW_TOKENS_CAP, GenerationError, GenerationSettings
@@ -22,85 +24,100 @@ LEGEND = (
     "highlighted from the first token that differs from the reference (outlined); hover a token for details"
 )
 
-page.start(
-    "Compare generations",
-    "Does the quantized model still say the same thing? The reference and up to three variants generate from "
-    "one prompt with the same settings; hover a token for its probability under both models and the KL.",
-)
-loaded = cache.current_model_or_stop()
-options = view.quick_variants(loaded.model, state.scheme())
-lab_runs = methods_view.runs()  # every model built on the Methods lab page from the loaded model
-built_in_lab = {run.quantized.config: run.quantized for run in lab_runs.values()}
-for run in lab_runs.values():
-    options[f"lab:{run.label}"] = view.VariantSpec(
-        f"lab:{run.label}", f"{run.label} (Methods lab)", run.quantized.config
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    picked: list[str]  # option keys, in the order picked
+    settings: tuple  # GenerationSettings' arguments: max new tokens, temperature, top-p, seed, chat
+    clicked: bool  # Generate was pressed on this run
+
+
+def variant_options(loaded) -> tuple[dict[str, view.VariantSpec], dict]:
+    """Option key -> VariantSpec (quick schemes and the Methods lab's models); lab models by config."""
+    options = view.quick_variants(loaded.model, state.scheme())
+    lab_runs = methods_view.runs()  # every model built on the Methods lab page from the loaded model
+    for run in lab_runs.values():
+        options[f"lab:{run.label}"] = view.VariantSpec(
+            f"lab:{run.label}", f"{run.label} (Methods lab)", run.quantized.config
+        )
+    return options, {run.quantized.config: run.quantized for run in lab_runs.values()}
+
+
+def settings_form(options: dict[str, view.VariantSpec]) -> Request:
+    with st.form("compare_settings"):
+        prompt = st.text_area("Prompt", DEFAULT_PROMPT, height=80, max_chars=20_000, key="compare_prompt")
+        picked = st.multiselect(
+            "Variants (up to three)",
+            list(options),
+            default=[key for key in DEFAULT_VARIANTS if key in options],
+            format_func=lambda key: options[key].label,
+            max_selections=3,
+            key="compare_variants",
+            help="Weight schemes are round-to-nearest on every linear layer except the head, with a group "
+            "size that divides this model's widths. KV variants keep the reference's weights and quantize its "
+            "KV cache.",
+        )
+        cols = st.columns([2, 1, 1, 1, 1])
+        max_new_tokens = cols[0].slider(
+            "Max new tokens", 1, min(256, MAX_NEW_TOKENS_CAP), 48, key="compare_max_new_tokens"
+        )
+        temperature = cols[1].number_input(
+            "Temperature", 0.0, 2.0, 0.0, 0.1, key="compare_temperature", help="0 = greedy (argmax)."
+        )
+        top_p = cols[2].number_input(
+            "Top-p",
+            0.05,
+            1.0,
+            1.0,
+            0.05,
+            key="compare_top_p",
+            help="Nucleus mass; used when temperature > 0.",
+        )
+        seed = cols[3].number_input(
+            "Seed", 0, 2**31 - 1, 0, key="compare_seed", help="The same for every model."
+        )
+        chat = cols[4].checkbox("Chat template", value=True, key="compare_chat")
+        clicked = st.form_submit_button(
+            "Generate", type="primary", icon=":material/play_arrow:", key="compare_generate"
+        )
+    settings = (int(max_new_tokens), float(temperature), float(top_p), int(seed), chat)
+    return Request(prompt, picked, settings, clicked)
+
+
+def stop_and_shade() -> bool:
+    """The Stop button (any click reruns the page and so stops a run) and whether to shade by KL."""
+    left, right = st.columns([1, 3], vertical_alignment="center")
+    left.button(
+        "Stop",
+        icon=":material/stop:",
+        key="compare_stop",
+        help="Stop the running generation; the tokens generated so far are kept. (Any other click while "
+        "generating stops it too: Streamlit reruns the page.)",
+    )
+    return right.checkbox(
+        "Underline tokens by KL",
+        key="compare_shade_kl",
+        help=f"A red underline as strong as the token's KL(reference ‖ variant), full at {view.KL_FULL_SHADE} nats.",
     )
 
-with st.form("compare_settings"):
-    prompt = st.text_area("Prompt", DEFAULT_PROMPT, height=80, max_chars=20_000, key="compare_prompt")
-    picked = st.multiselect(
-        "Variants (up to three)",
-        list(options),
-        default=[key for key in DEFAULT_VARIANTS if key in options],
-        format_func=lambda key: options[key].label,
-        max_selections=3,
-        key="compare_variants",
-        help="Weight schemes are round-to-nearest on every linear layer except the head, with a group size "
-        "that divides this model's widths. KV variants keep the reference's weights and quantize its KV cache.",
-    )
-    cols = st.columns([2, 1, 1, 1, 1])
-    max_new_tokens = cols[0].slider(
-        "Max new tokens", 1, min(256, MAX_NEW_TOKENS_CAP), 48, key="compare_max_new_tokens"
-    )
-    temperature = cols[1].number_input(
-        "Temperature", 0.0, 2.0, 0.0, 0.1, key="compare_temperature", help="0 = greedy (argmax)."
-    )
-    top_p = cols[2].number_input(
-        "Top-p", 0.05, 1.0, 1.0, 0.05, key="compare_top_p", help="Nucleus mass; used when temperature > 0."
-    )
-    seed = cols[3].number_input("Seed", 0, 2**31 - 1, 0, key="compare_seed", help="The same for every model.")
-    chat = cols[4].checkbox("Chat template", value=True, key="compare_chat")
-    run_clicked = st.form_submit_button(
-        "Generate", type="primary", icon=":material/play_arrow:", key="compare_generate"
-    )
 
-left, right = st.columns([1, 3], vertical_alignment="center")
-left.button(
-    "Stop",
-    icon=":material/stop:",
-    key="compare_stop",
-    help="Stop the running generation; the tokens generated so far are kept. (Any other click while "
-    "generating stops it too: Streamlit reruns the page.)",
-)
-shade_kl = right.checkbox(
-    "Underline tokens by KL",
-    key="compare_shade_kl",
-    help=f"A red underline as strong as the token's KL(reference ‖ variant), full at {view.KL_FULL_SHADE} nats.",
-)
-
-previous = st.session_state.get(RUN_KEY)
-if previous is not None and not previous.finished:  # a click (Stop or any widget) interrupted that run
-    view.mark_interrupted(previous, loaded.tokenizer)
-
-run = None
-if run_clicked:
+def new_run(loaded, options: dict[str, view.VariantSpec], request: Request) -> view.CompareRun | None:
+    """A fresh CompareRun for the request, or None (with the reason shown) when it cannot run."""
     try:
-        if not picked:
+        if not request.picked:
             raise GenerationError("Pick at least one variant to compare with the reference.")
-        settings = GenerationSettings(int(max_new_tokens), float(temperature), float(top_p), int(seed), chat)
-        view.check_prompt(loaded.tokenizer, loaded.model, prompt, chat)
+        settings = GenerationSettings(*request.settings)
+        view.check_prompt(loaded.tokenizer, loaded.model, request.prompt, settings.chat)
     except GenerationError as exc:
         show_error(exc)
-    else:
-        columns = [view.ColumnRun(f"Reference ({loaded.dtype} on {loaded.device})", None)]
-        run = view.CompareRun(
-            loaded.source.label,
-            prompt,
-            settings,
-            columns + [view.ColumnRun(options[key].label, options[key]) for key in picked],
-        )
+        return None
+    columns = [view.ColumnRun(f"Reference ({loaded.dtype} on {loaded.device})", None)]
+    columns += [view.ColumnRun(options[key].label, options[key]) for key in request.picked]
+    return view.CompareRun(loaded.source.label, request.prompt, settings, columns)
 
-if run is not None:
+
+def generate_run(run: view.CompareRun, loaded, built_in_lab: dict, shade_kl: bool) -> None:
     st.session_state[RUN_KEY] = run  # before any work: a Stop click finds the run and keeps what it made
     building = st.container()
     models = view.prepare_models(
@@ -113,8 +130,9 @@ if run is not None:
         bodies.append(col.empty())
         bodies[-1].caption("Waiting for its turn…")
     view.stream_run(run, models, loaded, bodies, shade_kl)
-elif previous is not None:
-    run = previous
+
+
+def redraw_run(run: view.CompareRun, shade_kl: bool) -> None:
     short = run.prompt if len(run.prompt) <= 80 else run.prompt[:80] + "…"
     st.caption(f"Model: {run.model_label} · prompt: “{short}” · {LEGEND}")
     if run.interrupted:
@@ -125,10 +143,9 @@ elif previous is not None:
     for col, column in zip(st.columns(len(run.columns), border=True), run.columns, strict=True):
         col.markdown(f"**{column.label}**")
         view.draw_column(column, run.reference, shade_kl, where=col)
-else:
-    st.info("Pick variants and press **Generate**.", icon=":material/compare:")
 
-if run is not None and run.finished:
+
+def summary_table(run: view.CompareRun) -> None:
     rows = view.summary_rows(run)
     if rows:
         st.dataframe(
@@ -147,8 +164,36 @@ if run is not None and run.finished:
             },
         )
     st.caption(
-        "Agreement counts identical tokens position by position; after a divergence the texts usually drift apart, so the "
-        "teacher-forced numbers (mean KL, top-1 agreement on the same prefix) say more about the quantization. "
-        "Memory is measured: on CPU the real bytes of the weights plus the KV cache, since the CPU allocator "
-        "keeps no peak."
+        "Agreement counts identical tokens position by position; after a divergence the texts usually drift "
+        "apart, so the teacher-forced numbers (mean KL, top-1 agreement on the same prefix) say more about the "
+        "quantization. Memory is measured: on CPU the real bytes of the weights plus the KV cache, since the "
+        "CPU allocator keeps no peak."
     )
+
+
+def main() -> None:
+    page.start(
+        "Compare generations",
+        "Does the quantized model still say the same thing? The reference and up to three variants generate "
+        "from one prompt with the same settings; hover a token for its probability under both models and the KL.",
+    )
+    loaded = cache.current_model_or_stop()
+    options, built_in_lab = variant_options(loaded)
+    request = settings_form(options)
+    shade_kl = stop_and_shade()
+    previous = st.session_state.get(RUN_KEY)
+    if previous is not None and not previous.finished:  # a click (Stop or any widget) interrupted that run
+        view.mark_interrupted(previous, loaded.tokenizer)
+    run = new_run(loaded, options, request) if request.clicked else None
+    if run is not None:
+        generate_run(run, loaded, built_in_lab, shade_kl)
+    elif previous is not None:
+        run = previous
+        redraw_run(run, shade_kl)
+    else:
+        st.info("Pick variants and press **Generate**.", icon=":material/compare:")
+    if run is not None and run.finished:
+        summary_table(run)
+
+
+main()

@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine._types import Progress
+from engine.hooks import forward_hooks
 from engine.quant.schemes import QuantScheme
 from engine.runtime.generation import max_context
 from engine.runtime.kv_cache import KVCacheConfig, as_kv_config, make_kv_cache
 
-Progress = Callable[[float, str], None]
 KVSetting = QuantScheme | KVCacheConfig | None
 ROWS_PER_CHUNK = 128  # log-softmax over 128 positions x 49k vocab at a time: 25 MB float32 temporaries
 
@@ -242,7 +243,7 @@ class ReferenceCache:
     The cache keeps instead the input of the reference's output embedding (the last hidden state, after
     the final norm): (tokens - 1, hidden) per window, 1.1 MiB for 512 tokens of SmolLM2-135M's 576
     channels (18 MiB for 16 windows), and recomputes exact logits with the reference's own head, 128 rows
-    at a time: 0.28 s per 512-token window on two cores, a fifth of the 1.3 s forward it saves.
+    at a time: a fraction of the forward it saves (timings in docs/benchmarks.md).
 
     On the first window the recomputed logits are checked against the forward's. A model that changes
     logits after its head (Gemma-2's soft-capping, Cohere's logit scale), or has no output-embedding
@@ -279,14 +280,9 @@ class ReferenceCache:
             stored = self.stored[index]
             return (lambda part: stored[part]) if self.store_logits else (lambda part: head(stored[part]))
         captured: list[Tensor] = []
-        handle = None
-        if head is not None:
-            handle = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
-        try:
+        capture = [] if head is None else [(head, lambda module, inputs, output: captured.append(inputs[0]))]
+        with forward_hooks(capture):
             logits = _forward(reference, row, row.numel(), None)[:-1]  # (tokens - 1, vocab)
-        finally:
-            if handle is not None:
-                handle.remove()
         if keep:
             hidden = captured[-1][0, : row.numel() - 1].clone() if captured else None  # (tokens - 1, hidden)
             if self.store_logits is None:

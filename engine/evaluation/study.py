@@ -1,78 +1,43 @@
 """A Qllm-Eval-style grid: weight bits, weight-activation pairs and KV-cache bits, scored on one text.
 
-Each cell quantizes a copy of the reference (through the method registry) or only its KV cache, then
-`engine.evaluation.perplexity.evaluate_against_reference` scores it on the same windows: perplexity, mean / max KL
-to the reference's next-token distribution, top-1 agreement. One `ReferenceCache` serves every cell, so
-the reference runs once per window. `findings()` turns the numbers into the study's sentences (weights
-and KV tolerate 8 and 4 bits; W4A4 and 2-bit collapse) and says whether ours agree, from our numbers.
+Each cell (a catalog recipe) quantizes a copy of the reference (through the method registry) or only
+its KV cache, then `engine.evaluation.perplexity.evaluate_against_reference` scores it on the same
+windows: perplexity, mean / max KL to the reference's next-token distribution, top-1 agreement. One
+`ReferenceCache` serves every cell, so the reference runs once per window. `findings()` turns the
+numbers into the study's sentences (weights and KV tolerate 8 and 4 bits; W4A4 and 2-bit collapse) and
+says whether ours agree, from our numbers.
+
+The cells are recipes from the one catalog (`engine.recipes`), so "W8" here is the W8 of every other
+page: int8 symmetric per output channel; W4 and below symmetric per group (128, or the largest of
+128/64/32 dividing every layer); activations symmetric per token; KV asymmetric per token and head; all
+round-to-nearest. (Before the catalog, this grid's W8 and W8A8 weights were int8 per group.)
 
 Where we depart from Qllm-Eval (Li et al., 2024): they evaluate many models on many tasks; we score one
-model's perplexity and KL on the offline text. Weights are symmetric per-group RTN (group 128, or the
-largest of 128/64/32 dividing every layer), activations symmetric per-token, KV asymmetric per token and
-head, all round-to-nearest unless the caller passes another method config.
+model's perplexity and KL on the offline text.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
 
+from engine import recipes
+from engine._types import Progress
 from engine.evaluation.perplexity import ReferenceCache, evaluate_against_reference
-from engine.methods import RTNConfig, quantize_model
-from engine.quant.linear import linear_names
-from engine.quant.schemes import QuantScheme
-from engine.runtime.kv_cache import KVCacheConfig
+from engine.methods import quantize_model
+from engine.recipes import Recipe
 
-Progress = Callable[[float, str], None]
 AXES = ("weights", "weight-activation", "kv")
 TOLERATED = 0.05  # relative perplexity increase still called "tolerated"
 COLLAPSED = 1.0  # relative perplexity increase (x2) called "collapsed"
 
 
-@dataclass(frozen=True)
-class GridCell:
-    name: str  # W8, W4A8, KV4, ...
-    axis: str  # weights | weight-activation | kv
-    weight_bits: int  # 16 when weights stay as they are
-    act_bits: int = 16
-    kv_bits: int = 16
-
-    def method(self, group_size: int) -> RTNConfig | None:
-        if self.weight_bits >= 16 and self.act_bits >= 16:
-            return None
-        weights = (
-            None
-            if self.weight_bits >= 16
-            else QuantScheme(self.weight_bits, "int", True, "group", group_size)
-        )
-        activations = None if self.act_bits >= 16 else QuantScheme(self.act_bits, "int", True, "channel")
-        return RTNConfig(weights, activations)
-
-    def kv(self) -> KVCacheConfig | None:
-        """Asymmetric, one scale and zero per token and head (granularity "channel" runs along head_dim)."""
-        if self.kv_bits >= 16:
-            return None
-        return KVCacheConfig(QuantScheme(self.kv_bits, "int", False, "channel"))
-
-
-FULL_GRID = (
-    GridCell("W8", "weights", 8),
-    GridCell("W4", "weights", 4),
-    GridCell("W3", "weights", 3),
-    GridCell("W2", "weights", 2),
-    GridCell("W8A8", "weight-activation", 8, act_bits=8),
-    GridCell("W4A8", "weight-activation", 4, act_bits=8),
-    GridCell("W4A4", "weight-activation", 4, act_bits=4),
-    GridCell("KV8", "kv", 16, kv_bits=8),
-    GridCell("KV4", "kv", 16, kv_bits=4),
-    GridCell("KV3", "kv", 16, kv_bits=3),
-    GridCell("KV2", "kv", 16, kv_bits=2),
-)
-QUICK_GRID = tuple(cell for cell in FULL_GRID if cell.name in ("W8", "W4", "W2", "W4A4", "KV4", "KV2"))
+FULL_GRID: tuple[Recipe, ...] = recipes.on_axis(*AXES)  # W8 W4 W3 W2 W8A8 W4A8 W4A4 KV8 KV4 KV3 KV2
+QUICK_GRID: tuple[Recipe, ...] = tuple(recipes.get(name) for name in ("W8", "W4", "W2", "W4A4", "KV4", "KV2"))
 REFERENCE_ROWS = ("W16", "KV16")  # the reference itself, shown on the weight and KV axes
 
 
@@ -93,9 +58,13 @@ class CellResult:
         return self.perplexity / self.reference_perplexity - 1
 
 
-def pick_group_size(model, preferred: Sequence[int] = (128, 64, 32)) -> int:
-    """Largest preferred group size dividing every quantized layer's in_features (576 -> 64 for SmolLM2)."""
-    widths = {model.get_submodule(name).in_features for name in linear_names(model)}
+def pick_group_size(model, preferred: Sequence[int] = recipes.GROUP_SIZES) -> int:
+    """Largest preferred group size dividing every quantized layer's in_features (576 -> 64 for SmolLM2).
+
+    Unlike `Recipe.for_module`, which falls back to one scale per output channel, this refuses: a grid
+    whose grouped cells silently became per-channel would not measure what its names say.
+    """
+    widths = set(recipes.in_features_of(model))
     for size in preferred:
         if all(width % size == 0 for width in widths):
             return size
@@ -105,18 +74,18 @@ def pick_group_size(model, preferred: Sequence[int] = (128, 64, 32)) -> int:
 def evaluate_cell(
     reference,
     windows: Tensor | Sequence[Tensor],
-    cell: GridCell,
+    cell: Recipe,
     reference_cache: ReferenceCache,
     group_size: int,
     progress: Progress | None = None,
 ) -> CellResult:
-    """Quantize (a copy of) the reference as `cell` says and score it against the reference."""
+    """Quantize (a copy of) the reference as the recipe `cell` says and score it against the reference."""
     start = time.perf_counter()
-    method = cell.method(group_size)
-    candidate = reference if method is None else quantize_model(reference, method).model
+    cell = cell.for_model(group_size=group_size)  # grouped weights take the model's group size
+    candidate = reference if cell.method is None else quantize_model(reference, cell.method).model
     try:
         result = evaluate_against_reference(
-            reference, candidate, windows, reference_cache, kv_scheme=cell.kv(), progress=progress
+            reference, candidate, windows, reference_cache, kv_scheme=cell.kv, progress=progress
         )
     finally:
         del candidate  # the copy can be hundreds of MB: drop it before the next cell builds its own
@@ -136,7 +105,7 @@ def evaluate_cell(
 def run_grid(
     reference,
     windows: Tensor | Sequence[Tensor],
-    cells: Sequence[GridCell] = FULL_GRID,
+    cells: Sequence[Recipe] = FULL_GRID,
     done: dict[str, CellResult] | None = None,
     group_size: int | None = None,
     progress: Progress | None = None,

@@ -5,7 +5,7 @@ ids + generated ids) under two models with one teacher-forced forward each: for 
 the token's probability under the reference and under the variant, KL(reference || variant) of the two
 next-token distributions (float32 log-softmax, nats) and both models' top-1 tokens. It also holds the
 plain-list measures of two greedy outputs (`first_divergence`, `agreement`) and `token_pieces`, the text
-each token adds, so a page can draw tokens one by one.
+each token adds, so a page can draw tokens one by one; `score_continuation` is all of it for one column.
 
 Where this departs from generation: the forward runs over the whole sequence at once instead of one token
 at a time, so probabilities can differ from the generation loop's in the last float digits. A quantized
@@ -158,6 +158,33 @@ def _as_kv(kv: QuantScheme | KVCacheConfig | None) -> KVCacheConfig | None:
     if kv is None or isinstance(kv, KVCacheConfig):
         return kv
     return KVCacheConfig(scheme=kv)
+
+
+@dataclass(frozen=True)
+class ScoredContinuation:
+    """What the Compare page draws for one generated column besides its tokens."""
+
+    pieces: list[str]  # the text each token adds (token_pieces)
+    comparison: TokenComparison | None  # teacher-forced scores against the reference; None for itself
+    reference_top1_text: list[str]  # the reference's most likely token here, as text, per position
+
+
+def score_continuation(
+    reference,
+    variant,
+    tokenizer,
+    prompt_ids: Tensor | Sequence[int],
+    token_ids: Sequence[int],
+    variant_kv: QuantScheme | KVCacheConfig | None = None,
+    is_reference: bool = False,
+) -> ScoredContinuation:
+    """Pieces of `token_ids` and, unless `is_reference` (or nothing was generated), their scores."""
+    pieces = token_pieces(tokenizer, token_ids)
+    if is_reference or not token_ids:
+        return ScoredContinuation(pieces, None, [])
+    comparison = compare_tokens(reference, variant, prompt_ids, token_ids, variant_kv=variant_kv)
+    top1 = [tokenizer.decode([t.reference_top1]) for t in comparison.tokens]
+    return ScoredContinuation(pieces, comparison, top1)
 
 
 # -- plain token lists -------------------------------------------------------------------------------

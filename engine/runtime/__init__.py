@@ -1,4 +1,5 @@
-"""Running a model: token-by-token generation, the static-cache decode loop, and the quantized KV cache.
+"""Running a model: the shared token loop, generation, the static-cache decode loop, the quantized KV cache,
+and generation with its memory measured.
 
-Read in order: generation -> kv_cache -> decode.
+Read in order: greedy -> generation -> kv_cache -> decode -> measured.
 """

@@ -2,9 +2,10 @@
 
 The loop gpt-fast made the standard for batch-1 decode. The prompt is prefilled once, eagerly, into a
 transformers `StaticCache` preallocated to `prompt + max_new_tokens` (so every decode step has the same
-shapes); then each token is one call of `_greedy_step(model, token, position, cache) -> next token`,
-argmax included, with nothing copied back to the host between steps (unless an end-of-sequence token
-must be watched for). In mode "compiled" that step goes through `torch.compile(dynamic=False)`: with
+shapes); then engine.runtime.greedy's loop (the one every decoder shares) calls
+`_greedy_step(model, token, position, cache) -> next token` per token, argmax included, with nothing
+copied back to the host between steps (unless an end-of-sequence token must be watched for). In mode
+"compiled" that step goes through `torch.compile(dynamic=False)`: with
 `mode="reduce-overhead"` on CUDA, which replays the step as a CUDA graph so that Python and kernel
 launches drop out and decode is bound by reading the weights; on a CPU the default inductor mode
 (C++/OpenMP code, no graphs), which mostly removes Python and fuses the small elementwise ops.
@@ -47,6 +48,7 @@ import torch
 from torch import nn
 
 from engine.runtime.generation import GenerationError, encode_prompt, max_context
+from engine.runtime.greedy import argmax_token, greedy_loop
 
 MODES = ("eager", "compiled")
 WARMUP_STEPS = 3  # CUDA graph trees: a warm-up run, a recording, then replays
@@ -96,7 +98,7 @@ class DecodeResult:
 def _greedy_step(model, token: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
     """One decode step: (batch, 1) token at (batch, 1) position -> (batch, 1) argmax next token."""
     logits = model(input_ids=token, position_ids=position, past_key_values=cache, use_cache=True).logits
-    return logits[:, -1].argmax(dim=-1, keepdim=True)  # (batch, 1)
+    return argmax_token(logits)  # (batch, 1)
 
 
 def _own_copy_of_step(name: str):
@@ -187,42 +189,34 @@ def _prefill(model, ids: torch.Tensor, cache, keep_last: bool) -> torch.Tensor:
     logits = model(
         input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, **extra
     ).logits
-    return logits[:, -1].argmax(dim=-1, keepdim=True)  # (batch, 1)
+    return argmax_token(logits)  # (batch, 1)
 
 
 def _run(
     model, step: _Step, ids: torch.Tensor, max_new_tokens: int, stop_ids: torch.Tensor | None, keep_last: bool
-) -> tuple[torch.Tensor, int, float, float, bool]:
-    """Prefill and decode into a (batch, max_new_tokens) tensor; (tokens, filled, prefill s, decode s, eos)."""
+) -> tuple[torch.Tensor, float, float, bool]:
+    """Prefill, then the shared greedy loop on the static cache; (tokens (batch, filled), prefill s,
+    decode s, stopped at EOS)."""
     device = ids.device
     batch, prompt = ids.shape
     step.cache.reset()
-    tokens = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
     start = time.perf_counter()
-    token = _prefill(model, ids, step.cache, keep_last)
+    first = _prefill(model, ids, step.cache, keep_last)  # (batch, 1)
     _sync(device)
     prefill_seconds = time.perf_counter() - start
     decode_start = time.perf_counter()
-    tokens[:, 0] = token[:, 0]
-    position = torch.full((batch, 1), prompt, dtype=torch.long, device=device)
-    finished = None if stop_ids is None else torch.isin(token[:, 0], stop_ids)
-    filled, stopped = 1, False
-    for index in range(1, max_new_tokens):
-        if finished is not None and bool(finished.all()):  # a host sync: only when watching for EOS
-            stopped = True
-            break
+    position = torch.full((batch, 1), prompt, dtype=torch.long, device=device)  # (batch, 1)
+
+    def static_step(token: torch.Tensor) -> torch.Tensor:
         if step.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         token = step.fn(model, token, position, step.cache).clone()  # clone: graph outputs get reused
-        tokens[:, index] = token[:, 0]
-        position += 1
-        filled = index + 1
-        if finished is not None:
-            finished |= torch.isin(token[:, 0], stop_ids)
-    if finished is not None and not stopped and bool(finished.all()):
-        stopped = True
+        position.add_(1)
+        return token
+
+    end = greedy_loop(static_step, first, max_new_tokens, stop_ids)
     _sync(device)
-    return tokens[:, :filled], filled, prefill_seconds, time.perf_counter() - decode_start, stopped
+    return end.tokens, prefill_seconds, time.perf_counter() - decode_start, end.stopped_at_eos
 
 
 def _warm_up(model, step: _Step, first_token: torch.Tensor, keep_last: bool) -> None:
@@ -340,7 +334,7 @@ def decode(
         if not step.warmed:
             _build_and_warm(model, step, ids[:, :1], mode, backend, keep_last)
             step.warmed = True
-        tokens, _, prefill_seconds, decode_seconds, stopped = _run(
+        tokens, prefill_seconds, decode_seconds, stopped = _run(
             model, step, ids, max_new_tokens, stop_ids, keep_last
         )
     rows = []

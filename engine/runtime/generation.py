@@ -2,7 +2,9 @@
 
 A plain loop instead of `model.generate` so that every token can be reported as it appears (the compare
 page streams them) and prefill (the prompt, matrix-matrix) is timed apart from decode (one token at a
-time, matrix-vector) — the two regimes in which quantization pays off differently.
+time, matrix-vector) — the two regimes in which quantization pays off differently. The loop itself is
+engine.runtime.greedy's, shared with the static-cache decoder; here a step runs the model on a dynamic
+(or quantized) cache and picks the next token on the host, so it can sample and report log-probabilities.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+
+from engine.runtime.greedy import greedy_loop
 
 if TYPE_CHECKING:
     from engine.quant.schemes import QuantScheme
@@ -124,32 +128,38 @@ def generate(
     ids = encode_prompt(tokenizer, prompt, settings.chat, limit).to(_device_of(model))
     max_new = settings.max_new_tokens if limit is None else min(settings.max_new_tokens, limit - ids.shape[1])
     eos = tokenizer.eos_token_id
-    stop_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    stop_ids = sorted(set(eos if isinstance(eos, list) else [eos]) - {None})
     generator = torch.Generator().manual_seed(settings.seed)
     tokens: list[int] = []
     logprobs: list[float] = []
-    start = time.perf_counter()
-    out = model(input_ids=ids, past_key_values=past_key_values, use_cache=True)
-    logits = out.logits[0, -1].float().cpu()  # (vocab,)
-    prefill_seconds = time.perf_counter() - start
-    stopped_early = False
-    decode_start = time.perf_counter()
-    for step in range(max_new):
+    cache = past_key_values
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        """(vocab,) logits -> (1, 1) chosen token on the host, its log-probability recorded."""
+        logits = logits.float().cpu()  # no-op for the prefill's, already on the host
         token = _pick(logits, settings, generator)
         logprobs.append(float(torch.log_softmax(logits, -1)[token]))
-        if token in stop_ids:
-            break
-        tokens.append(token)
+        return torch.tensor([[token]])
+
+    def dynamic_step(token: torch.Tensor) -> torch.Tensor:
+        nonlocal cache
+        out = model(input_ids=token.to(ids.device), past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        return pick(out.logits[0, -1])
+
+    def each(index: int, token: torch.Tensor) -> bool:
+        tokens.append(int(token))
         if on_token:
-            on_token(token, tokenizer.decode(tokens, skip_special_tokens=True))
-        if should_stop and should_stop():
-            stopped_early = True
-            break
-        if step == max_new - 1:
-            break
-        next_ids = torch.tensor([[token]], device=ids.device)
-        out = model(input_ids=next_ids, past_key_values=out.past_key_values, use_cache=True)
-        logits = out.logits[0, -1].float().cpu()
+            on_token(tokens[-1], tokenizer.decode(tokens, skip_special_tokens=True))
+        return bool(should_stop and should_stop())
+
+    start = time.perf_counter()
+    out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+    cache = out.past_key_values
+    logits = out.logits[0, -1].float().cpu()  # (vocab,); the copy waits for the device, so it is timed
+    prefill_seconds = time.perf_counter() - start
+    decode_start = time.perf_counter()
+    end = greedy_loop(dynamic_step, pick(logits), max_new, torch.tensor(stop_ids) if stop_ids else None, each)
     decode_seconds = time.perf_counter() - decode_start
     return GenerationResult(
         text=tokenizer.decode(tokens, skip_special_tokens=True),
@@ -157,6 +167,6 @@ def generate(
         prompt_tokens=int(ids.shape[1]),
         prefill_seconds=prefill_seconds,
         decode_seconds=decode_seconds,
-        stopped_early=stopped_early,
+        stopped_early=end.cut_short,
         token_logprobs=logprobs,
     )

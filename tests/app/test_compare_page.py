@@ -59,7 +59,7 @@ def test_out_of_memory_is_explained_and_the_app_stays_up(app, monkeypatch):
     import ui.errors
     import ui.pages.compare
 
-    real_generate = ui.pages.compare.generate
+    real_generate = ui.pages.compare.generate_measured
     freed = []
     monkeypatch.setattr(ui.errors, "free_after_oom", lambda: freed.append(True))
 
@@ -69,13 +69,13 @@ def test_out_of_memory_is_explained_and_the_app_stays_up(app, monkeypatch):
     open_page(app, "compare")
     app.multiselect(key="compare_variants").set_value(["W8"])
     app.slider(key="compare_max_new_tokens").set_value(4)
-    monkeypatch.setattr(ui.pages.compare, "generate", out_of_memory)
+    monkeypatch.setattr(ui.pages.compare, "generate_measured", out_of_memory)
     app.button(key="compare_generate").click().run()
     no_exceptions(app)
     errors = [error.value for error in app.error]
     assert errors and all("Out of memory" in e and "max new tokens" in e for e in errors), errors
     assert freed, "the cache was not freed"
-    monkeypatch.setattr(ui.pages.compare, "generate", real_generate)
+    monkeypatch.setattr(ui.pages.compare, "generate_measured", real_generate)
     app.button(key="compare_generate").click().run()
     no_exceptions(app)
     assert not app.error and len(_token_boxes(app)) == 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.evaluation.study import CellResult
-from engine.methods import QuantizedModel, RTNConfig, quantize_model
+from engine.methods import QuantizedModel, quantize_model
 from engine.models.loading import LoadedModel
 from ui import state
 from ui.cache.registry import LruRegistry
@@ -35,8 +35,9 @@ def model_key() -> tuple:
     return state.selection()
 
 
-def variant(loaded: LoadedModel, config: RTNConfig, where=st) -> QuantizedModel:
-    """The loaded model quantized with `config` (built once, with a progress bar)."""
+def variant(loaded: LoadedModel, config, where=st) -> QuantizedModel:
+    """The loaded model quantized with `config`, any method config the registry knows (a recipe's
+    `method`, a Methods lab config); built once, with a progress bar."""
     key = (model_key(), config)
     registry = variants()
     if (held := registry.get(key)) is not None:

@@ -1,4 +1,4 @@
-"""Helpers for the Compare page: quick variants, one column's generation and scoring, and its drawing.
+"""Helpers for the Compare page: quick variants (catalog recipes), one comparison in session state, drawing.
 
 A comparison is a `CompareRun` kept in `st.session_state`: one `ColumnRun` per model (the reference
 first), filled in place while tokens stream, so a rerun (a checkbox, or the Stop button interrupting the
@@ -6,9 +6,9 @@ run) redraws the same results without generating again. Tokens are drawn as HTML
 token where a column departs from the reference on they are highlighted, and each span's `title=` tooltip
 holds the token's probability under both models and the per-token KL (`engine.evaluation.token_compare`).
 
-Memory is measured, not estimated: the real bytes of the model's parameters and buffers
-(`engine.sizing.estimate.measured_bytes`) plus the KV cache's tensors after generation; on CUDA also the
-allocator's peak during the generation (the CPU allocator keeps no peak).
+Generation, its memory measurement (weights + KV cache bytes, the CUDA allocator's peak) and the scoring
+run in the engine (`engine.runtime.measured.generate_measured`, `engine.evaluation.token_compare
+.score_continuation`); this module only keeps the run in session state and draws it.
 """
 
 from __future__ import annotations
@@ -19,27 +19,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import streamlit as st
-import torch
 
-from engine.evaluation.study import pick_group_size
+from engine import recipes
 from engine.evaluation.token_compare import (
+    TokenComparison,
     TokenStat,
     agreement,
-    compare_tokens,
     first_divergence,
+    score_continuation,
     token_pieces,
 )
 from engine.methods import RTNConfig
 from engine.quant.schemes import QuantScheme
-from engine.runtime.generation import (
-    GenerationResult,
-    GenerationSettings,
-    encode_prompt,
-    generate,
-    max_context,
-)
-from engine.runtime.kv_cache import KVCacheConfig, KVCacheError, make_kv_cache
-from engine.sizing.estimate import measured_bytes
+from engine.recipes import Recipe
+from engine.runtime.generation import GenerationResult, GenerationSettings, encode_prompt, max_context
+from engine.runtime.kv_cache import KVCacheConfig
+from engine.runtime.measured import MemoryUse, generate_measured
 
 KL_FULL_SHADE = 1.0  # nats: a token's KL at which its underline is fully opaque
 DIVERGED_BG = "rgba(255, 164, 33, 0.28)"  # tokens after the first divergence
@@ -56,43 +51,45 @@ BOX_STYLE = (
 
 @dataclass(frozen=True)
 class VariantSpec:
-    key: str  # stable option id ("W8", "KV4", "sidebar"): survives a model change, unlike the label
+    key: (
+        str  # a catalog name ("W8", "KV4"), "sidebar" or "lab:...": survives a model change, unlike the label
+    )
     label: str  # the column header
-    method: RTNConfig | None  # None: the reference's own weights (a KV-cache-only variant)
+    method: (
+        object | None
+    )  # a method config (a recipe's, the sidebar's RTN, a lab's); None: the reference's weights
     kv: KVCacheConfig | None = None  # None: the model's usual 16-bit cache
 
 
+QUICK_RECIPES = ("W8", "W4", "W3", "W2", "W8A8", "W4A4", "KV8", "KV4", "KV2")  # catalog names offered
+
+
+def _weights_label(recipe: Recipe) -> str:
+    """int8 per-channel, int4 g64, ... (the recipe already sized for the model)."""
+    weights = recipe.weights
+    grain = f"g{weights.group_size}" if weights.granularity == "group" else "per-channel"
+    return f"int{weights.bits} {grain}"
+
+
+def _label(recipe: Recipe) -> str:
+    """The column header of a catalog recipe fitted to the model."""
+    if recipe.axis == "kv":
+        bits = recipe.kv.scheme.bits
+        return f"{recipe.name} cache (int{bits} per token and head)"
+    if recipe.axis == "weight-activation":
+        weights = "int8" if recipe.weights.bits == 8 else _weights_label(recipe)
+        act_bits = recipe.method.activations.bits
+        return f"{recipe.name} ({weights} weights, int{act_bits} per-token activations)"
+    return f"{_weights_label(recipe)} ({recipe.name})"
+
+
 def quick_variants(model, sidebar_scheme: QuantScheme | None) -> dict[str, VariantSpec]:
-    """The page's quick schemes, with group sizes that divide every layer of `model` (576 wide -> 64)."""
-    try:
-        group = pick_group_size(model, (128, 64, 32))
-        grouped = {
-            bits: (f"int{bits} g{group}", QuantScheme(bits, "int", True, "group", group))
-            for bits in (4, 3, 2)
-        }
-    except ValueError:  # odd widths: fall back to one scale per output channel
-        grouped = {
-            bits: (f"int{bits} per-channel", QuantScheme(bits, "int", True, "channel")) for bits in (4, 3, 2)
-        }
-    per_channel8 = QuantScheme(8, "int", True, "channel")
-    per_token = {bits: QuantScheme(bits, "int", True, "channel") for bits in (8, 4)}
-    specs = [
-        VariantSpec("W8", "int8 per-channel (W8)", RTNConfig(per_channel8)),
-        VariantSpec("W4", f"{grouped[4][0]} (W4)", RTNConfig(grouped[4][1])),
-        VariantSpec("W3", f"{grouped[3][0]} (W3)", RTNConfig(grouped[3][1])),
-        VariantSpec("W2", f"{grouped[2][0]} (W2)", RTNConfig(grouped[2][1])),
-        VariantSpec(
-            "W8A8", "W8A8 (int8 weights, int8 per-token activations)", RTNConfig(per_channel8, per_token[8])
-        ),
-        VariantSpec(
-            "W4A4",
-            f"W4A4 ({grouped[4][0]} weights, int4 per-token activations)",
-            RTNConfig(grouped[4][1], per_token[4]),
-        ),
-    ]
-    for bits in (8, 4, 2):  # asymmetric, one scale and zero per token and head (as the Evaluate grid)
-        kv = KVCacheConfig(QuantScheme(bits, "int", False, "channel"))
-        specs.append(VariantSpec(f"KV{bits}", f"KV{bits} cache (int{bits} per token and head)", None, kv))
+    """The page's quick recipes from `engine.recipes`, with group sizes that divide every layer of `model`
+    (576 wide -> 64; odd widths fall back to one scale per output channel)."""
+    specs = []
+    for name in QUICK_RECIPES:
+        recipe = recipes.get(name).for_module(model)
+        specs.append(VariantSpec(name, _label(recipe), recipe.method, recipe.kv))
     if sidebar_scheme is not None:
         specs.append(
             VariantSpec("sidebar", f"sidebar scheme ({sidebar_scheme.label})", RTNConfig(sidebar_scheme))
@@ -101,18 +98,6 @@ def quick_variants(model, sidebar_scheme: QuantScheme | None) -> dict[str, Varia
 
 
 # -- one comparison ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MemoryUse:
-    weight_bytes: int  # real bytes of parameters and buffers (tied weights once)
-    kv_bytes: int | None  # KV cache tensors resident after generation; None when the cache is not ours
-    kv_packed_bytes: int | None  # what the cache stores with codes densely packed (quantized caches)
-    cuda_peak_bytes: int | None  # allocator peak during this generation; None on CPU
-
-    @property
-    def total(self) -> int:
-        return self.weight_bytes + (self.kv_bytes or 0)
 
 
 @dataclass
@@ -150,48 +135,16 @@ def check_prompt(tokenizer, model, prompt: str, chat: bool) -> None:
     encode_prompt(tokenizer, prompt, chat, max_context(model))
 
 
-def generate_column(
-    model,
-    tokenizer,
-    prompt: str,
-    settings: GenerationSettings,
-    kv: KVCacheConfig | None,
-    on_token: Callable[[int, str], None],
-) -> tuple[GenerationResult, MemoryUse]:
-    """Generate with a cache we can weigh; raises GenerationError / KVCacheError with reasons."""
-    try:
-        cache = make_kv_cache(model.config, kv)  # scheme None reproduces transformers' DynamicCache
-    except KVCacheError:
-        if kv is not None:
-            raise
-        cache = None  # sliding-window or other layer kinds: transformers' own cache, not weighed
-    device = next(model.parameters()).device
-    on_cuda = device.type == "cuda"
-    if on_cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    result = generate(model, tokenizer, prompt, settings, on_token=on_token, past_key_values=cache)
-    peak = torch.cuda.max_memory_allocated(device) if on_cuda else None
-    memory = MemoryUse(
-        weight_bytes=sum(measured_bytes(model).values()),
-        kv_bytes=None if cache is None else cache.resident_bytes(),
-        kv_packed_bytes=None if cache is None or kv is None or kv.scheme is None else cache.nbytes(),
-        cuda_peak_bytes=peak,
-    )
-    return result, memory
-
-
 def score_column(reference_model, model, tokenizer, prompt: str, chat: bool, column: ColumnRun) -> None:
     """Fill `column.pieces` and, for a variant, its teacher-forced scores against the reference."""
-    column.pieces = token_pieces(tokenizer, column.token_ids)
-    if column.spec is None or not column.token_ids:
-        return
     prompt_ids = encode_prompt(tokenizer, prompt, chat, max_context(reference_model))
-    comparison = compare_tokens(
-        reference_model, model, prompt_ids, column.token_ids, variant_kv=column.spec.kv
+    kv = column.spec.kv if column.spec is not None else None
+    scored = score_continuation(
+        reference_model, model, tokenizer, prompt_ids, column.token_ids, kv, is_reference=column.spec is None
     )
-    column.stats = comparison.tokens
-    column.top1_text = [tokenizer.decode([t.reference_top1]) for t in comparison.tokens]
+    column.pieces = scored.pieces
+    if scored.comparison is not None:
+        column.stats, column.top1_text = scored.comparison.tokens, scored.reference_top1_text
 
 
 # -- drawing -------------------------------------------------------------------------------------------
@@ -313,9 +266,10 @@ def column_metrics(column: ColumnRun, reference: ColumnRun, where=st) -> None:
     if column.bits_per_weight is not None:
         lines.append(f"{column.bits_per_weight:.2f} bits per quantized weight")
     if column.stats:
-        mean_kl = sum(s.kl for s in column.stats) / len(column.stats)
-        top1 = sum(s.reference_top1 == s.variant_top1 for s in column.stats) / len(column.stats)
-        lines.append(f"mean KL **{mean_kl:.4f}** nats · top-1 agreement (same prefix) **{top1:.0%}**")
+        scores = TokenComparison(column.stats)
+        lines.append(
+            f"mean KL **{scores.mean_kl:.4f}** nats · top-1 agreement (same prefix) **{scores.top1_agreement:.0%}**"
+        )
     if lines:
         where.caption("  \n".join(lines), help=memory_help(column) if memory is not None else None)
 
@@ -354,7 +308,7 @@ def stream_run(run: CompareRun, models: dict[int, object], loaded, bodies: list,
 
             kv = column.spec.kv if column.spec is not None else None
             try:
-                column.result, column.memory = generate_column(
+                column.result, column.memory = generate_measured(
                     models[index], loaded.tokenizer, run.prompt, run.settings, kv, on_token
                 )
                 column.text, column.status = column.result.text, "done"
@@ -417,7 +371,7 @@ def summary_rows(run: CompareRun) -> list[dict]:
                 else ("none" if diverge is None else str(diverge)),
                 "mean KL (nats)": 0.0
                 if column.spec is None
-                else (sum(s.kl for s in stats) / len(stats) if stats else None),
+                else (TokenComparison(stats).mean_kl if stats else None),
             }
         )
     return rows

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine import recipes
 from engine.evaluation.study import (
     FULL_GRID,
     QUICK_GRID,
     CellResult,
-    GridCell,
     findings,
     pick_group_size,
     run_grid,
@@ -23,10 +23,11 @@ def test_the_full_grid_has_the_studys_axes():
     names = [cell.name for cell in FULL_GRID]
     assert names == ["W8", "W4", "W3", "W2", "W8A8", "W4A8", "W4A4", "KV8", "KV4", "KV3", "KV2"]
     assert {cell.name for cell in QUICK_GRID} < set(names)
-    w4a8 = GridCell("W4A8", "weight-activation", 4, act_bits=8).method(64)
+    w4a8 = recipes.get("W4A8").for_model(group_size=64).method
     assert w4a8.weights.group_size == 64 and w4a8.activations.granularity == "channel"
-    assert GridCell("KV4", "kv", 16, kv_bits=4).method(64) is None
-    assert GridCell("KV4", "kv", 16, kv_bits=4).kv().scheme.bits == 4
+    assert recipes.get("KV4").for_model(group_size=64).method is None
+    assert recipes.get("KV4").kv.scheme.bits == 4
+    assert all(cell is recipes.get(cell.name) for cell in FULL_GRID)  # one name, one meaning
 
 
 def test_group_size_divides_every_layer():

@@ -135,3 +135,18 @@ def test_token_pieces_rebuild_the_text():
     pieces = token_pieces(tokenizer, ids)
     assert len(pieces) == len(ids)
     assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_score_continuation_is_pieces_and_scores(tiny):
+    from engine.evaluation.token_compare import score_continuation
+
+    tokenizer = build_char_tokenizer()
+    ids = tokenizer("hello there", return_tensors="pt")["input_ids"][0].tolist()
+    reference = score_continuation(tiny, tiny, tokenizer, PROMPT, ids, is_reference=True)
+    assert "".join(reference.pieces) == tokenizer.decode(ids, skip_special_tokens=True)
+    assert reference.comparison is None
+    variant = score_continuation(
+        tiny, tiny, tokenizer, PROMPT, ids, variant_kv=QuantScheme(2, "int", False, "channel")
+    )
+    assert len(variant.comparison.tokens) == len(ids) == len(variant.reference_top1_text)
+    assert variant.comparison.mean_kl > 0

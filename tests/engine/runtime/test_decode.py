@@ -1,8 +1,7 @@
 """engine.runtime.decode: the static-cache greedy loop, eager and compiled, against transformers' `generate`.
 
-Logic runs on the tiny random Llama. Real inductor compilation (a C++ compiler at work) takes 40 s on
-the tiny model and a minute on the default one with a cold cache on two shared cores, so the two tests
-that use it are `slow`; the others compile with the "eager" / "aot_eager" backends, which trace with
+Logic runs on the tiny random Llama. Real inductor compilation (a C++ compiler at work) takes tens of
+seconds with a cold cache on a small CPU, so the two tests that use it are `slow`; the others compile with the "eager" / "aot_eager" backends, which trace with
 Dynamo (graph breaks, fullgraph; aot_eager also runs every op on fake tensors) without generating code.
 CUDA graphs (reduce-overhead) are `gpu` and skip without CUDA.
 """
@@ -72,8 +71,8 @@ def test_eager_matches_generate_and_the_cache_holds_prompt_plus_new_tokens(tiny)
 
 @pytest.mark.slow
 def test_compiled_with_inductor_matches_eager_and_generate_and_is_reused():
-    """The real thing on CPU: inductor compiles the step to C++ (one graph), once. About 40 s with a cold
-    inductor cache on two shared cores, 8 s with a warm one."""
+    """The real thing on CPU: inductor compiles the step to C++ (one graph), once; a cold inductor cache
+    makes this the slowest test here."""
     from torch._dynamo.utils import counters
 
     model = build_tiny_llama()

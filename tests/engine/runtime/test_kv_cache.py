@@ -16,7 +16,7 @@ from engine.runtime.kv_cache import KVCacheConfig, KVCacheError, QuantizedKVLaye
 from tests.conftest import build_tiny_llama
 
 # One thread: on two cores shared with another busy process, two OpenMP threads made the default-model
-# test ~10x slower (55-73 s instead of 7 s); see the single_thread fixture.
+# test about ten times slower; see the single_thread fixture.
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 INT8 = QuantScheme(8, symmetric=False)
