@@ -82,14 +82,14 @@ def _generate(prompt: str, **settings):
 
 
 def _no_room(*_):
-    import engine.models.loading
+    import engine._types
 
-    original = engine.models.loading.free_memory_bytes
-    engine.models.loading.free_memory_bytes = lambda device: 0
+    original = engine._types.free_memory_bytes
+    engine._types.free_memory_bytes = lambda device: 0
     try:
         return quantize_model(build_tiny_llama(), RTNConfig(QuantScheme(8)))
     finally:
-        engine.models.loading.free_memory_bytes = original
+        engine._types.free_memory_bytes = original
 
 
 CASES = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import plotly.express as px
 import plotly.graph_objects as go
 
 from engine.analysis.blocks import BlockPicture
@@ -125,3 +126,18 @@ def pareto(rows: list[dict], chosen: str) -> go.Figure:
         "bits per weight",
         "SQNR (dB)",
     )
+
+
+def parameters_by_kind(by_kind: dict[str, int], total: int) -> go.Figure:
+    """Horizontal bars, largest first: parameters per module type (embeddings, attention, mlp, ...)."""
+    kinds = sorted(by_kind.items(), key=lambda item: -item[1])
+    figure = px.bar(
+        x=[count / 1e6 for _, count in kinds],
+        y=[kind for kind, _ in kinds],
+        orientation="h",
+        labels={"x": "parameters (millions)", "y": ""},
+        title="Parameters by module type",
+        text=[f"{count / total:.1%}" for _, count in kinds],
+    )
+    figure.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), yaxis=dict(autorange="reversed"))
+    return figure

@@ -8,10 +8,12 @@ import traceback
 import streamlit as st
 import torch
 
-from engine.methods.registry import NotEnoughMemoryError
+from engine._types import NotEnoughMemoryError
 from engine.models.sources import ModelSourceError
 from engine.runtime.generation import GenerationError
 
+# A refusal with the numbers (engine._types.require_free, ModelTooLargeError included) is a user error,
+# shown as its message, not as an out-of-memory crash.
 USER_ERRORS = (ModelSourceError, GenerationError, ValueError, NotEnoughMemoryError)
 OOM_ADVICE = (
     "Out of memory while running this. The memory it held has been freed and the app is still up: lower "
@@ -27,7 +29,7 @@ def free_after_oom() -> None:
 
 
 def show_error(exc: BaseException, where=st, prefix: str = "") -> None:
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError) and not isinstance(exc, NotEnoughMemoryError):
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError) and not isinstance(exc, USER_ERRORS):
         free_after_oom()
         where.error(f"{prefix}{OOM_ADVICE}", icon=":material/memory:")
         return

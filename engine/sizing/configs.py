@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.models.sources import MAX_CONFIG_BYTES
+from engine.models.sources import MAX_CONFIG_BYTES, hub_reachable
 from engine.sizing.parameters import ConfigError
 
 SIZE_LIMITS = {  # field -> largest value we accept; published models sit far below these
@@ -93,7 +93,7 @@ def config_from_hub(repo_id: str):
     from huggingface_hub.errors import HFValidationError
 
     try:
-        path = hf_hub_download(repo_id, "config.json")
+        path = hf_hub_download(repo_id, "config.json", local_files_only=not hub_reachable())
     except HFValidationError as exc:
         raise ConfigError(f"{repo_id!r} is not a valid Hub id ({exc})") from exc
     except Exception as exc:  # offline, gated, missing: all end the same way for the user

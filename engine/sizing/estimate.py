@@ -34,7 +34,7 @@ from engine.sizing.parameters import (  # noqa: F401  (parameters_by_kind re-exp
 )
 from engine.sizing.presets import WeightPreset, weight_preset
 
-CUDA_OVERHEAD_BYTES = 600 * 1024**2  # CUDA context + cuBLAS workspace + allocator slack, typical on H100
+CUDA_OVERHEAD_BYTES = 600 * 1024**2  # CUDA context + cuBLAS workspace + allocator slack (assumed, typical)
 LOGITS_BYTES = 4  # logits are upcast to fp32 before softmax / sampling
 
 

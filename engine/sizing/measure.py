@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.runtime.greedy import argmax_token, greedy_loop
 from engine.sizing.estimate import MemoryBreakdown, estimate, measured_bytes
 
 DTYPE_PRESETS = {torch.float32: "fp32", torch.float16: "bf16", torch.bfloat16: "bf16"}
@@ -71,11 +72,13 @@ def measure_generation_peak(
     start = time.perf_counter()
     with torch.inference_mode():
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        for _ in range(new_tokens):
-            next_ids = out.logits[:, -1:].argmax(-1)  # (batch, 1)
-            out = model(input_ids=next_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
+        cache = out.past_key_values  # transformers' dynamic cache, grown in place by each step
+
+        def step(token: torch.Tensor) -> torch.Tensor:  # (batch, 1) -> (batch, 1)
+            logits = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            return argmax_token(logits)
+
+        greedy_loop(step, argmax_token(out.logits), new_tokens + 1)  # the prefill's token + new_tokens steps
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device)
     return PeakMeasurement(

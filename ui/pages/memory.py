@@ -1,20 +1,60 @@
-"""The Memory page's inputs and measured panel: where its config comes from, and the loaded model held
-against the estimate."""
+"""The Memory page's widgets and tables: where its config comes from, the sizing form, the rows its tables
+show, and the loaded model held against the estimate. Plain values in and out; pages/memory.py draws."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import streamlit as st
 
 from engine.sizing.catalog import catalog_models
 from engine.sizing.configs import config_from_hub, config_from_json
-from engine.sizing.estimate import estimate
+from engine.sizing.estimate import KV_FORMATS, MemoryBreakdown, estimate
+from engine.sizing.gpus import (
+    GPU,
+    all_devices,
+    decode_estimate,
+    fits,
+    min_tensor_parallel,
+    serving_what_if,
+)
 from engine.sizing.measure import measure_generation_peak, peak_vs_estimate, weights_vs_real_bytes
-from ui import cache
+from engine.sizing.presets import PRESETS, WeightPreset
+from ui import cache, state
 from ui.errors import show_error
 from ui.pages import memory_charts
 
 SOURCES = ["Catalog", "Loaded model", "Upload config.json", "Hub id"]
 DEFAULT_CATALOG_MODEL = "Llama-3.1-8B"
+DEFAULT_FORMATS = ["bf16", "int8", "int4-g128", "nf4"]
+CONTEXTS = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144]
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class SizingInputs:
+    """What the form asks: the formats to compare and the workload to size them for."""
+
+    presets: list[WeightPreset]  # one bar each; the sidebar's scheme last when asked for
+    kv_name: str  # a key of engine.sizing.estimate.KV_FORMATS
+    attention: str  # "sdpa" or "eager" (eager materialises the score matrix)
+    prefill_chunk: int | None  # None: the whole prompt at once
+    context: int  # tokens per sequence
+    batch: int  # sequences at once
+    device: GPU  # the GPU the page sizes for
+    devices: list[GPU]  # every GPU the catalog knows
+
+    def estimate(self, config, preset: WeightPreset, context: int | None = None, batch: int | None = None):
+        """The estimate for one format at this form's workload (or another context / batch)."""
+        return estimate(
+            config,
+            preset,
+            self.kv_name,
+            self.context if context is None else context,
+            self.batch if batch is None else batch,
+            attention=self.attention,
+            prefill_chunk=self.prefill_chunk,
+        )
 
 
 def config_picker():
@@ -63,18 +103,131 @@ def config_picker():
         return None, None
 
 
-def context_sweep(
-    config, presets, kv_name, batch, attention, prefill_chunk, contexts
-) -> dict[str, list[float]]:
+def sizing_inputs() -> SizingInputs | None:
+    """The formats, KV cache, attention kernel, prefill, context, batch and GPU; None when no format."""
+    left, middle, right = st.columns([3, 2, 2])
+    preset_names = left.multiselect(
+        "Weight formats",
+        list(PRESETS),
+        default=DEFAULT_FORMATS,
+        format_func=lambda name: PRESETS[name].label,
+        key="memory_formats",
+        help="Each becomes a bar. Embeddings and head stay 16-bit except in llama.cpp (GGUF) formats.",
+    )
+    add_sidebar = left.checkbox("Add the sidebar's scheme", key="memory_add_sidebar")
+    kv_name = middle.selectbox(
+        "KV cache",
+        list(KV_FORMATS),
+        index=list(KV_FORMATS).index("fp16"),
+        key="memory_kv",
+        help="int formats store an fp16 scale and zero per head (int8) or per 64 values (int4 and below).",
+    )
+    attention = middle.radio(
+        "Attention kernel",
+        ["sdpa", "eager"],
+        horizontal=True,
+        key="memory_attention",
+        help="eager materialises the batch × heads × context² score matrix; SDPA / flash attention does not.",
+    )
+    prefill_chunk = middle.selectbox(
+        "Prefill",
+        [None, 8192, 2048, 512],
+        format_func=lambda n: (
+            "whole prompt at once (transformers)" if n is None else f"chunks of {n:,} tokens"
+        ),
+        key="memory_prefill",
+        help="Serving engines prefill long prompts in chunks (vLLM: 8,192 batched tokens), which caps "
+        "activations.",
+    )
+    context = right.select_slider(
+        "Context (tokens per sequence)", CONTEXTS, value=8192, key="memory_context", format_func="{:,}".format
+    )
+    batch = right.number_input("Batch (sequences at once)", 1, 4096, 1, key="memory_batch")
+    devices = all_devices()
+    device = st.selectbox(
+        "GPU",
+        devices,
+        index=1,
+        format_func=lambda d: (
+            f"{d.name} — {d.usable_bytes / GIB:,.0f} GiB usable, {d.bandwidth / 1e9:,.0f} GB/s"
+        ),
+        key="memory_gpu",
+    )
+    presets = [PRESETS[name] for name in preset_names]
+    sidebar_scheme = state.scheme()
+    if add_sidebar and sidebar_scheme is not None:
+        presets.append(WeightPreset.from_scheme(sidebar_scheme))
+    if not presets:
+        st.info("Pick at least one weight format.", icon=":material/tune:")
+        return None
+    return SizingInputs(presets, kv_name, attention, prefill_chunk, int(context), int(batch), device, devices)
+
+
+def summary_rows(config, breakdowns: list[MemoryBreakdown], device: GPU) -> list[dict]:
+    """One row per format: bytes by component, whether one GPU holds it, the decode roofline."""
+    return [
+        {
+            "weights": b.weights_label,
+            "bits/weight": round(b.weights.bits_per_weight, 3),
+            "weights GiB": b.weights.total / GIB,
+            "KV GiB": b.kv_cache / GIB,
+            "activations GiB": b.activations.peak / GIB,
+            "overhead GiB": b.overhead / GIB,
+            "total GiB": b.total / GIB,
+            f"fits one {device.name}": "yes" if fits(b, config, device) else "no",
+            "decode tok/s (roofline)": decode_estimate(
+                b, device, min_tensor_parallel(b, config, device) or 1
+            ).tokens_per_s,
+        }
+        for b in breakdowns
+    ]
+
+
+def context_sweep(config, inputs: SizingInputs) -> dict[str, list[float]]:
+    """Total bytes at every context of CONTEXTS, per format."""
     return {
-        preset.label: [
-            estimate(
-                config, preset, kv_name, n, batch, attention=attention, prefill_chunk=prefill_chunk
-            ).total
-            for n in contexts
-        ]
-        for preset in presets
+        preset.label: [inputs.estimate(config, preset, context=n).total for n in CONTEXTS]
+        for preset in inputs.presets
     }
+
+
+def sweep_capacities(inputs: SizingInputs) -> dict[str, float]:
+    """The GPU lines on the sweep: the chosen GPU (or four NVIDIA ones), an RTX 4090 and an H200."""
+    devices, device = inputs.devices, inputs.device
+    picked = [d for d in devices if d.vendor == "NVIDIA"][:4] if device.vendor != "NVIDIA" else [device]
+    return {
+        d.name: d.usable_bytes
+        for d in {*picked, *[d for d in devices if "4090" in d.name or "H200" in d.name]}
+    }
+
+
+def fit_rows(config, breakdowns: list[MemoryBreakdown], inputs: SizingInputs) -> list[dict]:
+    """Every GPU against every format: the fewest GPUs (tensor parallel) that hold it."""
+    rows = []
+    for candidate in inputs.devices:
+        row = {"device": candidate.name, "usable GiB": candidate.usable_bytes / GIB}
+        for b, preset in zip(breakdowns, inputs.presets, strict=True):
+            needed = min_tensor_parallel(b, config, candidate)
+            row[preset.label] = "—" if needed is None else ("1 GPU" if needed == 1 else f"{needed} GPUs (TP)")
+        rows.append(row)
+    return rows
+
+
+def serving_rows(breakdowns: list[MemoryBreakdown], inputs: SizingInputs, utilization: float) -> list[dict]:
+    """A vLLM-style engine's reservation at `utilization`: what is left for KV, in tokens and sequences."""
+    rows = []
+    for b in breakdowns:
+        serving = serving_what_if(b, inputs.device, utilization)
+        rows.append(
+            {
+                "weights": b.weights_label,
+                "reserved GiB": serving.reserved / GIB,
+                "KV capacity GiB": serving.kv_capacity / GIB,
+                "KV tokens": serving.kv_tokens,
+                f"sequences of {inputs.context:,}": serving.concurrent_sequences,
+            }
+        )
+    return rows
 
 
 def measured_panel() -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -255,3 +258,22 @@ def test_moe_active_parameters_match_published_figures(slug, active):
 
     counts = estimate(catalog_model(slug).config(), "bf16", context=1).parameters
     assert counts.active == pytest.approx(active, rel=0.025)  # published figures are rounded
+
+
+def test_cli_as_a_module_raises_no_runtime_warning():
+    """`python -m engine.sizing` imports its package once: no "found in sys.modules" RuntimeWarning."""
+    command = [
+        sys.executable,
+        "-W",
+        "error::RuntimeWarning",
+        "-m",
+        "engine.sizing",
+        "--config",
+        "llama-3.1-8b",
+    ]
+    command += ["--weights", "bf16,int4-g128", "--kv", "int8"]
+    root = Path(__file__).resolve().parents[3]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "RuntimeWarning" not in result.stderr
+    assert "8.030 B parameters" in result.stdout and "int4 g128" in result.stdout
