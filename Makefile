@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 PORT ?= 8501
+# pytest-xdist workers for `make test`; PYTEST_WORKERS=0 runs in one process (quick single tests).
+PYTEST_WORKERS ?= 2
 
 .PHONY: run test setup browser lint format clean-cache
 
@@ -34,7 +36,7 @@ browser:
 
 test: setup browser
 	$(PY) -m ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 lint:
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -1,9 +1,14 @@
 """Quantization Explorer engine: pure PyTorch, no Streamlit, no printing; long work reports progress
-through `progress(fraction, message)` callbacks.
+through `progress(fraction, message)` callbacks (`engine._types.Progress`).
 
-Read in order: schemes -> formats -> primitives -> observers / metrics -> grid / priorgrid -> lessons / qat.
-Model sources and loading live in `sources` and `models`, generation in `generation`, text in `data`.
-The names below are the public API; submodules hold the rest.
+Read the packages in this order, each `__init__` giving its own reading order:
+quant (schemes, formats, primitives) -> methods (the registry and one file per method) -> kernels (packed
+layouts and the dispatch table) -> models (sources, loading, data) -> runtime (generation, decode, KV cache)
+-> analysis (statistics, outliers) -> evaluation (perplexity, the study grid) -> sizing (memory from a
+config) -> speed (measured kernels and decode) -> lessons (the Learn page). `recipes` names the configurations
+every page offers; `hooks` and `_types` are the shared plumbing.
+
+The names below are the public API; subpackages hold the rest.
 """
 
 from engine.analysis.priorgrid import PriorGrid, detect_prior_grid
