@@ -170,6 +170,7 @@ def main() -> None:
     loaded = cache.current_model_or_stop()
     device = loaded.device
     speed_view.device_note(device)
+    fallback_notes = st.container()
 
     st.subheader("Linear-layer microbenchmarks")
     kernels = kernel_form(loaded.model, device)
@@ -183,6 +184,7 @@ def main() -> None:
     if decode is not None:
         speed_view.run_decode_request(decode, loaded, lab_runs)
     decode_results(device.startswith("cuda"))
+    speed_view.kernel_fallback_notes(fallback_notes)
 
 
 main()

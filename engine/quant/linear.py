@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from engine._types import Progress
 from engine.quant.primitives import QParams, fake_quantize, quantize
 from engine.quant.schemes import QuantScheme, bits_per_weight
 
@@ -73,7 +74,7 @@ def replace_linears(
     model: nn.Module,
     make: Callable[[nn.Linear, str], nn.Module],
     filter_fn: Callable[[nn.Module, str], bool] = default_filter,
-    progress: Callable[[float, str], None] | None = None,
+    progress: Progress | None = None,
 ) -> nn.Module:
     """Swap, in place, every module passing `filter_fn` for `make(module, name)`; returns the model."""
     names = linear_names(model, filter_fn)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import streamlit as st
 import torch
 
-from engine import speed
+from engine import kernels, speed
 from engine.recipes import Recipe
 from ui.errors import show_error
 from ui.pages import methods as methods_view
@@ -180,6 +180,18 @@ def device_note(device: str) -> None:
         st.caption(f"Device: {torch.cuda.get_device_name()}. Timings synchronize the GPU around every call.")
     else:
         st.info(CPU_NOTE, icon=":material/memory:")
+
+
+def kernel_fallback_notes(where) -> None:
+    """Say which fast kernels failed in this process and why: their layers run the reference kernel now,
+    so every timing that follows is the reference's (engine.kernels.dispatch). `where`: a container near
+    the top, filled after this run's benchmarks so a kernel that failed just now is named at once."""
+    for message in kernels.failures():
+        where.warning(
+            f"{message} Layers that would use it run the reference kernel (dequantize + matmul) from now on, "
+            "so their results stay right but their timings are the reference's.",
+            icon=":material/report:",
+        )
 
 
 def shape_choices(model, source: str) -> dict[str, speed.LinearShape]:
