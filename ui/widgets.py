@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from engine.quant.elements import element
 from engine.quant.schemes import FORMATS, QuantScheme
 from ui.errors import show_error
 
@@ -48,7 +49,7 @@ def scheme_picker(prefix: str, where=st, default: QuantScheme = DEFAULT_SCHEME) 
         symmetric = value_range == "symmetric"
         zero_kind = "float" if value_range == "asymmetric (float zero)" else "int"
     else:
-        bits, symmetric = (4 if fmt in ("nf4", "fp4") else 8), True
+        bits, symmetric = element(fmt).bits[0], True  # codebooks and float8 have one width
     granularity = where.radio(
         "Granularity",
         ["tensor", "channel", "group"],

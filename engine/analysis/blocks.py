@@ -45,18 +45,8 @@ def block_count(shape: tuple[int, ...], scheme: QuantScheme) -> tuple[int, int]:
     return rows, shape[-1] // size
 
 
-def _all_codes(scheme: QuantScheme) -> Tensor:
-    """Every code of the format, as the dtype QTensor stores."""
-    if scheme.format == "int":
-        low, high = formats.int_range(scheme.bits, scheme.symmetric)
-        return torch.arange(low, high + 1).to(formats.code_dtype(scheme))
-    if scheme.is_codebook:
-        return torch.arange(16, dtype=torch.uint8)
-    return formats.grid_values(scheme).to(formats.code_dtype(scheme))
-
-
 def block_levels(scheme: QuantScheme, scale: float, zero_point: float | None) -> Tensor:
-    codes = _all_codes(scheme).view(1, -1)  # (1, levels)
+    codes = formats.all_codes(scheme).view(1, -1)  # (1, levels): every code, as QTensor stores it
     zero = None if zero_point is None else torch.tensor([[zero_point]])
     levels = formats.decode(codes, torch.tensor([[scale]]), zero, scheme).view(-1)
     return torch.unique(levels)  # sorted; +0 and -0 collapse

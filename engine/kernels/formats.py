@@ -117,7 +117,7 @@ class W8A8(W8A16):
         return (
             W8A16().accepts(weights, None)
             and activations is not None
-            and activations.format == "int"
+            and activations.is_int
             and activations.bits == 8
             and activations.symmetric
             and activations.granularity == "channel"
@@ -141,7 +141,7 @@ def format_named(name: str) -> PackedFormat:
 
 def packed_format(weights: QuantScheme, activations: QuantScheme | None = None) -> str:
     """W4A16, W8A16 or W8A8 for schemes our kernels run; ValueError saying what would, otherwise."""
-    if weights.format != "int" or weights.double_quant or weights.zero_kind != "int":
+    if not weights.is_int or weights.double_quant or weights.zero_kind != "int":
         raise ValueError(f"weights {weights.label}: {REFUSAL_HINT}")
     for fmt in PACKED_FORMATS:
         if fmt.accepts(weights, activations):

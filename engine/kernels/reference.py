@@ -34,7 +34,7 @@ def int4_from_qtensor(qt: QTensor) -> tuple[Tensor, Tensor, Tensor]:
     """(codes (N, K) uint8 in [0, 15], scales (N, G) float32, zeros (N, G) float32) of a group-wise int4
     QTensor; dequantize_int4 of them equals qt.dequantize() (same grid, same stored scales)."""
     scheme = qt.scheme
-    if scheme.format != "int" or scheme.bits != 4 or scheme.granularity != "group" or len(qt.shape) != 2:
+    if not scheme.is_int or scheme.bits != 4 or scheme.granularity != "group" or len(qt.shape) != 2:
         raise ValueError(f"W4A16 needs a 2-d int4 group-wise tensor (got {scheme.label}, {tuple(qt.shape)})")
     if scheme.double_quant or scheme.zero_kind != "int":
         raise ValueError(f"W4A16 stores fp scales and an integer zero point; {scheme.label} does not fit")
@@ -52,7 +52,7 @@ def int8_from_qtensor(qt: QTensor) -> tuple[Tensor, Tensor]:
     """(codes (N, K) int8, scales (N,) float32) of a per-channel symmetric int8 QTensor."""
     scheme = qt.scheme
     if (
-        scheme.format != "int"
+        not scheme.is_int
         or scheme.bits != 8
         or scheme.granularity != "channel"
         or not scheme.symmetric

@@ -307,7 +307,7 @@ def _freeze(model: nn.Module, scheme: QuantScheme, original: dict[str, Tensor]) 
         frozen = fake_quant_linear(linear, scheme)  # the trained latent weight, rounded as RTN rounds
         before = original.pop(name)  # (out_features, in_features) float32
         rtn = fake_quantize(before, scheme)
-        moved = moved_level(before, rtn, frozen.weight, scheme) if scheme.format == "int" else None
+        moved = moved_level(before, rtn, frozen.weight, scheme) if scheme.is_int else None
         detail = QATDetail(rtn_sqnr_db=sqnr_db(before, rtn), moved=moved)
         bits = bits_per_weight(scheme, linear.in_features, linear.out_features)
         reports.append(LayerReport(name, bits, sqnr_db(before, frozen.weight.float()), detail=detail))

@@ -111,9 +111,4 @@ def quantized_linear(
 
 def keeps_scales(scheme: QuantScheme | None) -> bool:
     """Integer grids with an integer zero point: codes = round(w / scale) + zero recover exactly."""
-    return (
-        scheme is not None
-        and scheme.format == "int"
-        and scheme.zero_kind == "int"
-        and not scheme.double_quant
-    )
+    return scheme is not None and scheme.is_int and scheme.zero_kind == "int" and not scheme.double_quant

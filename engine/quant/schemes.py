@@ -16,6 +16,10 @@ separated by spaces, hyphens or commas, in any order when parsing:
 
 so "int4 asym g128", "nf4 g64 scale_fp32 dq" and "fp8_e4m3 channel" (and "int4-asym-g128").
 
+Formats come from one registry, `engine.quant.elements.ELEMENTS`: a scheme's format is validated there
+(which bits it allows, whether it takes a zero point, the messages that name the fix), and its label token
+is written and read there, so registering a format is all it takes for schemes to accept it.
+
 Storage convention (`bits_per_weight` and `QTensor.nbytes` agree): codes cost `bits` each, densely
 packed; each scale costs its scale dtype; an asymmetric int zero point is an integer code but is stored
 in the scale dtype next to its scale (as torchao / Hugging Face do), so int4 asym g128 with fp16 scales
@@ -35,9 +39,14 @@ from decimal import Decimal
 
 import torch
 
-FORMATS = ("int", "nf4", "fp4", "fp8_e4m3", "fp8_e5m2")
-CODEBOOK_FORMATS = ("nf4", "fp4")
-FP8_FORMATS = ("fp8_e4m3", "fp8_e5m2")
+from engine.quant import elements
+from engine.quant.elements import ELEMENTS, ElementFormat
+
+# Snapshots of the registry at import, for importers that list formats (the UI's format picker, the
+# prior-grid matcher). Validation and the properties below read `elements.ELEMENTS` itself.
+FORMATS = tuple(ELEMENTS)
+CODEBOOK_FORMATS = tuple(name for name, fmt in ELEMENTS.items() if fmt.family == "codebook")
+FP8_FORMATS = tuple(name for name, fmt in ELEMENTS.items() if fmt.family == "float")
 GRANULARITIES = ("tensor", "channel", "group")
 SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 DOUBLE_QUANT_BLOCK = 256  # scales per fp32 block scale when double-quantizing (bitsandbytes)
@@ -59,7 +68,7 @@ _SHORT_SCALE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 @dataclass(frozen=True)
 class QuantScheme:
     bits: int = 8  # width of one code; 4-bit codes pack two per byte
-    format: str = "int"  # the grid: uniform int, a 16-value codebook (nf4/fp4) or a float8 type
+    format: str = "int"  # a name in elements.ELEMENTS: uniform int, a codebook (nf4/fp4) or a float8 type
     symmetric: bool = True  # int only: absmax around 0, or min/max range plus a zero point
     granularity: str = "channel"  # who shares a scale: whole tensor, each row/token, or each group of a row
     group_size: int | None = None  # elements per group along the last (input) dim; only with "group"
@@ -79,21 +88,11 @@ class QuantScheme:
                 f"bits must be an integer from 2 to 8 (got {self.bits!r}); "
                 "for an unquantized baseline compare against the original model instead"
             )
-        if self.format not in FORMATS:
-            raise ValueError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
-        if self.format in CODEBOOK_FORMATS and self.bits != 4:
-            raise ValueError(
-                f"format {self.format} is a 16-value (4-bit) codebook; set bits=4 "
-                f"(got {self.bits}) or use format='int' for {self.bits}-bit"
-            )
-        if self.format in FP8_FORMATS and self.bits != 8:
-            raise ValueError(
-                f"format {self.format} is an 8-bit float; set bits=8 (got {self.bits}) "
-                f"or use format='int' for {self.bits}-bit"
-            )
+        fmt = elements.element(self.format)  # "unknown format ...; choose one of ..." otherwise
+        fmt.check_bits(self.bits)  # e.g. "format nf4 is a 16-value (4-bit) codebook; set bits=4 ..."
         if not isinstance(self.symmetric, bool):
             raise ValueError(f"symmetric must be True or False (got {self.symmetric!r})")
-        if self.format != "int" and not self.symmetric:
+        if not fmt.takes_zero_point and not self.symmetric:
             raise ValueError(
                 f"format {self.format} scales each block by its absmax and has no zero point; "
                 "set symmetric=True, or use format='int' for asymmetric (zero-point) quantization"
@@ -130,7 +129,7 @@ class QuantScheme:
         object.__setattr__(self, "scale_dtype", _normalize_scale_dtype(self.scale_dtype))
         if self.zero_kind not in ("int", "float"):
             raise ValueError(f"zero_kind must be 'int' or 'float' (got {self.zero_kind!r})")
-        if self.zero_kind == "float" and not (self.format == "int" and not self.symmetric):
+        if self.zero_kind == "float" and not (fmt.takes_zero_point and not self.symmetric):
             raise ValueError(
                 "a float minimum offset (zero_kind='float', llama.cpp's Q4_1 style) only exists for "
                 "asymmetric int formats; set symmetric=False and format='int', or zero_kind='int'"
@@ -145,16 +144,26 @@ class QuantScheme:
 
     # -- derived facts -------------------------------------------------------------------------
     @property
+    def element(self) -> ElementFormat:
+        """The registered number format (grid, encode / decode) this scheme's `format` names."""
+        return elements.element(self.format)
+
+    @property
+    def is_int(self) -> bool:
+        """A uniform integer grid (codes = round(x / scale) [+ zero])."""
+        return self.element.family == "int"
+
+    @property
     def is_codebook(self) -> bool:
-        return self.format in CODEBOOK_FORMATS
+        return self.element.family == "codebook"
 
     @property
     def is_fp8(self) -> bool:
-        return self.format in FP8_FORMATS
+        return self.element.family == "float"
 
     @property
     def has_zero_point(self) -> bool:
-        return self.format == "int" and not self.symmetric
+        return self.element.takes_zero_point and not self.symmetric
 
     @property
     def torch_scale_dtype(self) -> torch.dtype:
@@ -167,7 +176,7 @@ class QuantScheme:
 
     @property
     def label(self) -> str:
-        parts = [f"int{self.bits}" if self.format == "int" else self.format]
+        parts = [self.element.label(self.bits)]
         if self.has_zero_point:
             parts.append("asym_min" if self.zero_kind == "float" else "asym")
         parts.append(f"g{self.group_size}" if self.granularity == "group" else self.granularity)
@@ -208,15 +217,9 @@ def parse_label(label: str) -> QuantScheme:
     for token in re.split(r"[\s,\-]+", label.strip().lower()):
         if not token:
             continue
-        if m := re.fullmatch(r"int(\d+)", token):
-            put("format", "int", token)
-            put("bits", int(m.group(1)), token)
-        elif token in CODEBOOK_FORMATS:
-            put("format", token, token)
-            put("bits", 4, token)
-        elif token in FP8_FORMATS:
-            put("format", token, token)
-            put("bits", 8, token)
+        if named := _format_token(token):
+            put("format", named[0], token)
+            put("bits", named[1], token)
         elif token in ("sym", "asym"):
             put("symmetric", token == "sym", token)
         elif token == "asym_min":
@@ -238,6 +241,14 @@ def parse_label(label: str) -> QuantScheme:
     if "format" not in fields:
         raise ValueError(f"scheme label {label!r} names no format; {_GRAMMAR_HINT}")
     return QuantScheme(**fields)  # type: ignore[arg-type]
+
+
+def _format_token(token: str) -> tuple[str, int] | None:
+    """(format, bits) when a label token names a registered format ("int4", "nf4"), else None."""
+    for name, fmt in ELEMENTS.items():
+        if (bits := fmt.parse(token)) is not None:
+            return name, bits
+    return None
 
 
 def _normalize_scale_dtype(value: object) -> str:

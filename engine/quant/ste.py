@@ -47,7 +47,7 @@ def in_grid_mask(
             if zero_point is not None:
                 zero_point = zero_point.repeat_interleave(per_block, dim=-1)
     ratio = x.detach().float() / scale.float()
-    if scheme.format == "int":
+    if scheme.is_int:
         qmin, qmax = formats.int_range(scheme.bits, scheme.symmetric)
         q = torch.round(ratio) + (0.0 if zero_point is None else zero_point.float())
         return (q >= qmin) & (q <= qmax)
