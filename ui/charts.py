@@ -12,16 +12,34 @@ VALUE_COLOR = "#1f77b4"
 CLIP_COLOR = "#d62728"
 
 
-def _layout(figure: go.Figure, title: str, x: str, y: str, height: int = 340) -> go.Figure:
+def layout(
+    figure: go.Figure,
+    title: str,
+    x: str,
+    y: str,
+    height: int = 340,
+    *,
+    legend_below: bool = False,
+    top: int = 50,
+    bargap: float | None = 0.02,
+) -> go.Figure:
+    """Every chart's frame: title, axis titles, height, tight margins and a horizontal legend, above the
+    plot on the right or (`legend_below`, for many series) under the x axis, where it cannot cover the title."""
+    legend = (
+        dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0)
+        if legend_below
+        else dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1)
+    )
     figure.update_layout(
         title=title,
         xaxis_title=x,
         yaxis_title=y,
         height=height,
-        margin=dict(l=10, r=10, t=50, b=10),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
-        bargap=0.02,
+        margin=dict(l=10, r=10, t=top, b=10),
+        legend=legend,
     )
+    if bargap is not None:
+        figure.update_layout(bargap=bargap)
     return figure
 
 
@@ -47,7 +65,7 @@ def block_histogram(picture: BlockPicture, label: str) -> go.Figure:
             marker=dict(color=CLIP_COLOR, size=10, symbol="x"),
             name=f"clipped ({len(clipped)})",
         )
-    return _layout(figure, picture.description, "value", "count")
+    return layout(figure, picture.description, "value", "count")
 
 
 def mapping_staircase(xs, qs, picture: BlockPicture) -> go.Figure:
@@ -76,7 +94,7 @@ def mapping_staircase(xs, qs, picture: BlockPicture) -> go.Figure:
             marker=dict(color=CLIP_COLOR, size=9, symbol="x"),
             name="clipped",
         )
-    return _layout(figure, "Mapping real → code → real", "original value", "dequantized value")
+    return layout(figure, "Mapping real → code → real", "original value", "dequantized value")
 
 
 def error_histogram(errors, block_errors) -> go.Figure:
@@ -93,7 +111,7 @@ def error_histogram(errors, block_errors) -> go.Figure:
         opacity=0.7,
     )
     figure.update_layout(barmode="overlay")
-    return _layout(figure, "Error distribution (original − dequantized)", "error", "share of values")
+    return layout(figure, "Error distribution (original − dequantized)", "error", "share of values")
 
 
 def pareto(rows: list[dict], chosen: str) -> go.Figure:
@@ -120,7 +138,7 @@ def pareto(rows: list[dict], chosen: str) -> go.Figure:
             marker=dict(size=20, symbol="star", color="gold", line=dict(color="black", width=1)),
             name="chosen",
         )
-    return _layout(
+    return layout(
         figure,
         "Quality vs size: SQNR (dB, capped at 99) against bits per weight",
         "bits per weight",

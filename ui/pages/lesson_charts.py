@@ -16,7 +16,7 @@ from engine.lessons import (
     SymmetryLesson,
 )
 from engine.lessons.qat_spiral import QatReport, Staircase
-from ui.charts import CLIP_COLOR, VALUE_COLOR, _layout
+from ui.charts import CLIP_COLOR, VALUE_COLOR, layout
 
 FORMAT_COLORS = {"int4": "#1f77b4", "nf4": "#d62728", "fp4": "#2ca02c"}
 VARIANT_COLORS = {"symmetric": "#1f77b4", "asymmetric": "#ff7f0e"}
@@ -27,7 +27,7 @@ STATIC_COLOR, DYNAMIC_COLOR = "#1f77b4", "#ff7f0e"
 
 def _style(figure: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.Figure:
     """The house layout, with the legend under the plot so it never covers a title; log axes by decade."""
-    _layout(figure, title, x, y, height=height)
+    layout(figure, title, x, y, height=height)
     figure.update_layout(
         legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0),
         title=dict(font=dict(size=14)),

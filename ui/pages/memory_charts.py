@@ -6,6 +6,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from engine.sizing.estimate import MemoryBreakdown
+from ui.charts import layout
 
 GIB = 1024**3
 COMPONENT_COLORS = {
@@ -18,15 +19,7 @@ GPU_LINE_COLORS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
 def _layout(figure: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.Figure:
-    figure.update_layout(
-        title=title,
-        xaxis_title=x,
-        yaxis_title=y,
-        height=height,
-        margin=dict(l=10, r=10, t=60, b=10),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
-    )
-    return figure
+    return layout(figure, title, x, y, height, top=60, bargap=None)
 
 
 def stacked_breakdown(breakdowns: list[MemoryBreakdown], capacity: float | None, gpu_name: str) -> go.Figure:

@@ -8,7 +8,7 @@ import numpy
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ui.charts import CLIP_COLOR, VALUE_COLOR, _layout
+from ui.charts import CLIP_COLOR, VALUE_COLOR, layout
 
 HEAD_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 KIND_COLORS = {"weight": "#1f77b4", "activation": "#ff7f0e", "key": "#2ca02c", "value": "#9467bd"}
@@ -33,7 +33,7 @@ def layer_heatmap(labels: list[str], layers: list[int], values, title: str, log:
     )
     figure.update_yaxes(autorange="reversed")
     figure.update_xaxes(dtick=1 if len(layers) <= 32 else None)
-    return _layout(figure, title, "layer", "", height=110 + 34 * len(labels))
+    return layout(figure, title, "layer", "", height=110 + 34 * len(labels))
 
 
 def channel_profile(
@@ -86,7 +86,7 @@ def channel_profile(
             col=1,
         )
         figure.update_yaxes(title_text=weight_title, row=2, col=1)
-    _layout(figure, title, "", "", height=420 if weight is not None else 340)
+    layout(figure, title, "", "", height=420 if weight is not None else 340)
     figure.update_xaxes(title_text="channel", row=rows, col=1)
     figure.update_yaxes(title_text=y_title, row=1, col=1)
     return figure
@@ -102,7 +102,7 @@ def token_channel(sample, token_labels: list[str], title: str, surface: bool) ->
             scene=dict(xaxis_title="channel", yaxis_title="token", zaxis_title="|x|"),
             scene_camera=dict(eye=dict(x=1.6, y=-1.6, z=0.9)),
         )
-        return _layout(figure, title, "", "", height=480)
+        return layout(figure, title, "", "", height=480)
     figure = go.Figure(
         go.Heatmap(
             z=numpy.log10(numpy.maximum(z, 1e-3)),  # log colour: one huge value must not blank the rest
@@ -114,7 +114,7 @@ def token_channel(sample, token_labels: list[str], title: str, surface: bool) ->
         )
     )
     figure.update_yaxes(autorange="reversed", showticklabels=len(token_labels) <= 40)
-    return _layout(figure, title, "channel", "token", height=420)
+    return layout(figure, title, "channel", "token", height=420)
 
 
 def magnitude_histogram(counts, edges, threshold: float | None, title: str) -> go.Figure:
@@ -136,7 +136,7 @@ def magnitude_histogram(counts, edges, threshold: float | None, title: str) -> g
         figure.add_vline(x=threshold, line_dash="dot", line_color=CLIP_COLOR)
     figure.update_xaxes(type="log")
     figure.update_yaxes(type="log")
-    return _layout(figure, title, "|x|", "values", height=320)
+    return layout(figure, title, "|x|", "values", height=320)
 
 
 def kv_channels(key_absmax, value_absmax, heads: int, layer: int) -> go.Figure:
@@ -157,7 +157,7 @@ def kv_channels(key_absmax, value_absmax, heads: int, layer: int) -> go.Figure:
                 row=1,
                 col=col,
             )
-    _layout(figure, f"Layer {layer}: abs-max per channel", "", "", height=360)
+    layout(figure, f"Layer {layer}: abs-max per channel", "", "", height=360)
     figure.update_xaxes(title_text="keys (after RoPE): channel = head × head_dim + d", col=1)
     figure.update_xaxes(title_text="values: channel = head × head_dim + d", col=2)
     figure.update_yaxes(title_text="abs-max", col=1)
@@ -177,7 +177,7 @@ def kv_contrast(rows: list[dict]) -> go.Figure:
             hovertemplate="layer %{x}<br>%{y:.2f}×<extra>" + name + "s</extra>",
         )
     figure.add_hline(y=1, line_color="gray", line_dash="dot")
-    return _layout(
+    return layout(
         figure, "Largest channel ÷ median channel (abs-max, mean over heads)", "layer", "ratio", height=320
     )
 
@@ -186,21 +186,21 @@ def kivi_bars(rows: list[dict], layer: int) -> go.Figure:
     """SQNR of keys and values quantized per channel vs per token, per bit width and head."""
     figure = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.05)
     for col, tensor in ((1, "key"), (2, "value")):
-        for layout, color in LAYOUT_COLORS.items():
-            subset = [r for r in rows if r["tensor"] == tensor and r["layout"] == layout]
+        for kv_layout, color in LAYOUT_COLORS.items():
+            subset = [r for r in rows if r["tensor"] == tensor and r["layout"] == kv_layout]
             figure.add_bar(
                 x=[[f"int{r['bits']}" for r in subset], [f"h{r['head']}" for r in subset]],
                 y=[r["SQNR (dB)"] for r in subset],
-                name=layout,
+                name=kv_layout,
                 marker_color=color,
-                legendgroup=layout,
+                legendgroup=kv_layout,
                 showlegend=col == 1,
-                hovertemplate="%{x}<br>%{y:.1f} dB<extra>" + layout + "</extra>",
+                hovertemplate="%{x}<br>%{y:.1f} dB<extra>" + kv_layout + "</extra>",
                 row=1,
                 col=col,
             )
     figure.update_layout(barmode="group")
-    _layout(figure, f"Layer {layer}: KV quantization error by layout (higher is better)", "", "", 380)
+    layout(figure, f"Layer {layer}: KV quantization error by layout (higher is better)", "", "", 380)
     figure.update_xaxes(title_text="keys", col=1)
     figure.update_xaxes(title_text="values", col=2)
     figure.update_yaxes(title_text="SQNR (dB)", col=1)
@@ -235,4 +235,4 @@ def sensitivity(rows: list[dict], worst: list[dict], scheme_label: str) -> go.Fi
         name="worst in layer",
         hoverinfo="skip",
     )
-    return _layout(figure, f"SQNR under {scheme_label} (lower = more sensitive)", "layer", "SQNR (dB)", 380)
+    return layout(figure, f"SQNR under {scheme_label} (lower = more sensitive)", "layer", "SQNR (dB)", 380)

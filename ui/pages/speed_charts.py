@@ -7,6 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from engine import speed
+from ui.charts import layout
 
 FORMAT_COLORS = {
     "fp32": "#7f7f7f",
@@ -28,16 +29,7 @@ LOOP_COLORS = {
 
 
 def _layout(figure: go.Figure, title: str, x: str, y: str, height: int = 440) -> go.Figure:
-    """Title on top, legend under the x axis: up to nine formats wrap there without covering the title."""
-    figure.update_layout(
-        title=title,
-        xaxis_title=x,
-        yaxis_title=y,
-        height=height,
-        margin=dict(l=10, r=10, t=50, b=10),
-        legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0),
-    )
-    return figure
+    return layout(figure, title, x, y, height, legend_below=True, bargap=None)
 
 
 def _by_format(results: list[speed.KernelTiming], label: str) -> dict[str, list[speed.KernelTiming]]:
