@@ -8,70 +8,64 @@ layouts and the dispatch table) -> models (sources, loading, data) -> runtime (g
 config) -> speed (measured kernels and decode) -> lessons (the Learn page). `recipes` names the configurations
 every page offers; `hooks` and `_types` are the shared plumbing.
 
-The names below are the public API; subpackages hold the rest.
+The names below are the public API; subpackages hold the rest. They load on first use (PEP 562
+`__getattr__`): importing `engine`, or any submodule, runs no other module of ours. An eager import of
+every submodule here made the package's first import hold its import lock while it loaded the whole
+engine, so two threads importing at once (Streamlit runs each session in its own thread) could deadlock
+between this package and a submodule, and one of them saw a half-initialized module.
 """
 
-from engine.analysis.priorgrid import PriorGrid, detect_prior_grid
-from engine.evaluation.perplexity import evaluate_against_reference, kl_to_reference, perplexity
-from engine.evaluation.study import run_grid
-from engine.methods import RTNConfig, quantize_model
-from engine.models.loading import LoadedModel, describe, load_model
-from engine.models.sources import ModelSource, ModelSourceError
-from engine.quant.metrics import (
-    error_summary,
-    kl_divergence,
-    max_abs_err,
-    mse,
-    relative_error,
-    sqnr_db,
-    top1_agreement,
-)
-from engine.quant.observers import (
-    MinMaxObserver,
-    MovingAverageMinMaxObserver,
-    MSEObserver,
-    PercentileObserver,
-)
-from engine.quant.primitives import QParams, QTensor, choose_qparams, dequantize, fake_quantize, quantize
-from engine.quant.schemes import QuantScheme, bits_per_weight
-from engine.runtime.kv_cache import KVCacheConfig, make_kv_cache
-from engine.sizing.estimate import MemoryBreakdown, estimate
+from importlib import import_module
 
-__all__ = [
-    "KVCacheConfig",
-    "LoadedModel",
-    "MemoryBreakdown",
-    "MSEObserver",
-    "MinMaxObserver",
-    "ModelSource",
-    "ModelSourceError",
-    "MovingAverageMinMaxObserver",
-    "PercentileObserver",
-    "PriorGrid",
-    "QParams",
-    "QTensor",
-    "QuantScheme",
-    "RTNConfig",
-    "bits_per_weight",
-    "choose_qparams",
-    "dequantize",
-    "describe",
-    "estimate",
-    "evaluate_against_reference",
-    "kl_to_reference",
-    "make_kv_cache",
-    "perplexity",
-    "quantize_model",
-    "run_grid",
-    "detect_prior_grid",
-    "error_summary",
-    "fake_quantize",
-    "kl_divergence",
-    "load_model",
-    "max_abs_err",
-    "mse",
-    "quantize",
-    "relative_error",
-    "sqnr_db",
-    "top1_agreement",
-]
+_PUBLIC = {  # public name -> the module that defines it
+    "bits_per_weight": "engine.quant.schemes",
+    "choose_qparams": "engine.quant.primitives",
+    "dequantize": "engine.quant.primitives",
+    "describe": "engine.models.loading",
+    "detect_prior_grid": "engine.analysis.priorgrid",
+    "error_summary": "engine.quant.metrics",
+    "estimate": "engine.sizing.estimate",
+    "evaluate_against_reference": "engine.evaluation.perplexity",
+    "fake_quantize": "engine.quant.primitives",
+    "kl_divergence": "engine.quant.metrics",
+    "kl_to_reference": "engine.evaluation.perplexity",
+    "KVCacheConfig": "engine.runtime.kv_cache",
+    "load_model": "engine.models.loading",
+    "LoadedModel": "engine.models.loading",
+    "make_kv_cache": "engine.runtime.kv_cache",
+    "max_abs_err": "engine.quant.metrics",
+    "MemoryBreakdown": "engine.sizing.estimate",
+    "MinMaxObserver": "engine.quant.observers",
+    "ModelSource": "engine.models.sources",
+    "ModelSourceError": "engine.models.sources",
+    "MovingAverageMinMaxObserver": "engine.quant.observers",
+    "mse": "engine.quant.metrics",
+    "MSEObserver": "engine.quant.observers",
+    "PercentileObserver": "engine.quant.observers",
+    "perplexity": "engine.evaluation.perplexity",
+    "PriorGrid": "engine.analysis.priorgrid",
+    "QParams": "engine.quant.primitives",
+    "QTensor": "engine.quant.primitives",
+    "quantize": "engine.quant.primitives",
+    "quantize_model": "engine.methods",
+    "QuantScheme": "engine.quant.schemes",
+    "relative_error": "engine.quant.metrics",
+    "RTNConfig": "engine.methods",
+    "run_grid": "engine.evaluation.study",
+    "sqnr_db": "engine.quant.metrics",
+    "top1_agreement": "engine.quant.metrics",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    """Import the public name's module on first use and keep the name here."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
