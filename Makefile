@@ -25,7 +25,7 @@ $(VENV)/.dev-stamp: requirements-dev.txt $(VENV)/.deps-stamp
 
 run: $(VENV)/.deps-stamp
 	$(PY) -m engine.models.prepare
-	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(PY) -m ui.serve --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 # The browser tests drive Debian's chromium; install it when missing and we may (root + apt-get).
 browser:

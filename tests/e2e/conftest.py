@@ -1,4 +1,4 @@
-"""A real server (`streamlit run app.py`) on a free loopback port, and headless Chromium driving it."""
+"""A real server (`python -m ui.serve`, what `make run` starts: the app's imports, then `streamlit run app.py`) on a free loopback port, and headless Chromium driving it."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _wait_healthy(url: str, process: subprocess.Popen, seconds: float = 60) -> N
 @pytest.fixture(scope="session")
 def server_url():
     port = _free_port()
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
+    command = [sys.executable, "-m", "ui.serve", "--server.port", str(port)]
     command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
     command += ["--server.address", "127.0.0.1"]
     log = open(ARTIFACTS.mkdir(exist_ok=True) or ARTIFACTS / "streamlit.log", "w")  # noqa: SIM115
