@@ -160,6 +160,13 @@ class QuantLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return dispatch.run(self, x)
 
+    def kernel_call(self, x: Tensor):
+        """A zero-argument callable running only the kernel a forward of `x` runs, on `x` prepared once
+        (reshaped to rows, in the kernel's input dtype): what "kernel time" times, beside a forward's."""
+        rows = x.reshape(-1, self.in_features)
+        entry = dispatch.select(self, rows.device.type, rows.shape[0])
+        return lambda: entry.kernel(rows, self)
+
     def reference_forward(self, x: Tensor) -> Tensor:
         """Dequantize the stored bytes and multiply in float32: what every kernel must match."""
         return reference.layer_forward(x, self)
