@@ -25,7 +25,10 @@ SHAPES = ((576, 576), (4096, 4096))  # SmolLM2-135M q_proj, Llama-2-7B q_proj
 FORMATS = {
     "W4A16": (QuantScheme(4, "int", False, "group", 32), None),
     "W8A16": (QuantScheme(8, "int", True, "channel"), None),
-    "W8A8": (QuantScheme(8, "int", True, "channel"), QuantScheme(8, "int", True, "channel", scale_dtype="float32")),
+    "W8A8": (
+        QuantScheme(8, "int", True, "channel"),
+        QuantScheme(8, "int", True, "channel", scale_dtype="float32"),
+    ),
 }
 
 
@@ -89,7 +92,9 @@ def main() -> None:
             layer = QuantLinear.from_linear(linear, weights, acts)
             for dtype in (torch.bfloat16, torch.float32):
                 x = torch.randn(1, in_f).to(dtype)
-                kernel, forward = interleaved([bare_kernel(layer, x), lambda: layer(x)], args.repeats)
+                kernel, forward = interleaved(
+                    [bare_kernel(layer, x), lambda m=layer, x=x: m(x)], args.repeats
+                )
                 print(
                     f"| {name} | {out_f}×{in_f} | {str(dtype)[6:]} | {op_count(layer, x)} | "
                     f"{kernel * 1e6:.1f} | {forward * 1e6:.1f} | {(forward - kernel) * 1e6:.1f} |"

@@ -9,9 +9,11 @@
 
 Both weight-only ops accept float32, float16 and bfloat16 activations, but in torch 2.13 only bfloat16
 takes the vectorised path (measured: float32 and float16 are many times slower than bfloat16, and slower
-than nn.Linear in float32; figures for one machine belong in docs/benchmarks.md). So these wrappers cast activations to bfloat16 (COMPUTE_DTYPE) and the result back to x's dtype: the
-scales are held in bfloat16 too, which rounds our fp16 scales to 8 significant bits (relative 2^-9,
-the same order as rounding the activations themselves).
+than nn.Linear in float32; figures for one machine belong in docs/benchmarks.md). So the layouts that
+hold them compute in bfloat16 (COMPUTE_DTYPE): their scales are stored in bfloat16 at pack time, which
+rounds our fp16 scales to 8 significant bits (relative 2^-9, the same order as rounding the activations
+themselves), and a float32 model's activations are cast to bfloat16 and back by the layer, not here. The
+kernel table (engine.kernels.dispatch) calls the aten ops directly.
 
 The packed int4 layout is the kernel's own and depends on the CPU (blocks of 64 output rows with
 AVX-512, 32 with AVX2; see `unpack_int4`). `unpack_int4` inverts it so the reference path reads the very
@@ -110,21 +112,7 @@ def int4_layout_ok() -> bool:
     return int4_block_rows() is not None
 
 
-def int4_mm(x: Tensor, packed: Tensor, scales_and_zeros: Tensor, group_size: int) -> Tensor:
-    """x (M, K) @ W^T -> (M, N) in x's dtype; runs in scales_and_zeros' dtype (bfloat16)."""
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-        x.to(scales_and_zeros.dtype).contiguous(), packed, group_size, scales_and_zeros
-    )
-    return y.to(x.dtype)
-
-
 # -- W8A16 and W8A8 --------------------------------------------------------------------------------------
-
-
-def int8_mm(x: Tensor, codes: Tensor, scales: Tensor) -> Tensor:
-    """x (M, K) @ (codes * scales)^T -> (M, N) in x's dtype; runs in scales' dtype (bfloat16)."""
-    y = torch.ops.aten._weight_int8pack_mm(x.to(scales.dtype).contiguous(), codes, scales)
-    return y.to(x.dtype)
 
 
 def w8a8_mm(x: Tensor, codes_t: Tensor, scales: Tensor) -> Tensor:

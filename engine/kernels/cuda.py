@@ -1,32 +1,29 @@
 """CUDA kernels: our Triton W4A16 / W8A16 kernels, PyTorch's tinygemm int4 op as the baseline, and
 `torch._int_mm` for W8A8.
 
-NOT YET RUN ON A GPU. This file was written in sessions without one: the Triton kernels
-(engine/kernels/triton_kernels.py) were checked for correctness in Triton's CPU interpreter
-(TRITON_INTERPRET=1, every autotuned config; tests/engine/kernels/test_kernels.py) and built ahead of time for an
-H100, sm_90a, without spilling (engine/kernels/triton_aot.py, tests/engine/kernels/test_triton_compile.py); the
-tinygemm and `_int_mm` wrappers follow torchao's use of the same ops, and every threshold below is a
-guess until the GPU run (bench/gpu_run.sh) sets it. No speed figure for this file has been measured.
-The GPU tests are marked `gpu` and skip without CUDA.
+Run on a GPU once (an H100, before issue 16): our Triton GEMVs were slower than cuBLAS bf16 and tinygemm
+faster (docs/benchmarks.md). So nothing here is preferred by hand any more: the kernel table
+(engine/kernels/dispatch.py) lists what can run and engine/kernels/choice.py times the candidates on the
+device, once per batch bucket, and keeps the fastest correct one. The Triton kernels
+(engine/kernels/triton_kernels.py) stay as the teaching path and a candidate; they are checked in Triton's
+CPU interpreter (TRITON_INTERPRET=1, every autotuned config; tests/engine/kernels/test_kernels.py) and
+built ahead of time for an H100, sm_90a, without spilling (engine/kernels/triton_aot.py). The GPU tests
+are marked `gpu` and skip without CUDA.
 
 Kernels (weights as QuantLinear stores them on a GPU; see engine/kernels/reference.py for the formats):
 - `w4a16`: int4 codes two per byte in pack_int4 order (element 2j in the high nibble), (N, K / 2)
-  uint8, with (N, K / group) scales and optional zeros. Up to GEMV_MAX_TOKENS rows: a GEMV that streams
-  the packed bytes once per row and reduces on the CUDA cores (decode is memory-bound: the point is to
-  read 4.x bits per weight instead of 16), autotuned per (N, K) over W4A16_GEMV_CONFIGS (rows per
-  program, warps, pipeline stages); every config is tested against the reference. Up to TRITON_GEMM_MAX_TOKENS rows: a tiled GEMM that
-  dequantizes one group-wide K tile to 16 bits in registers and feeds `tl.dot`. Beyond that: dequantize
-  the whole weight once and call cuBLAS, where the matmul dominates (prefill).
-- `w8a16`: the same three regimes for int8 codes (N, K) with one scale per row.
+  uint8, with (N, K / group) scales and optional zeros (the nibbles layout). regime "gemv": streams the
+  packed bytes once per row and reduces on the CUDA cores, autotuned per (N, K) over
+  W4A16_GEMV_CONFIGS; regime "gemm": a tiled GEMM that dequantizes one group-wide K tile to 16 bits in
+  registers and feeds `tl.dot`. Dequantize-then-cuBLAS is the table's `dequant_matmul`.
+- `w8a16`: the same two regimes for int8 codes (N, K) with one scale per row.
 - `tinygemm_*`: `aten._convert_weight_to_int4pack` / `aten._weight_int4pack_mm` (bf16 activations,
-  scales and zeros as (K / group, N, 2) bf16), built from the same codes: the baseline to beat.
+  scales and zeros as (K / group, N, 2) bf16): the tinygemm layout, and `tinygemm_unpack` reads it back.
 - `w8a8_mm`: per-token int8 activations, `torch._int_mm` (cuBLAS needs more than 16 rows, so small
   batches are padded to INT_MM_MIN_ROWS) and a float epilogue with both scales.
 
-Which of these a QuantLinear call runs (and the regime thresholds above) is decided by the kernel table of
-engine/kernels/dispatch.py. Triton is imported here at module import, and only when CUDA is available (or
-TRITON_INTERPRET=1 asks for the interpreter); the dispatch table imports this module only for tensors on
-a GPU.
+Triton is imported here at module import, and only when CUDA is available (or TRITON_INTERPRET=1 asks
+for the interpreter); the dispatch table imports this module only for tensors on a GPU.
 """
 
 from __future__ import annotations
@@ -37,11 +34,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from engine.kernels import reference
 from engine.quant.primitives import pack_int4
 
-GEMV_MAX_TOKENS = 4  # guess: beyond a few rows the GEMV re-reads the weight once per row
-TRITON_GEMM_MAX_TOKENS = 128  # guess: beyond this, dequantize once and let cuBLAS run the matmul
+GEMV_MAX_TOKENS = 4  # w4a16 / w8a16 called without a regime: the GEMV up to this many rows
 INT_MM_MIN_ROWS = 32  # torch._int_mm on CUDA needs more than 16 rows; pad small batches to this
 TINYGEMM_GROUP_SIZES = (32, 64, 128, 256)
 
@@ -171,9 +166,11 @@ def w4a16(
     zeros: Tensor | None,
     group_size: int,
     gemv: int | None = None,
+    regime: str | None = None,
 ) -> Tensor:
     """x (M, K) @ W^T for packed int4 W (N, K / 2) uint8; scales / zeros (N, K / group). Triton.
-    `gemv`: run that W4A16_GEMV_CONFIGS entry instead of the autotuner's pick (tests check every one)."""
+    `gemv`: run that W4A16_GEMV_CONFIGS entry instead of the autotuner's pick (tests check every one).
+    `regime`: "gemv" or "gemm" (the kernel table times both); None picks by M (GEMV_MAX_TOKENS)."""
     _check_triton()
     m, k = x.shape
     n = qweight.shape[0]
@@ -184,7 +181,7 @@ def w4a16(
     x = x.contiguous()
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     zero_arg = scales if zeros is None else zeros  # never read when HAS_ZERO is False
-    if m <= GEMV_MAX_TOKENS:
+    if (regime or ("gemv" if m <= GEMV_MAX_TOKENS else "gemm")) == "gemv":
         _launch_gemv(
             "W4A16",
             lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), m),
@@ -223,15 +220,17 @@ def w4a16(
     return y
 
 
-def w8a16(x: Tensor, qweight: Tensor, scales: Tensor, gemv: int | None = None) -> Tensor:
+def w8a16(
+    x: Tensor, qweight: Tensor, scales: Tensor, gemv: int | None = None, regime: str | None = None
+) -> Tensor:
     """x (M, K) @ (codes * scales)^T for int8 codes (N, K) and per-row scales (N,). Triton.
-    `gemv`: run that W8A16_GEMV_CONFIGS entry instead of the autotuner's pick."""
+    `gemv`: run that W8A16_GEMV_CONFIGS entry instead of the autotuner's pick; `regime` as in w4a16."""
     _check_triton()
     m, k = x.shape
     n = qweight.shape[0]
     x = x.contiguous()
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if m <= GEMV_MAX_TOKENS:
+    if (regime or ("gemv" if m <= GEMV_MAX_TOKENS else "gemm")) == "gemv":
         _launch_gemv(
             "W8A16",
             lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), m),
@@ -264,32 +263,24 @@ def w8a16(x: Tensor, qweight: Tensor, scales: Tensor, gemv: int | None = None) -
     return y
 
 
-# -- dequantize once, then cuBLAS (large batches) ---------------------------------------------------------
-
-
-def dequantize_nibbles(
-    qweight: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int, dtype: torch.dtype
-) -> Tensor:
-    """(N, K) weights in `dtype`, on qweight's device, from the portable int4 layout."""
-    n = qweight.shape[0]
-    codes = torch.stack([qweight >> 4, qweight & 0xF], dim=-1).view(n, -1, group_size)  # (N, G, group)
-    w = (codes.to(dtype) - reference.INT4_MIDPOINT) * scales.to(dtype).unsqueeze(-1)
-    if zeros is not None:
-        w += zeros.to(dtype).unsqueeze(-1)
-    return w.view(n, -1)
-
-
 # -- W8A8 -------------------------------------------------------------------------------------------------
 
 
 def w8a8_mm(x: Tensor, codes_t: Tensor, scales: Tensor) -> Tensor:
-    """Per-token int8 x (M, K) times int8 weights stored (K, N) contiguous; scales (N,) float32."""
-    x_codes, x_scales = reference.quantize_per_token(x)  # device-agnostic torch ops
+    """Per-token int8 x (M, K) times int8 weights stored (K, N) contiguous; scales (N,) float32.
+
+    The activation codes are reference.quantize_per_token's in fewer launches (as engine.kernels.cpu's
+    w8a8_mm: no clamp, a tiny scale for an all-zero row); cuBLAS' int8 GEMM wants more than 16 rows, so
+    small batches are padded to INT_MM_MIN_ROWS."""
+    xf = x.float()
+    x_scales = torch.linalg.vector_norm(xf, float("inf"), dim=-1, keepdim=True)  # (M, 1) absmax
+    x_scales = x_scales.clamp_min_(torch.finfo(torch.float32).tiny).div_(127.0)
+    x_codes = xf.div(x_scales).round_().to(torch.int8)
     m = x_codes.shape[0]
     if m < INT_MM_MIN_ROWS:
         x_codes = F.pad(x_codes, (0, 0, 0, INT_MM_MIN_ROWS - m))
-    y = torch._int_mm(x_codes, codes_t)[:m].float()  # (M, N) int32 sums
-    return (y * x_scales * scales.float()).to(x.dtype)
+    y = torch._int_mm(x_codes, codes_t)[:m]  # (M, N) int32 sums
+    return (y * (x_scales * scales)).to(x.dtype)
 
 
 # -- tinygemm: PyTorch's int4 op, the baseline -------------------------------------------------------------
@@ -313,11 +304,33 @@ def tinygemm_pack(codes: Tensor, scales: Tensor, zeros: Tensor, device) -> tuple
     return packed, scales_and_zeros
 
 
+def tinygemm_unpack(packed: Tensor, scales_and_zeros: Tensor, group_size: int, n: int, k: int) -> dict:
+    """The plain W4A16 form (codes (N, K) uint8, scales and zeros (N, G) float32, on the CPU) of tinygemm's
+    opaque layout: multiply by the identity in slices of rows (W^T, as torchao reads it back), then round
+    (w - zero) / scale back to the integer code. Exact: |w| <= 16 * scale, so bfloat16's relative 2^-8
+    leaves every code within 1/16 of an integer."""
+    scales = scales_and_zeros[..., 0].t().float().cpu()  # (N, G)
+    zeros = scales_and_zeros[..., 1].t().float().cpu()
+    columns = []
+    for start in range(0, k, 1024):
+        width = min(1024, k - start)
+        eye = torch.zeros(width, k, dtype=torch.bfloat16, device=packed.device)
+        eye[torch.arange(width), torch.arange(start, start + width)] = 1
+        columns.append(
+            torch.ops.aten._weight_int4pack_mm(eye, packed, group_size, scales_and_zeros).float().cpu()
+        )
+    weight_t = torch.cat(columns)  # (K, N)
+    grouped = weight_t.t().reshape(n, k // group_size, group_size)
+    safe = torch.where(scales == 0, torch.ones_like(scales), scales).unsqueeze(-1)
+    codes = ((grouped - zeros.unsqueeze(-1)) / safe).round_().add_(8).clamp_(0, 15)
+    return {"codes": codes.reshape(n, k).to(torch.uint8), "scales": scales, "zeros": zeros}
+
+
 def tinygemm_mm(x: Tensor, packed: Tensor, scales_and_zeros: Tensor, group_size: int) -> Tensor:
-    y = torch.ops.aten._weight_int4pack_mm(
-        x.to(torch.bfloat16).contiguous(), packed, group_size, scales_and_zeros
-    )
-    return y.to(x.dtype)
+    """x (M, K) in bfloat16 (cast otherwise) @ W^T -> (M, N) in x's dtype."""
+    if x.dtype != torch.bfloat16:
+        return tinygemm_mm(x.to(torch.bfloat16), packed, scales_and_zeros, group_size).to(x.dtype)
+    return torch.ops.aten._weight_int4pack_mm(x.contiguous(), packed, group_size, scales_and_zeros)
 
 
 class TinygemmLinear(nn.Module):

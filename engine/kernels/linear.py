@@ -11,11 +11,14 @@ Formats (the names the Speed page uses; engine.kernels.formats):
     W8A8   W8A16 weights and int8 per-token activations (dynamic)    activations=QuantScheme(8, ...channel)
 
 Three separate choices: the format (what is multiplied), the layout (how its bits are stored:
-engine.kernels.layouts, chosen once for the device the linear lives on) and the kernel (how they are
-multiplied: engine.kernels.dispatch, chosen per call from the device and the number of tokens, with the
-reference as the fallback). `reference_forward` dequantizes the stored bytes and runs one float matmul:
-the tests hold every kernel to it. `to_quant_linears` packs a whole model (engine.methods.packed wraps
-the same packing as a method, `PackedRTNConfig`, with a per-layer report).
+engine.kernels.layouts, chosen once at pack time for the device the linear lives on, by measurement where
+several fit) and the kernel (how they are multiplied: engine.kernels.dispatch lists what can run,
+engine.kernels.choice times the candidates once per device and batch bucket, the reference is the
+fallback). The layout fixes the compute dtype and stores the scales in it; the result always comes back
+in the activations' dtype. A layer keeps the call it bound per (rows, dtype), so a forward after the first
+is a dict lookup and the kernel. `reference_forward` dequantizes the stored bytes and runs one float
+matmul: the tests hold every kernel to it. `to_quant_linears` packs a whole model (engine.methods.packed
+wraps the same packing as a method, `PackedRTNConfig`, with a per-layer report).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from torch import Tensor, nn
 
 from engine._types import Progress, require_free
 from engine.kernels import dispatch, reference
+from engine.kernels.choice import choose_layout
 from engine.kernels.formats import FORMATS, format_named, packed_format
-from engine.kernels.layouts import choose_layout, layout_named
+from engine.kernels.layouts import fitting_layouts, layout_named
 from engine.quant.linear import FakeQuantLinear, linear_names, replace_linears
 from engine.quant.primitives import quantize
 from engine.quant.schemes import QuantScheme, check_shape
@@ -50,7 +54,7 @@ class QuantLinear(nn.Module):
     def __init__(
         self,
         fmt: str,
-        layout: str,  # how the buffers are laid out: cpu_int4pack, nibbles, int8_rows or int8_cols
+        layout: str,  # how the buffers are laid out (engine.kernels.layouts)
         in_features: int,
         out_features: int,
         group_size: int | None,
@@ -58,29 +62,42 @@ class QuantLinear(nn.Module):
         bias: Tensor | None,
         weight_scheme: QuantScheme,
         act_scheme: QuantScheme | None = None,
+        compute_dtype: torch.dtype = torch.float32,  # what the kernels take and return (the layout's)
     ) -> None:
         super().__init__()
         self.fmt, self.layout = fmt, layout
         self.weight_format, self.storage = format_named(fmt), layout_named(layout)
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.weight_scheme, self.act_scheme = weight_scheme, act_scheme
+        self.compute_dtype = compute_dtype
         for name, tensor in buffers.items():
             self.register_buffer(name, tensor)
+        # the bias stays in the model's dtype: added to a compute-dtype result it casts it up in one op
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self._calls: dict = {}  # (rows, dtype) -> the bound call (engine.kernels.dispatch.bind)
+        self._by_bucket: list = [None] * len(dispatch.choice.BUCKETS)  # chosen entry per batch bucket
 
     # -- construction -----------------------------------------------------------------------------------
 
     @classmethod
     @torch.no_grad()
     def from_linear(
-        cls, linear: nn.Linear, weights: QuantScheme, activations: QuantScheme | None = None
+        cls,
+        linear: nn.Linear,
+        weights: QuantScheme,
+        activations: QuantScheme | None = None,
+        layout: str | None = None,
     ) -> QuantLinear:
+        """Pack `linear` on its device; it expects activations in its weight's dtype. `layout` forces a
+        layout (engine.kernels.choice times each); None picks one (see `pack`)."""
         fmt = packed_format(weights, activations)
         weight = linear.weight.detach()
         qt = quantize(weight.to("cpu"), weights)  # our grid; the primitives run on the CPU
         bias = None if linear.bias is None else linear.bias.detach().clone()
         codes, scales, zeros = format_named(fmt).from_qtensor(qt)
-        return cls.pack(fmt, codes, scales, zeros, bias, weight.device, weights, activations)
+        return cls.pack(
+            fmt, codes, scales, zeros, bias, weight.device, weights, activations, weight.dtype, layout
+        )
 
     @classmethod
     @torch.no_grad()
@@ -108,7 +125,15 @@ class QuantLinear(nn.Module):
         bias = None if module.bias is None else module.bias.detach().clone()
         codes, scales, zeros = format_named(fmt).from_int_codes(c)
         return cls.pack(
-            fmt, codes, scales, zeros, bias, module.weight.device, module.weight_scheme, module.act_scheme
+            fmt,
+            codes,
+            scales,
+            zeros,
+            bias,
+            module.weight.device,
+            module.weight_scheme,
+            module.act_scheme,
+            module.weight.dtype,
         )
 
     @classmethod
@@ -122,14 +147,40 @@ class QuantLinear(nn.Module):
         device: torch.device,
         weights: QuantScheme,
         activations: QuantScheme | None,
+        io_dtype: torch.dtype = torch.float32,
+        layout: str | None = None,
     ) -> QuantLinear:
-        """Lay codes in the plain formats of engine.kernels.reference out for `device`'s kernels."""
+        """Lay codes in the plain formats of engine.kernels.reference out for `device`'s kernels, for a
+        model whose activations come in `io_dtype`. The layout: `layout` if given, else the one that fits,
+        else the one whose fastest kernel is fastest at one row on this device (engine.kernels.choice)."""
         out_features, in_features = codes.shape
         group = weights.group_size if format_named(fmt).grouped else None
-        layout = choose_layout(fmt, device.type, out_features, in_features, group)
-        buffers = layout.pack(fmt, codes, scales, zeros, weights, device.type)
-        buffers = {name: tensor.to(device) for name, tensor in buffers.items()}
-        return cls(fmt, layout.name, in_features, out_features, group, buffers, bias, weights, activations)
+        device = torch.device(device)
+        io_dtype = io_dtype if io_dtype.is_floating_point else torch.float32
+        if layout is None:
+            fitting = [f.name for f in fitting_layouts(fmt, device.type, out_features, in_features, group)]
+            layout = fitting[0]
+            if len(fitting) > 1:
+                layout = choose_layout(
+                    fitting,
+                    fmt,
+                    device.type,
+                    weights,
+                    activations,
+                    io_dtype,
+                    group,
+                    build=cls.from_linear,
+                    candidates=dispatch.candidates,
+                )
+        storage = layout_named(layout)
+        if not storage.fits(fmt, device.type, out_features, in_features, group):
+            raise ValueError(f"the {layout} layout does not store {fmt} on {device.type} at this shape")
+        compute = storage.compute_dtype(fmt, device.type, io_dtype)
+        buffers = storage.pack(fmt, codes, scales, zeros, weights, device, compute)
+        bias = None if bias is None else bias.to(device, io_dtype)
+        return cls(
+            fmt, layout, in_features, out_features, group, buffers, bias, weights, activations, compute
+        )
 
     # -- what is stored ---------------------------------------------------------------------------------
 
@@ -158,25 +209,45 @@ class QuantLinear(nn.Module):
         return dispatch.select(self, device_type, tokens).name
 
     def forward(self, x: Tensor) -> Tensor:
-        return dispatch.run(self, x)
+        if torch.compiler.is_compiling():
+            return dispatch.run_traced(self, x)
+        rows = x.reshape(-1, self.in_features)  # a view when x is contiguous
+        call = self._calls.get((rows.shape[0], x.dtype))
+        if call is None:
+            call = dispatch.bind(self, rows, x.dtype)
+        try:
+            y = call(rows, self)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (a kernel failing after its first call: the reference)
+            y = dispatch.recover(self, rows, exc)
+        return y.view(*x.shape[:-1], self.out_features)
 
     def kernel_call(self, x: Tensor):
         """A zero-argument callable running only the kernel a forward of `x` runs, on `x` prepared once
-        (reshaped to rows, in the kernel's input dtype): what "kernel time" times, beside a forward's."""
-        rows = x.reshape(-1, self.in_features)
+        (rows in the compute dtype), without the bias: what "kernel time" times, beside a forward's."""
+        rows = x.reshape(-1, self.in_features).to(self.compute_dtype).contiguous()
         entry = dispatch.select(self, rows.device.type, rows.shape[0])
-        return lambda: entry.kernel(rows, self)
+        if entry is dispatch.REFERENCE:
+            return lambda: dispatch.REFERENCE.kernel(rows, self)
+        kernel = entry.kernel
+        return lambda: kernel(rows, self)
 
     def reference_forward(self, x: Tensor) -> Tensor:
         """Dequantize the stored bytes and multiply in float32: what every kernel must match."""
         return reference.layer_forward(x, self)
+
+    def reference_matmul(self, rows: Tensor) -> Tensor:
+        """rows (tokens, in) @ W^T in float32 on the CPU, no bias: what engine.kernels.choice checks with."""
+        return reference.layer_forward(rows.float(), self, bias=False).cpu()
 
     def extra_repr(self) -> str:
         acts = self.act_scheme.label if self.act_scheme else "16-bit"
         return (
             f"in={self.in_features}, out={self.out_features}, {self.fmt}, "
             f"weights={self.weight_scheme.label}, "
-            f"activations={acts}, layout={self.layout}, {self.bits_per_weight:.3f} bits/weight"
+            f"activations={acts}, layout={self.layout}, computes in {str(self.compute_dtype)[6:]}, "
+            f"{self.bits_per_weight:.3f} bits/weight"
         )
 
 

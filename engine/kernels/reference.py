@@ -78,6 +78,20 @@ def dequantize_int4(codes: Tensor, scales: Tensor, zeros: Tensor, group_size: in
     return (grouped * scales.float().unsqueeze(-1) + zeros.float().unsqueeze(-1)).view(n, k)
 
 
+def dequantize_nibbles(
+    qweight: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int, dtype: torch.dtype
+) -> Tensor:
+    """(N, K) weights in `dtype`, on qweight's device, from the nibbles layout (N, K / 2) uint8 (element 2j
+    in the high nibble) with (N, K / group) scales and optional zeros: the dequantize-then-matmul kernel's
+    first half, on any device."""
+    n = qweight.shape[0]
+    codes = torch.stack([qweight >> 4, qweight & 0xF], dim=-1).view(n, -1, group_size)  # (N, G, group)
+    w = (codes.to(dtype) - INT4_MIDPOINT) * scales.to(dtype).unsqueeze(-1)
+    if zeros is not None:
+        w += zeros.to(dtype).unsqueeze(-1)
+    return w.view(n, -1)
+
+
 def dequantize_int8(codes: Tensor, scales: Tensor) -> Tensor:
     """(N, K) float32 weights from int8 codes (N, K) and per-row scales (N,)."""
     return codes.float() * scales.float().reshape(-1, 1)
@@ -129,12 +143,13 @@ def w8a8_matmul(x: Tensor, codes: Tensor, scales: Tensor, bias: Tensor | None = 
 # -- the reference kernel for a packed layer (engine.kernels.dispatch's last entry) --------------------------
 
 
-def layer_forward(x: Tensor, layer) -> Tensor:
+def layer_forward(x: Tensor, layer, bias: bool = True) -> Tensor:
     """x (..., in) -> (..., out) for a QuantLinear: its stored bytes unpacked to the plain form (whatever
-    the layout), dequantized and multiplied in float32 on the CPU, bias added; in x's dtype and device."""
+    the layout), dequantized and multiplied in float32 on the CPU, bias added unless `bias` is False; in
+    x's dtype and device."""
     shape = x.shape
     rows = x.reshape(-1, shape[-1]).cpu()  # (tokens, in)
     parts = layer.codes_and_qparams()
-    bias = None if layer.bias is None else layer.bias.cpu()
-    y = layer.weight_format.reference_matmul(rows, parts, layer.group_size, bias)
+    added = None if layer.bias is None or not bias else layer.bias.cpu()
+    y = layer.weight_format.reference_matmul(rows, parts, layer.group_size, added)
     return y.to(x.device).view(*shape[:-1], layer.out_features)

@@ -45,8 +45,11 @@ def _is_host_copy(func, args, kwargs) -> bool:
     if name.startswith("aten._to_copy") or name.startswith("aten.to."):
         device = (kwargs or {}).get("device")
         source = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        return source is not None and source.device.type != "cpu" and device is not None and (
-            torch.device(device).type == "cpu"
+        return (
+            source is not None
+            and source.device.type != "cpu"
+            and device is not None
+            and (torch.device(device).type == "cpu")
         )
     if name.startswith("aten.copy_"):
         dest, source = args[0], args[1]
