@@ -57,6 +57,9 @@ class KernelEntry:
     applies: Callable[[object, str, int], bool]  # (layer, device_type, tokens) -> can it run here?
     kernel: Callable[[Tensor, object], Tensor]  # (rows in compute dtype, layer) -> (tokens, out), no bias
 
+    def __deepcopy__(self, memo) -> KernelEntry:  # a copied layer keeps the table's very entries
+        return self
+
 
 _CUDA = None
 

@@ -155,3 +155,38 @@ def test_tinygemm_layout_unpacks_to_the_codes_it_was_packed_from():
     y = module(x)
     assert y.dtype == torch.bfloat16 and module.kernel_for(3) == "tinygemm"
     assert relative_error(y.cpu(), module.reference_forward(x.cpu())) < 1e-2
+
+
+def test_a_copied_layer_runs_its_own_weights_through_the_same_entries():
+    import copy
+
+    module = packed("W8A16")
+    x = torch.randn(2, 576)
+    module(x)
+    twin = copy.deepcopy(module)
+    with torch.no_grad():
+        twin.qweight.neg_()
+    assert twin._by_bucket[1] is module._by_bucket[1]
+    assert torch.allclose(twin(x), -module(x) + 2 * module.bias, atol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("rows", [1, 64])
+def test_on_a_gpu_the_chosen_kernel_is_the_fastest_measured(rows):
+    scheme = QuantScheme(4, "int", False, "group", 128)
+    module = QuantLinear.from_linear(torch.nn.Linear(4096, 4096).cuda().bfloat16(), scheme)
+    name = module.kernel_for(rows)
+    layouts = {r["candidate"]: r["µs"] for r in choice.measured_rows("cuda") if r["choice"] == "layout"}
+    timed_layouts = {k: v for k, v in layouts.items() if v is not None}
+    assert timed_layouts and module.layout == min(timed_layouts, key=timed_layouts.get), layouts
+    kernels = {
+        r["candidate"]: r["µs"]
+        for r in choice.measured_rows("cuda")
+        if r["choice"] == "kernel" and r["rows"] == choice.bucket(rows) and r["layout"] == module.layout
+    }
+    timed = {k: v for k, v in kernels.items() if v is not None}
+    if timed:  # more than one kernel can read the chosen layout: the fastest runs
+        assert name == min(timed, key=timed.get), kernels
+    x = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16)
+    assert relative_error(module(x).cpu(), module.reference_forward(x.cpu())) < 1e-2
