@@ -94,12 +94,25 @@ class _Counter(TorchDispatchMode):
         name = str(func)
         counts = self.counts
         counts.by_name[name] += 1
-        if not _is_view(func):
+        out = func(*args, **(kwargs or {}))
+        if not (_is_view(func) and _aliases_input(out, args)):  # `to`, `contiguous`, `reshape` may copy
             counts.launches += 1
             counts._launched[name] += 1
         if name in _HOST_READS or _is_host_copy(func, args, kwargs):
             counts.host_reads += 1
-        return func(*args, **(kwargs or {}))
+        return out
+
+
+def _aliases_input(out, args) -> bool:
+    """Whether an op that may alias returned a view of its first input (no kernel) or a new tensor."""
+    first = args[0] if args else None
+    results = out if isinstance(out, (tuple, list)) else (out,)
+    if not isinstance(first, torch.Tensor) or not results or not isinstance(results[0], torch.Tensor):
+        return True
+    try:
+        return results[0].untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return True
 
 
 def count_ops(fn: Callable[[], object]) -> OpCounts:
