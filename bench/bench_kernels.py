@@ -1,21 +1,29 @@
-"""Kernel and end-to-end decode speed on the current device (issue 8), as markdown for docs/benchmarks.md.
+"""Kernel and end-to-end decode speed on the current device (issues 8 and 16), as markdown for docs/benchmarks.md.
 
 Targets: on a 2-core CPU, int4 / int8 kernel decode of the default model at least as fast as fp32. On an
 H100: our W4A16 >= 3.0x and W8A16 >= 1.7x cuBLAS fp16 at batch 1 on Llama-2-7B shapes; synthetic
 Llama-2-7B decode (128-token prompt, 256 new tokens) with fp16 >= 60% of its roofline and int4 >= 2.5x fp16.
 
 Run: .venv/bin/python -m bench.bench_kernels [--repeats 20] [--threads N] [--rounds 3] [--new-tokens 64]
-[--no-llama] [--synthetic smollm2-135m-instruct] (random weights in a catalog config, where the default
-model's files are not at hand: a GPU machine). On CPU it runs one torch thread unless told otherwise: OpenMP threads on shared, loaded
-cores make medians land on the scheduler's time slices (docs/benchmarks.md). Tables:
-1. the default model's linear shapes x batch 1..256 x format: median µs, achieved GB/s, speed-up over the
-   baseline (fp32 on CPU, bf16 on a GPU), with the kernel that ran; bitsandbytes' NF4 and LLM.int8()
-   layers beside ours;
+[--no-llama] [--kernels-only] [--batches 1 16] [--formats W8A16 W4A16] [--synthetic smollm2-135m-instruct]
+(random weights in a catalog config, where the default model's files are not at hand: a GPU machine).
+On CPU it runs one torch thread unless told otherwise: OpenMP threads on shared, loaded cores make
+medians land on the scheduler's time slices (docs/benchmarks.md).
+
+Every kernel row has two figures (engine.speed.timing.two_figures): **kernel µs**, the kernel alone on
+input prepared once (a CUDA-graph replay timed with CUDA events on a GPU; wall clock on a CPU), and
+**call µs**, what a model's forward pays per call; **overhead µs** is the difference. GB/s and TFLOP/s
+use kernel time; speed-ups over the baseline are given for both. Tables, each printed as soon as its
+shape is measured:
+1. the default model's linear shapes x batch 1..256 x format, with the kernel that ran; bitsandbytes'
+   NF4 and LLM.int8() layers beside ours (on CUDA the Llama-2-7B shapes come first);
 2. Llama-2-7B shapes (on CPU at batch 1 and 4 only, where a 180 MB fp32 weight keeps calls short);
-3. end-to-end greedy decode of the default model per variant: each variant decodes `rounds` times,
-   interleaved with the others so load drift hits all of them alike, and the median is reported, with
-   prefill tokens/s and the bandwidth roofline (bytes read per token / measured copy bandwidth);
-4. on CUDA only: the same for Llama-2-7B-shaped random weights, plus transformers' own `generate`.
+3. unless --kernels-only, end-to-end greedy decode of the default model per variant: each variant
+   decodes `rounds` times, interleaved with the others so load drift hits all of them alike, and the
+   median is reported, with prefill tokens/s and the bandwidth roofline (bytes read per token /
+   measured copy bandwidth);
+4. on CUDA only (and unless --kernels-only): the same for Llama-2-7B-shaped random weights, plus
+   transformers' own `generate`.
 The load average is printed before and after: other processes on the same cores change every number.
 """
 
@@ -61,22 +69,42 @@ def load_subject(synthetic: str | None, device: str):
 
 
 def kernel_tables(results: list[speed.KernelTiming], baseline: str) -> str:
-    formats = list(dict.fromkeys(r.format for r in results))
+    """One markdown table per shape: a row per (batch, format) with kernel, call and overhead µs."""
     lines = []
+    reasons: dict[str, None] = {}
     for label in dict.fromkeys(r.shape.label for r in results):
         rows = [r for r in results if r.shape.label == label]
-        lines.append(f"\n**{label}** (µs, GB/s, speed-up over {baseline}; kernel)\n")
-        lines.append("| batch | " + " | ".join(formats) + " |")
-        lines.append("| ---: | " + " | ".join("---" for _ in formats) + " |")
-        for batch in dict.fromkeys(r.batch for r in rows):
-            cells = []
-            for fmt in formats:
-                r = next(x for x in rows if x.batch == batch and x.format == fmt)
-                cells.append(f"{r.seconds * 1e6:,.0f} µs, {r.gbytes_per_s:.1f} GB/s, **{r.speedup:.2f}x**")
-            lines.append(f"| {batch} | " + " | ".join(cells) + " |")
-        kernels = {fmt: next(r.kernel for r in rows if r.format == fmt) for fmt in formats}
-        lines.append("\nkernels: " + ", ".join(f"{fmt} = `{k}`" for fmt, k in kernels.items()))
+        lines.append(
+            f"\n**{label}** (kernel µs: the kernel alone; call µs: a forward; GB/s and TFLOP/s from "
+            f"kernel time; speed-ups over {baseline})\n"
+        )
+        lines.append(
+            "| batch | format | kernel | kernel µs | call µs | overhead µs | GB/s | TFLOP/s | "
+            "speed-up (kernel) | speed-up (call) | kernel timed by |"
+        )
+        lines.append("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        for r in sorted(rows, key=lambda r: r.batch):  # stable: formats keep their order within a batch
+            method, _, reason = r.method.partition(" (")
+            if reason:
+                reasons[f"{r.format}: {reason.rstrip(')')}"] = None
+            lines.append(
+                f"| {r.batch} | {r.format} | `{r.kernel}` | {r.kernel_seconds * 1e6:,.1f} | "
+                f"{r.call_seconds * 1e6:,.1f} | {r.overhead_seconds * 1e6:,.1f} | {r.gbytes_per_s:,.1f} | "
+                f"{r.tflops:.3f} | **{r.speedup:.2f}x** | {r.call_speedup:.2f}x | {method} |"
+            )
+    if reasons:
+        lines.append("\nKernel time from CUDA events instead of a CUDA graph:")
+        lines.extend(f"- {reason}" for reason in reasons)
     return "\n".join(lines)
+
+
+def kernel_section(title: str, shapes, batches, formats, device: str, repeats: int, baseline: str) -> None:
+    """Time `shapes` one at a time and print each shape's table as soon as it is measured (a run cut
+    short by a timeout keeps what it measured)."""
+    print(f"\n## {title}, batch {', '.join(map(str, batches))} (median of {repeats})", flush=True)
+    for shape in shapes:
+        results = speed.microbenchmark([shape], batches, formats, device=device, repeats=repeats, warmup=2)
+        print(kernel_tables(results, baseline), flush=True)
 
 
 def decode_rounds(model, tokenizer, variants, prompt_tokens, new_tokens, rounds, bandwidth, group_size=None):
@@ -140,6 +168,29 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--no-llama", action="store_true", help="skip the Llama-2-7B shapes")
     parser.add_argument(
+        "--kernels-only", action="store_true", help="the kernel tables only: no end-to-end decode"
+    )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"default: {' '.join(map(str, speed.BATCH_SIZES))}",
+    )
+    parser.add_argument(
+        "--llama-batches",
+        type=int,
+        nargs="+",
+        default=None,
+        help="batches for the Llama-2-7B shapes (default: --batches on a GPU, 1 4 on a CPU)",
+    )
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        default=None,
+        help="formats to time (default: every one this device runs; the baseline always runs)",
+    )
+    parser.add_argument(
         "--synthetic",
         default=None,
         help="a catalog config (e.g. smollm2-135m-instruct) with random weights instead of the default "
@@ -153,26 +204,34 @@ def main() -> None:
     prompt_tokens = args.prompt_tokens or (128 if on_gpu else 32)
     new_tokens = args.new_tokens or (256 if on_gpu else 64)
     baseline = speed.baseline_format(device)
+    batches = args.batches or speed.BATCH_SIZES
+    llama_batches = args.llama_batches or (batches if on_gpu else [b for b in (1, 4) if b in batches] or [1])
+    formats = None if args.formats is None else list(dict.fromkeys([baseline, *args.formats]))
 
     print(
-        f"# Kernels and decode speed — `python -m bench.bench_kernels`\n\n{machine_line(device)} (before)\n"
+        f"# Kernels and decode speed — `python -m bench.bench_kernels`\n\n{machine_line(device)} (before)\n",
+        flush=True,
     )
     dtype = "bfloat16" if on_gpu else "float32"
     loaded = load_subject(args.synthetic, device)
     bandwidth = speed.measure_bandwidth(device)
-    print(f"Measured copy bandwidth: {bandwidth / 1e9:,.1f} GB/s (read + write of a large tensor).\n")
+    print(
+        f"Measured copy bandwidth: {bandwidth / 1e9:,.1f} GB/s (read + write of a large tensor, over its "
+        "kernel time).\n",
+        flush=True,
+    )
+    timing = (
+        "CUDA-graph replays timed with CUDA events" if on_gpu else "wall clock, kernel and call alternately"
+    )
+    print(f"Kernel time: {timing}. Call time: wall time of back-to-back forwards.", flush=True)
 
-    shapes = speed.model_linear_shapes(loaded.model)
-    print(f"## Linear layers of {loaded.source.label} (median of {args.repeats})")
-    results = speed.microbenchmark(shapes, speed.BATCH_SIZES, device=device, repeats=args.repeats)
-    print(kernel_tables(results, baseline))
-
+    llama = [speed.LinearShape(o, i) for o, i in speed.LLAMA_2_7B_SHAPES]
+    sections = [(f"Linear layers of {loaded.source.label}", speed.model_linear_shapes(loaded.model), batches)]
     if not args.no_llama:
-        batches = speed.BATCH_SIZES if on_gpu else (1, 4)
-        llama = [speed.LinearShape(o, i) for o, i in speed.LLAMA_2_7B_SHAPES]
-        print(f"\n## Llama-2-7B shapes, batch {', '.join(map(str, batches))} (median of {args.repeats})")
-        results = speed.microbenchmark(llama, batches, device=device, repeats=args.repeats, warmup=2)
-        print(kernel_tables(results, baseline))
+        llama_section = ("Llama-2-7B shapes", llama, llama_batches)
+        sections = [llama_section, *sections] if on_gpu else [*sections, llama_section]
+    for title, shapes, section_batches in sections:
+        kernel_section(title, shapes, section_batches, formats, device, args.repeats, baseline)
 
     if on_gpu:
         from engine.kernels import cuda
@@ -180,6 +239,9 @@ def main() -> None:
         for fmt, picks in cuda.tuned_gemv_configs().items():
             for key, config in picks.items():
                 print(f"\n{fmt} decode GEMV autotuned for {key}: {config}")
+    if args.kernels_only:
+        print(f"\n{machine_line(device)} (after)")
+        return
     names = ["bf16", "fp16"] if on_gpu else ["fp32", "bf16"]
     variants = [speed.VARIANTS[n] for n in [*names, "W8A16", "W4A16", "W8A8", "W4A16 + int8 head"]] + [
         r for r in speed.BNB_FORMATS.values() if speed.bnb_installed()

@@ -43,7 +43,7 @@ def kernel_form(model, device: str) -> speed_view.KernelRequest | None:
     st.caption(
         f"Median of the repeats after a warm-up; the {speed.baseline_format(device)} baseline always runs so "
         "speed-ups have a reference. Calls rotate over copies of the weights so each reads them from memory, "
-        "as a whole model does."
+        "as a whole model does. Each format gets a kernel time and a call time."
     )
     pressed = st.button(
         "Run microbenchmarks", type="primary", key="speed_run_kernels", disabled=not (picked and batches)
@@ -59,14 +59,16 @@ def kernel_results(device: str) -> None:
     if not (run and run.results):
         return
     st.caption(run.machine.caption)
+    st.caption(speed_view.TIMING_NOTE)
     labels = list(dict.fromkeys(r.shape.label for r in run.results))
     shown = st.selectbox("Show shape", labels, key="speed_show_shape") if len(labels) > 1 else labels[0]
     left, right = st.columns(2)
     baseline = speed.baseline_format(device)
     left.plotly_chart(charts.speedup_chart(run.results, shown, baseline), key="speed_chart_speedup")
     right.plotly_chart(charts.bandwidth_chart(run.results, shown), key="speed_chart_bandwidth")
-    with st.expander("All kernel timings"):
+    with st.expander("All kernel timings: kernel µs, call µs and overhead µs per format"):
         st.dataframe(charts.kernel_table(run.results), hide_index=True)
+    speed_view.kernel_choice_table(device)
 
 
 def synthetic_form(on_gpu: bool):

@@ -20,6 +20,7 @@ process on the same machine does not measure again; QE_KERNEL_CHOICE_CACHE=off k
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -57,6 +58,8 @@ class Measurement:
     microseconds: dict[str, float] = field(default_factory=dict)  # candidate -> median µs, correct ones
     refused: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not eligible
     chosen: str = ""
+    versions: str = ""  # torch (and Triton) versions it was measured with
+    when: float = 0.0  # time.time() of the measurement: the latest one is shown
 
 
 _LOCK = threading.RLock()
@@ -67,9 +70,15 @@ _LOADED: set[str] = set()  # files already read into _MEMORY
 def device_name(device_type: str) -> str:
     if device_type == "cuda":
         return f"cuda: {torch.cuda.get_device_name()}"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"cpu: {_processor()}, {torch.get_num_threads()} threads"  # speed depends on the threads
 
 
+@functools.cache
+def _processor() -> str:
+    return platform.processor() or platform.machine()
+
+
+@functools.cache
 def _versions() -> str:
     try:
         import triton
@@ -98,9 +107,11 @@ def _load() -> None:
     for key, value in stored.items() if isinstance(stored, dict) else ():
         try:
             value["probe"] = tuple(value["probe"])
-            _MEMORY.setdefault(key, Measurement(**value))
+            measurement = Measurement(**value)
         except (TypeError, KeyError):
             continue  # an entry from another version of this file: measured again when needed
+        if measurement.versions == _versions():  # other torch / Triton versions: measured again
+            _MEMORY.setdefault(key, measurement)
 
 
 def _save() -> None:
@@ -234,6 +245,7 @@ def choose(layer, device_type: str, tokens: int, candidates: list, measure: bool
                 (probe.out_features, probe.in_features),
             )
             _time_candidates(probe, candidates, size, found)
+            found.versions, found.when = _versions(), time.time()
             found.chosen = min(found.microseconds, key=found.microseconds.get) if found.microseconds else ""
             _MEMORY[key] = found
             _save()
@@ -283,6 +295,7 @@ def choose_layout(
                         "no kernel runs it here"
                     )
             found.chosen = min(found.microseconds, key=found.microseconds.get) if found.microseconds else ""
+            found.versions, found.when = _versions(), time.time()
             _MEMORY[key] = found
             _save()
     return found.chosen or fitting[-1]
@@ -312,10 +325,15 @@ def measured_rows(device_type: str | None = None) -> list[dict]:
         measurements = list(_MEMORY.values())
     rows = []
     prefix = None if device_type is None else device_name(device_type)
+    latest: dict[tuple, Measurement] = {}  # one measurement per choice: the latest, with today's versions
     for m in measurements:
-        if prefix is not None and m.device != prefix:
+        if (prefix is not None and m.device != prefix) or m.versions != _versions():
             continue
-        what = "layout" if "/" in m.layout or m.layout in m.microseconds else "kernel"
+        what = (m.device, m.fmt, m.layout, m.group_size, m.compute_dtype, m.tokens)
+        if what not in latest or m.when > latest[what].when:
+            latest[what] = m
+    for m in latest.values():
+        what = "layout" if "/" in m.layout else "kernel"
         for name in sorted({*m.microseconds, *m.refused}, key=lambda n: m.microseconds.get(n, float("inf"))):
             rows.append(
                 {

@@ -1,7 +1,8 @@
 """Measured speed on this device: linear-layer microbenchmarks and end-to-end decode beside its roofline.
 
 Read in order:
-- timing.py: median wall time of a call, synchronizing a GPU around each one;
+- timing.py: kernel time (a CUDA-graph replay on a GPU) and call time (what a forward pays) of an
+  operation, and the older median wall time of a call;
 - variants.py: what is timed, as recipes (engine.recipes), and the tables that build one layer or a
   whole model for each (float recasts, packed QuantLinear, bitsandbytes layers, Methods-lab copies);
 - microbench.py: one linear layer per format at several batch sizes (KernelTiming);
@@ -42,7 +43,7 @@ from engine.speed.microbench import (
     output_head_shape,
 )
 from engine.speed.synthetic import DTYPE_NAMES, SyntheticTokenizer, synthetic_model
-from engine.speed.timing import median_seconds
+from engine.speed.timing import KernelAndCall, median_seconds, two_figures
 from engine.speed.variants import (
     BNB_FORMATS,
     DTYPES,
@@ -78,6 +79,7 @@ __all__ = [
     "STATIC_LOOP",
     "VARIANTS",
     "DecodeTiming",
+    "KernelAndCall",
     "KernelTiming",
     "LinearShape",
     "SyntheticTokenizer",
@@ -106,6 +108,7 @@ __all__ = [
     "runnable_copy",
     "runnable_refusal",
     "synthetic_model",
+    "two_figures",
     "variant_recipe",
     "weight_read_bytes",
 ]

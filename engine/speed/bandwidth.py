@@ -1,7 +1,8 @@
 """How many bytes a model or a decode step moves, and how fast this device copies them.
 
 `measure_bandwidth` is the roofline's denominator: a large tensor copy, each byte read once and written
-once. `model_weight_bytes` counts what a model really stores (parameters, buffers and what bitsandbytes
+once, over its kernel time (engine.speed.timing: a CUDA-graph replay on a GPU, so no host round trip is
+counted as memory time). `model_weight_bytes` counts what a model really stores (parameters, buffers and what bitsandbytes
 keeps beside them); `weight_read_bytes` is what one decode step reads of it.
 """
 
@@ -11,16 +12,17 @@ import torch
 from torch import nn
 
 from engine.sizing.estimate import measured_bytes
-from engine.speed.timing import median_seconds
+from engine.speed.timing import two_figures
 
 
 def measure_bandwidth(device: str = "cpu", nbytes: int | None = None, repeats: int = 5) -> float:
-    """Bytes/s of a large tensor copy (each byte read once and written once), median of `repeats`."""
+    """Bytes/s of a large tensor copy (each byte read once and written once), over its median kernel time
+    of `repeats`."""
     nbytes = nbytes or (1 << 30 if device.startswith("cuda") else 256 << 20)
     source = torch.ones(nbytes, dtype=torch.uint8, device=device)
     target = torch.empty_like(source)
-    seconds = median_seconds([lambda: target.copy_(source)], repeats, 1, device)
-    return 2 * nbytes / seconds
+    figures = two_figures(lambda: target.copy_(source), None, device, repeats=repeats, warmup=1, per_sample=1)
+    return 2 * nbytes / figures.kernel_seconds
 
 
 def float_dtype(model: nn.Module) -> torch.dtype:

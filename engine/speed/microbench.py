@@ -2,11 +2,15 @@
 
 Formats are the recipes of engine.speed.variants: 16/32-bit `nn.functional.linear` (the baseline: fp32 on
 CPU, the activation dtype on a GPU), the packed `QuantLinear` of engine.kernels (W8A16, W4A16, W8A8;
-tinygemm int4 too on CUDA) and, for comparison, bitsandbytes' own NF4 and LLM.int8() layers. Each figure
-is the median of `repeats` calls after `warmup`, with a device synchronize around every call on a GPU.
-Calls rotate over enough copies of the weights (ROTATE_BYTES) that each one reads its weights from
-memory rather than from a cache that a whole model would never fit in; "GB/s" is weight bytes (scales
-included) plus activation bytes in and out, divided by the time.
+tinygemm int4 too on CUDA) and, for comparison, bitsandbytes' own NF4 and LLM.int8() layers.
+
+Every (shape, batch, format) gets two figures (engine.speed.timing.two_figures): **kernel time**, the
+kernel alone (`QuantLinear.kernel_call` on input prepared once; the forward itself for layers with no
+separate kernel), replayed from a CUDA graph on a GPU; and **call time**, what a model's forward pays per
+call. Their difference is the overhead (Python, dispatch, casts, launches). Calls rotate over enough
+copies of the weights (ROTATE_BYTES) that each one reads its weights from memory rather than from a cache
+that a whole model would never fit in; "GB/s" is weight bytes (scales included) plus activation bytes in
+and out, divided by the kernel time, and TFLOP/s too; speed-ups over the baseline are given for both.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +27,7 @@ from torch import nn
 from engine._types import Progress
 from engine.quant.linear import linear_names
 from engine.recipes import Recipe
-from engine.speed.timing import median_seconds
+from engine.speed.timing import WALL_CLOCK, KernelAndCall, two_figures
 from engine.speed.variants import (
     _nbytes,
     available_formats,
@@ -81,22 +86,51 @@ class KernelTiming:
     batch: int
     format: str  # the recipe's label (W4A16, NF4 (bnb), ...)
     kernel: str  # what actually ran
-    seconds: float  # median
+    kernel_seconds: float  # median: the kernel alone (CUDA-graph replay on a GPU)
+    call_seconds: float  # median: a forward, as a model's pays it (Python, dispatch, launches included)
     bytes: int  # weights with scales, plus activations in and out
     flops: float
-    baseline_seconds: float | None = None
+    method: str = WALL_CLOCK  # how kernel time was taken (engine.speed.timing)
+    baseline_kernel_seconds: float | None = None
+    baseline_call_seconds: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Call time: what a model's forward pays per call."""
+        return self.call_seconds
+
+    @property
+    def overhead_seconds(self) -> float:
+        """Call time beyond the kernel (about 0, either sign, where the kernel is the call on a CPU)."""
+        return self.call_seconds - self.kernel_seconds
 
     @property
     def gbytes_per_s(self) -> float:
-        return self.bytes / self.seconds / 1e9
+        """Bytes moved over kernel time: what the memory delivered to the kernel."""
+        return self.bytes / self.kernel_seconds / 1e9
 
     @property
     def tflops(self) -> float:
-        return self.flops / self.seconds / 1e12
+        return self.flops / self.kernel_seconds / 1e12
 
     @property
     def speedup(self) -> float | None:
-        return None if self.baseline_seconds is None else self.baseline_seconds / self.seconds
+        """Kernel time of the baseline over this kernel's."""
+        if self.baseline_kernel_seconds is None:
+            return None
+        return self.baseline_kernel_seconds / self.kernel_seconds
+
+    @property
+    def call_speedup(self) -> float | None:
+        """Call time of the baseline over this call's: what a model's forward gains."""
+        return None if self.baseline_call_seconds is None else self.baseline_call_seconds / self.call_seconds
+
+
+def kernel_of(layer: nn.Module, x: torch.Tensor) -> Callable[[], object] | None:
+    """The layer's kernel alone on `x` prepared once (QuantLinear.kernel_call, or any layer's that has
+    one), or None where the forward is the kernel (float linears, bitsandbytes, tinygemm)."""
+    kernel_call = getattr(layer, "kernel_call", None)
+    return kernel_call(x) if callable(kernel_call) else None
 
 
 def _time_format(
@@ -109,8 +143,8 @@ def _time_format(
     rotate_bytes: int | None,
     timing: dict,
     generator: torch.Generator,
-) -> list[tuple[int, str, float, int]]:
-    """(batch, kernel, median seconds, bytes moved) of one format on one shape, per batch."""
+) -> list[tuple[int, str, KernelAndCall, int]]:
+    """(batch, kernel, kernel and call time, bytes moved) of one format on one shape, per batch."""
     device = str(weight.device)
     x_dtype = recipe.dtype or act_dtype  # 16/32-bit baselines take their own dtype
     layer = layer_for(recipe, weight, group_size, x_dtype)
@@ -123,9 +157,17 @@ def _time_format(
     rows = []
     for batch in batches:
         x = torch.randn(batch, shape.in_features, generator=generator).to(device, x_dtype)
-        seconds = median_seconds([lambda m=m, x=x: m(x) for m in layers], **timing, device=device)
+        for each in layers:  # a forward at this batch first: a kernel that fails here falls back before
+            each(x)  # its kernel_call is taken (engine.kernels.dispatch)
+        kernels = [kernel_of(m, x) for m in layers]
+        figures = two_figures(
+            [lambda m=m, x=x: m(x) for m in layers],
+            None if kernels[0] is None else kernels,
+            device=device,
+            **timing,
+        )
         activation_bytes = batch * (shape.in_features + shape.out_features) * x.element_size()
-        rows.append((batch, kernel_name(layer, batch), seconds, weight_bytes + activation_bytes))
+        rows.append((batch, kernel_name(layer, batch), figures, weight_bytes + activation_bytes))
     return rows
 
 
@@ -164,7 +206,7 @@ def microbenchmark(
     steps = len(shapes) * len(order)
     for shape_index, shape in enumerate(shapes):
         weight = (torch.randn(shape.out_features, shape.in_features, generator=generator) * 0.02).to(device)
-        baseline: dict[int, float] = {}
+        baseline: dict[int, KernelAndCall] = {}
         for fmt_index, fmt in enumerate(order):
             if progress:
                 progress((shape_index * len(order) + fmt_index) / steps, f"{shape.label}: {fmt}")
@@ -179,12 +221,25 @@ def microbenchmark(
                 timing,
                 generator,
             )
-            for batch, kernel, seconds, moved in rows:
+            for batch, kernel, figures, moved in rows:
                 if fmt == base:
-                    baseline[batch] = seconds
+                    baseline[batch] = figures
                 flops = 2.0 * batch * shape.out_features * shape.in_features
+                base_figures = baseline.get(batch)
                 results.append(
-                    KernelTiming(shape, batch, fmt, kernel, seconds, moved, flops, baseline.get(batch))
+                    KernelTiming(
+                        shape,
+                        batch,
+                        fmt,
+                        kernel,
+                        figures.kernel_seconds,
+                        figures.call_seconds,
+                        moved,
+                        flops,
+                        figures.method,
+                        None if base_figures is None else base_figures.kernel_seconds,
+                        None if base_figures is None else base_figures.call_seconds,
+                    )
                 )
     if progress:
         progress(1.0, "Microbenchmarks done")

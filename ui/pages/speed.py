@@ -51,6 +51,12 @@ CPU_NOTE = (
     "(our Triton kernels, tinygemm, cuBLAS) need a GPU run: pick `cuda` in the sidebar on a machine with one."
 )
 
+TIMING_NOTE = (
+    "**kernel µs** is the kernel alone, on input prepared once (on a GPU replayed from a CUDA graph, so no "
+    "Python or launch cost is in it), while **call µs** is what a model's forward pays per call (Python, "
+    "dispatch, casts and launches included): **overhead µs** is the difference, and GB/s, TFLOP/s and "
+    "the speed-up chart use kernel time."
+)
 SHAPES_HELP = (
     "Llama-2-7B's weights are 4096×4096, 11008×4096 and 4096×11008 (out × in): about 50 times the "
     "default model's (SmolLM2-135M), so on a CPU the larger batches make a long run."
@@ -177,9 +183,49 @@ def lab_builders(lab_runs: dict, variants: list[str]) -> dict:
 
 def device_note(device: str) -> None:
     if device.startswith("cuda"):
-        st.caption(f"Device: {torch.cuda.get_device_name()}. Timings synchronize the GPU around every call.")
+        st.caption(
+            f"Device: {torch.cuda.get_device_name()}. Kernel time is a CUDA-graph replay timed with CUDA "
+            "events (CUDA events around back-to-back calls where an op refuses capture); call time is the "
+            "wall time of back-to-back forwards, the GPU synchronized once per round."
+        )
     else:
         st.info(CPU_NOTE, icon=":material/memory:")
+
+
+CHOICE_NOTE = (
+    "Several kernels can multiply one packed layout (a CPU: aten's packed int8 op or dequantize-then-matmul; "
+    "a GPU: our Triton GEMV and GEMM, tinygemm, aten's int8 op, dequantize-then-cuBLAS). None is preferred "
+    "by hand: the first time a format meets a batch size on this device, every candidate is timed on a "
+    "probe layer and checked against the reference, and the fastest correct one runs from then on (kept "
+    "in a file, so a restart does not time them again). A refused candidate says why."
+)
+
+
+def kernel_choice_table(device: str) -> None:
+    """What engine.kernels.choice measured on this device: per format, layout and batch bucket, each
+    candidate's time and the one chosen (layouts too, where more than one stores a format)."""
+    rows = kernels.choice.measured_rows("cuda" if device.startswith("cuda") else "cpu")
+    if not rows:
+        return
+    with st.expander("Which kernel runs, and why: measured on this device"):
+        st.caption(CHOICE_NOTE)
+        table = [
+            {
+                "format": r["format"],
+                "choosing": r["choice"],
+                "layout": r["layout"],
+                "group": r["group"],
+                "computes in": r["dtype"],
+                "rows (bucket)": r["rows"],
+                "candidate": r["candidate"],
+                "µs": None if r["µs"] is None else round(r["µs"], 1),
+                "chosen": "✓" if r["chosen"] else "",
+                "why not": r["note"],
+                "probe layer": r["probe"],
+            }
+            for r in rows
+        ]
+        st.dataframe(table, hide_index=True)
 
 
 def kernel_fallback_notes(where) -> None:
