@@ -3,7 +3,7 @@
 For each CPU layout (W4A16 cpu_int4pack, W8A16 int8_rows, W8A8 int8_rows) and activation dtype, at batch
 1 on SmolLM2-135M's and Llama-2-7B's q_proj shapes: the median time of the bare aten op on arguments
 prepared beforehand (the kernel), of `QuantLinear.forward` (the call a model pays), and the difference
-(the overhead: Python, casts, reshapes, dispatch). Also the aten ops one forward dispatches. The two are
+(the overhead: Python, casts, reshapes, dispatch). Also the aten ops one forward launches. The two are
 timed interleaved, call by call, so load drift hits both alike.
 
 Run: .venv/bin/python -m bench.bench_call_overhead [--repeats 2000] [--threads 1]
@@ -60,19 +60,11 @@ def interleaved(calls, repeats: int) -> list[float]:
     return [statistics.median(s) for s in samples]
 
 
-def op_count(layer: nn.Module, x: torch.Tensor) -> int:
-    from torch.utils._python_dispatch import TorchDispatchMode
+def launches(layer: nn.Module, x: torch.Tensor) -> int:
+    """Aten ops one forward launches (views left out), counted by engine.speed.ops."""
+    from engine.speed.ops import count_ops
 
-    class Count(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Count.n += 1
-            return func(*args, **(kwargs or {}))
-
-    with Count():
-        layer(x)
-    return Count.n
+    return count_ops(lambda: layer(x)).launches
 
 
 @torch.inference_mode()
@@ -84,7 +76,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), median of {args.repeats} calls")
-    print("\n| format | shape | activations | aten ops | kernel µs | forward µs | overhead µs |")
+    print("\n| format | shape | activations | launches | kernel µs | forward µs | overhead µs |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for out_f, in_f in SHAPES:
         linear = nn.Linear(in_f, out_f, bias=False)
@@ -96,7 +88,7 @@ def main() -> None:
                     [bare_kernel(layer, x), lambda m=layer, x=x: m(x)], args.repeats
                 )
                 print(
-                    f"| {name} | {out_f}×{in_f} | {str(dtype)[6:]} | {op_count(layer, x)} | "
+                    f"| {name} | {out_f}×{in_f} | {str(dtype)[6:]} | {launches(layer, x)} | "
                     f"{kernel * 1e6:.1f} | {forward * 1e6:.1f} | {(forward - kernel) * 1e6:.1f} |"
                 )
 

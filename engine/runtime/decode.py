@@ -1,20 +1,28 @@
 """Fast greedy decoding: a static KV cache and a per-token step that can be compiled (issue 8).
 
 The loop gpt-fast made the standard for batch-1 decode. The prompt is prefilled once, eagerly, into a
-transformers `StaticCache` preallocated to `prompt + max_new_tokens` (so every decode step has the same
-shapes); then engine.runtime.greedy's loop (the one every decoder shares) calls
-`_greedy_step(model, token, position, cache) -> next token` per token, argmax included, with nothing
-copied back to the host between steps (unless an end-of-sequence token must be watched for). In mode
-"compiled" that step goes through `torch.compile(dynamic=False)`: with
-`mode="reduce-overhead"` on CUDA, which replays the step as a CUDA graph so that Python and kernel
-launches drop out and decode is bound by reading the weights; on a CPU the default inductor mode
-(C++/OpenMP code, no graphs), which mostly removes Python and fuses the small elementwise ops.
+static cache preallocated to `prompt + max_new_tokens` (engine.runtime.static_cache.SharedPositionCache,
+a transformers StaticCache), so every decode step has the same shapes; then engine.runtime.greedy's loop
+(the one every decoder shares) calls `_greedy_step(model, token, cache, mask) -> next token` per token,
+argmax included, with nothing copied back to the host between steps (one token id per step when an
+end-of-sequence token must be watched for). In mode "compiled" that step goes through
+`torch.compile(dynamic=False)`: with `mode="reduce-overhead"` on CUDA, which replays the step as a CUDA
+graph so that Python and kernel launches drop out and decode is bound by reading the weights; on a CPU
+the default inductor mode (C++/OpenMP code, no graphs), which mostly removes Python and fuses the small
+elementwise ops.
 
 Where it departs from transformers / gpt-fast:
-- transformers 5.x forwards take no `cache_position`: a StaticCache layer keeps its own fill level
-  (`cumulative_length`, a tensor, so it never forces a recompile) and writes each step's keys there;
-  we pass `position_ids` explicitly for the rotary embedding, one tensor incremented in place, and the
-  two stay in step because every call writes exactly the tokens it is given.
+- transformers 5.x forwards take no `cache_position`: a StaticCache layer keeps its own fill level (a
+  tensor, so it never forces a recompile) and writes each step's keys there. Ours share one fill level,
+  a 0-d tensor on the device that the cache advances once per forward (issue 16: transformers' layers
+  spend an arange, an add and an add_ per layer per step on their own); the step's `position_ids` are a
+  view of that same tensor, so the position and the cache cannot drift apart.
+- The attention mask (issue 16): transformers rebuilds the static cache's causal mask every step (~20
+  small ops: aranges, unsqueezes, a comparison). In eager mode we pass a preallocated 4-D mask instead
+  (bool for sdpa, additive for "eager" attention; transformers uses a 4-D mask as it is) and open one
+  slot of it per step (one `index_fill_`). Only for models whose every layer is full attention with the
+  sdpa or eager kernel; others (sliding windows, flash / flex attention), and compiled steps, where
+  inductor fuses the mask's ops into the graph, leave the mask to transformers.
 - Compilation is tried with `fullgraph=True` first; a graph break (e.g. fake-quantized activations,
   whose primitive branches on tensor values) retries with `fullgraph=False` and reports how many breaks
   Dynamo counted. Any other failure (no C++ compiler for inductor, an op Dynamo cannot trace) falls back
@@ -27,6 +35,7 @@ Where it departs from transformers / gpt-fast:
   never shared between models and shapes, and no entry silently degrades to eager.
 - Compilation happens in a warm-up (a one-token prefill and WARMUP_STEPS steps) before the timed run,
   so `compile_seconds` is reported apart from the steady-state tokens/s. Eager runs warm up too.
+- A step's output is cloned only when CUDA graphs replay it (their output memory is reused).
 
 Batch > 1 takes prompts of equal length (no padding mask). Greedy only: for sampling, streaming
 callbacks and a quantized KV cache use engine.runtime.generation.generate, the plain (dynamic-cache) loop.
@@ -49,6 +58,7 @@ from torch import nn
 
 from engine.runtime.generation import GenerationError, encode_prompt, max_context
 from engine.runtime.greedy import argmax_token, greedy_loop
+from engine.runtime.static_cache import SharedPositionCache
 
 MODES = ("eager", "compiled")
 WARMUP_STEPS = 3  # CUDA graph trees: a warm-up run, a recording, then replays
@@ -95,9 +105,14 @@ class DecodeResult:
 # -- the step ------------------------------------------------------------------------------------------------
 
 
-def _greedy_step(model, token: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
-    """One decode step: (batch, 1) token at (batch, 1) position -> (batch, 1) argmax next token."""
-    logits = model(input_ids=token, position_ids=position, past_key_values=cache, use_cache=True).logits
+def _greedy_step(model, token: torch.Tensor, cache, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One decode step: (batch, 1) token at the cache's position -> (batch, 1) argmax next token.
+
+    `mask` is the preallocated 4-D attention mask (eager steps) or None (transformers builds it)."""
+    position = cache.position.view(1, 1).expand(token.shape[0], 1)  # a view: the cache's own position
+    logits = model(
+        input_ids=token, position_ids=position, attention_mask=mask, past_key_values=cache, use_cache=True
+    ).logits
     return argmax_token(logits)  # (batch, 1)
 
 
@@ -131,12 +146,46 @@ def _reason(exc: BaseException) -> str:
 
 
 @dataclass
+class _Mask:
+    """A preallocated (batch, 1, 1, cache) attention mask that a decode step opens one slot of."""
+
+    tensor: torch.Tensor
+    attend: bool | float  # True (sdpa's bool mask) or 0.0 (an additive float mask)
+    masked: bool | float  # False or the dtype's lowest value
+
+    def start(self, prompt: int) -> None:
+        """After a prefill of `prompt` tokens: those are attended, the rest not yet."""
+        self.tensor.fill_(self.masked)
+        self.tensor[..., :prompt].fill_(self.attend)
+
+    def open(self, position: torch.Tensor) -> None:
+        """Let the token written at `position` (0-d, on the device) be attended: one op per step."""
+        self.tensor.index_fill_(-1, position, self.attend)
+
+
+def _preallocated_mask(model, cache: SharedPositionCache, batch: int, cache_len: int, device, dtype):
+    """A mask the model uses as is, or None where transformers must build its own (see the docstring)."""
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else None
+    config = config or model.config
+    implementation = getattr(config, "_attn_implementation", None)
+    if not cache.all_full_attention or not getattr(config, "is_causal", True):
+        return None
+    if implementation == "sdpa":
+        return _Mask(torch.zeros(batch, 1, 1, cache_len, dtype=torch.bool, device=device), True, False)
+    if implementation == "eager":
+        lowest = torch.finfo(dtype).min
+        return _Mask(torch.full((batch, 1, 1, cache_len), lowest, dtype=dtype, device=device), 0.0, lowest)
+    return None
+
+
+@dataclass
 class _Step:
     """A step function and the static cache it runs on, for one model and one set of shapes."""
 
     fn: object
-    cache: object  # transformers StaticCache
+    cache: SharedPositionCache
     mode_used: str
+    mask: _Mask | None = None  # the preallocated attention mask, for eager steps; None: transformers' own
     cudagraphs: bool = False
     fullgraph: bool | None = None
     graph_breaks: int | None = None
@@ -182,7 +231,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _prefill(model, ids: torch.Tensor, cache, keep_last: bool) -> torch.Tensor:
+def _prefill(model, ids: torch.Tensor, cache: SharedPositionCache, keep_last: bool) -> torch.Tensor:
     """Fill the cache with the prompt (batch, tokens); the (batch, 1) greedy next token."""
     positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)  # (batch, tokens)
     extra = {"logits_to_keep": 1} if keep_last else {}
@@ -193,26 +242,38 @@ def _prefill(model, ids: torch.Tensor, cache, keep_last: bool) -> torch.Tensor:
 
 
 def _run(
-    model, step: _Step, ids: torch.Tensor, max_new_tokens: int, stop_ids: torch.Tensor | None, keep_last: bool
+    model, step: _Step, ids: torch.Tensor, max_new_tokens: int, stop_ids: list[int] | None, keep_last: bool
 ) -> tuple[torch.Tensor, float, float, bool]:
     """Prefill, then the shared greedy loop on the static cache; (tokens (batch, filled), prefill s,
     decode s, stopped at EOS)."""
     device = ids.device
-    batch, prompt = ids.shape
+    cache = step.cache
+    mask = step.mask if step.fn is _greedy_step else None  # compiled steps build theirs in the graph
     step.cache.reset()
     start = time.perf_counter()
-    first = _prefill(model, ids, step.cache, keep_last)  # (batch, 1)
+    first = _prefill(model, ids, cache, keep_last)  # (batch, 1); the cache's position is now the prompt's
+    if mask is not None:
+        mask.start(ids.shape[1])
     _sync(device)
     prefill_seconds = time.perf_counter() - start
     decode_start = time.perf_counter()
-    position = torch.full((batch, 1), prompt, dtype=torch.long, device=device)  # (batch, 1)
 
-    def static_step(token: torch.Tensor) -> torch.Tensor:
-        if step.cudagraphs:
+    if step.cudagraphs:
+
+        def static_step(token: torch.Tensor) -> torch.Tensor:
             torch.compiler.cudagraph_mark_step_begin()
-        token = step.fn(model, token, position, step.cache).clone()  # clone: graph outputs get reused
-        position.add_(1)
-        return token
+            return step.fn(model, token, cache, None).clone()  # the graph's output memory gets reused
+
+    elif mask is not None:
+
+        def static_step(token: torch.Tensor) -> torch.Tensor:
+            mask.open(cache.position)  # the slot this step writes; the forward advances the position
+            return step.fn(model, token, cache, mask.tensor)
+
+    else:
+
+        def static_step(token: torch.Tensor) -> torch.Tensor:
+            return step.fn(model, token, cache, None)
 
     end = greedy_loop(static_step, first, max_new_tokens, stop_ids)
     _sync(device)
@@ -314,8 +375,6 @@ def decode(
     """
     cache_len = _check(model, input_ids, max_new_tokens, mode, cache_len)
     backend = backend or DEFAULT_BACKEND
-    from transformers import StaticCache
-
     parameter = next(model.parameters())
     device = parameter.device
     ids = input_ids.to(device)
@@ -323,19 +382,20 @@ def decode(
     key = (mode, backend, ids.shape[0], cache_len, str(device), float_dtype)
 
     def make() -> _Step:
-        return _Step(_greedy_step, StaticCache(config=model.config, max_cache_len=cache_len), "eager")
+        cache = SharedPositionCache(model.config, cache_len, device)
+        mask = _preallocated_mask(model, cache, ids.shape[0], cache_len, device, float_dtype)
+        return _Step(_greedy_step, cache, "eager", mask=mask)
 
     step, reused = _get_step(model, key, make)
     keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
-    stop_ids = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
     with step.lock:  # one run at a time on a step's cache (Streamlit sessions are threads)
         compiled_here = not step.warmed
         if not step.warmed:
             _build_and_warm(model, step, ids[:, :1], mode, backend, keep_last)
             step.warmed = True
         tokens, prefill_seconds, decode_seconds, stopped = _run(
-            model, step, ids, max_new_tokens, stop_ids, keep_last
+            model, step, ids, max_new_tokens, eos, keep_last
         )
     rows = []
     for row in tokens.cpu().tolist():

@@ -4,11 +4,18 @@ A plain loop instead of `model.generate` so that every token can be reported as 
 page streams them) and prefill (the prompt, matrix-matrix) is timed apart from decode (one token at a
 time, matrix-vector) — the two regimes in which quantization pays off differently. The loop itself is
 engine.runtime.greedy's, shared with the static-cache decoder; here a step runs the model on a dynamic
-(or quantized) cache and picks the next token on the host, so it can sample and report log-probabilities.
+(or quantized) cache and picks the next token, so it can sample and report log-probabilities.
+
+No hidden syncs, no extra work per token (issue 16): the token is chosen on the device (argmax, or a
+sample drawn with a generator on the model's device, seeded from `settings.seed`) and fed straight back;
+its log-probability is gathered into a preallocated device buffer that is read back once, at the end. The
+one host read per token is the token id, which the streaming callback and the end-of-sequence check
+share. The prefill keeps only the last position's logits (`logits_to_keep=1`) where the model allows it.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,19 +94,30 @@ def encode_prompt(tokenizer, prompt: str, chat: bool, context_limit: int | None)
     return ids  # (1, prompt_tokens)
 
 
-def _pick(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator) -> int:
-    if settings.temperature == 0:
-        return int(logits.argmax())
+def _sample(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator) -> torch.Tensor:
+    """(batch, vocab) logits -> (batch, 1) sampled token, on the logits' device, with no host sync.
+
+    Nucleus (top_p) keeps the smallest set of most likely tokens whose mass reaches top_p. The draw is
+    torch.multinomial's own one-sample method (argmax of probs / Exp(1) noise), written out because
+    `torch.multinomial` first checks its input with two host reads.
+    """
     probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
     if settings.top_p < 1:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(0) - sorted_probs < settings.top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        dropped = sorted_probs.cumsum(-1) - sorted_probs >= settings.top_p  # the most likely stays
+        kept = sorted_probs.masked_fill(dropped, 0.0)
+        probs = torch.empty_like(probs).scatter_(-1, order, kept)  # order is a permutation: all written
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return (probs / noise).argmax(dim=-1, keepdim=True)
 
 
 def _device_of(model) -> torch.device:
     return next(model.parameters()).device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
@@ -125,41 +143,50 @@ def generate(
 
         past_key_values = make_kv_cache(model.config, kv_scheme)
     limit = max_context(model)
-    ids = encode_prompt(tokenizer, prompt, settings.chat, limit).to(_device_of(model))
+    device = _device_of(model)
+    ids = encode_prompt(tokenizer, prompt, settings.chat, limit).to(device)
     max_new = settings.max_new_tokens if limit is None else min(settings.max_new_tokens, limit - ids.shape[1])
     eos = tokenizer.eos_token_id
-    stop_ids = sorted(set(eos if isinstance(eos, list) else [eos]) - {None})
-    generator = torch.Generator().manual_seed(settings.seed)
+    stop_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    greedy = settings.temperature == 0
+    generator = None if greedy else torch.Generator(device=device).manual_seed(settings.seed)
+    logprobs = torch.empty(1, max_new, dtype=torch.float32, device=device)  # read back once, at the end
     tokens: list[int] = []
-    logprobs: list[float] = []
     cache = past_key_values
+    picked = 0
 
-    def pick(logits: torch.Tensor) -> torch.Tensor:
-        """(vocab,) logits -> (1, 1) chosen token on the host, its log-probability recorded."""
-        logits = logits.float().cpu()  # no-op for the prefill's, already on the host
-        token = _pick(logits, settings, generator)
-        logprobs.append(float(torch.log_softmax(logits, -1)[token]))
-        return torch.tensor([[token]])
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        """(1, vocab) logits -> (1, 1) chosen token, on the device; its log-probability kept there too."""
+        nonlocal picked
+        token = logits.argmax(dim=-1, keepdim=True) if greedy else _sample(logits, settings, generator)
+        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+        torch.gather(logp, -1, token, out=logprobs[:, picked : picked + 1])
+        picked += 1
+        return token
 
     def dynamic_step(token: torch.Tensor) -> torch.Tensor:
         nonlocal cache
-        out = model(input_ids=token.to(ids.device), past_key_values=cache, use_cache=True)
+        out = model(input_ids=token, past_key_values=cache, use_cache=True)
         cache = out.past_key_values
-        return pick(out.logits[0, -1])
+        return choose(out.logits[:, -1])
 
-    def each(index: int, token: torch.Tensor) -> bool:
-        tokens.append(int(token))
+    def each(index: int, token_ids: tuple[int, ...]) -> bool:
+        tokens.append(token_ids[0])  # the loop's one host read of this token, shared with the EOS check
         if on_token:
             on_token(tokens[-1], tokenizer.decode(tokens, skip_special_tokens=True))
         return bool(should_stop and should_stop())
 
+    keep_last = (
+        {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    )
     start = time.perf_counter()
-    out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+    out = model(input_ids=ids, past_key_values=cache, use_cache=True, **keep_last)
     cache = out.past_key_values
-    logits = out.logits[0, -1].float().cpu()  # (vocab,); the copy waits for the device, so it is timed
+    first = choose(out.logits[:, -1])  # (1, 1)
+    _sync(device)  # the prefill is timed to its first token
     prefill_seconds = time.perf_counter() - start
     decode_start = time.perf_counter()
-    end = greedy_loop(dynamic_step, pick(logits), max_new, torch.tensor(stop_ids) if stop_ids else None, each)
+    end = greedy_loop(dynamic_step, first, max_new, stop_ids, each)
     decode_seconds = time.perf_counter() - decode_start
     return GenerationResult(
         text=tokenizer.decode(tokens, skip_special_tokens=True),
@@ -168,5 +195,5 @@ def generate(
         prefill_seconds=prefill_seconds,
         decode_seconds=decode_seconds,
         stopped_early=end.cut_short,
-        token_logprobs=logprobs,
+        token_logprobs=logprobs[0, : end.tokens.shape[1]].tolist(),
     )

@@ -7,6 +7,11 @@ engine.runtime.decode's static-cache loop, eager or with its step compiled (CUDA
 compiled loop's compile time is reported apart and never counted in tokens/s. The roofline is the bytes
 one decode step reads (every weight a token visits, the output head included, plus the KV cache at the
 mean context) divided by a measured copy bandwidth.
+
+Warm-ups (issue 16): `decode_comparison` warms every loop up on a variant (`warm_up`: a short run, which
+compiles the compiled loop's step) before it times any of them, so the loop timed first does not pay the
+process's one-time costs (oneDNN / cuBLAS handles, kernel loading, allocator growth) that the others then
+find paid. `decode_benchmark` alone warms its own loop up first, as before.
 """
 
 from __future__ import annotations
@@ -77,6 +82,15 @@ class DecodeTiming:
         return self.decode_tokens_per_s / self.roofline_tokens_per_s
 
 
+@dataclass(frozen=True)
+class WarmUp:
+    """What a loop's warm-up found: the compiled loop's compile time and notes; nothing for the others."""
+
+    loop: str
+    compile_seconds: float = 0.0
+    note: str = ""  # a fallback reason or graph breaks
+
+
 class _IgnoreEos:
     """A tokenizer with no end-of-sequence token, so every variant decodes exactly max_new_tokens."""
 
@@ -145,46 +159,59 @@ def _hf_generate(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[
     return first_token - start, clock.times[-1] - first_token, out[0, ids.shape[1] :]
 
 
-def _run_loop(model: nn.Module, tokenizer, prompt: str, new_tokens: int, loop: str, warmup_tokens: int):
-    """(prompt tokens, new ids, prefill s, decode s, compile s, ran as, note) for one loop."""
-    if loop == DYNAMIC_LOOP:
-        quiet = _IgnoreEos(tokenizer)
-        if warmup_tokens:  # first calls pay one-time costs (allocations, oneDNN / cuBLAS setup)
-            generate(model, quiet, prompt, GenerationSettings(max_new_tokens=warmup_tokens, chat=False))
-        result = generate(model, quiet, prompt, GenerationSettings(max_new_tokens=new_tokens, chat=False))
-        return (
-            result.prompt_tokens,
-            result.token_ids,
-            result.prefill_seconds,
-            result.decode_seconds,
-            0.0,
-            "",
-            "",
-        )
-    ids = encode_prompt(tokenizer, prompt, False, None).to(next(model.parameters()).device)  # (1, tokens)
-    if loop == HF_LOOP:  # a streamer clocks the first new token: prefill before it, decode after it
-        if warmup_tokens:
-            _hf_generate(model, ids, min(warmup_tokens, new_tokens))
-        prefill, decode_seconds, new_ids = _hf_generate(model, ids, new_tokens)
-        return ids.shape[1], new_ids.tolist(), prefill, decode_seconds, 0.0, "", ""
+def _static_args(model: nn.Module, tokenizer, prompt: str, new_tokens: int, loop: str):
+    """(prompt ids on the model's device, static decode mode, cache length) for a static-cache loop."""
     if loop not in (STATIC_LOOP, COMPILED_LOOP):
         raise ValueError(f"unknown decode loop {loop!r}; choose from {', '.join(LOOPS)}")
+    ids = encode_prompt(tokenizer, prompt, False, None).to(next(model.parameters()).device)  # (1, tokens)
     mode = "compiled" if loop == COMPILED_LOOP else "eager"
-    cache_len = ids.shape[1] + new_tokens  # one cache size for the warm-up and the timed run: one compile
-    warm = static_decode.decode(model, ids, min(max(warmup_tokens, 1), new_tokens), mode, cache_len=cache_len)
-    result = static_decode.decode(model, ids, new_tokens, mode, cache_len=cache_len)
+    return (
+        ids,
+        mode,
+        ids.shape[1] + new_tokens,
+    )  # one cache size for the warm-up and the timed run: one compile
+
+
+def warm_up(
+    model: nn.Module, tokenizer, prompt: str, new_tokens: int, loop: str, warmup_tokens: int = 2
+) -> WarmUp:
+    """A short run of `loop` (`warmup_tokens` new tokens, at least one) on the shapes the timed run will
+    use: first calls pay one-time costs (allocations, oneDNN / cuBLAS set-up, kernel loading); the compiled
+    loop compiles its step here, and its compile time is what this returns."""
+    tokens = min(max(warmup_tokens, 1), new_tokens)
+    if loop == DYNAMIC_LOOP:
+        generate(model, _IgnoreEos(tokenizer), prompt, GenerationSettings(max_new_tokens=tokens, chat=False))
+        return WarmUp(loop)
+    if loop == HF_LOOP:
+        ids = encode_prompt(tokenizer, prompt, False, None).to(next(model.parameters()).device)
+        _hf_generate(model, ids, tokens)
+        return WarmUp(loop)
+    ids, mode, cache_len = _static_args(model, tokenizer, prompt, new_tokens, loop)
+    warm = static_decode.decode(model, ids, tokens, mode, cache_len=cache_len)
     notes = [warm.fallback_reason or ""]
     if warm.graph_breaks:
         notes.append(f"{warm.graph_breaks} graph breaks")
-    note = "; ".join(n for n in notes if n)
+    return WarmUp(loop, warm.compile_seconds, "; ".join(n for n in notes if n))
+
+
+def _run_loop(model: nn.Module, tokenizer, prompt: str, new_tokens: int, loop: str):
+    """(prompt tokens, new ids, prefill s, decode s, ran as) for one timed run of a warm loop."""
+    if loop == DYNAMIC_LOOP:
+        settings = GenerationSettings(max_new_tokens=new_tokens, chat=False)
+        result = generate(model, _IgnoreEos(tokenizer), prompt, settings)
+        return result.prompt_tokens, result.token_ids, result.prefill_seconds, result.decode_seconds, ""
+    if loop == HF_LOOP:  # a streamer clocks the first new token: prefill before it, decode after it
+        ids = encode_prompt(tokenizer, prompt, False, None).to(next(model.parameters()).device)
+        prefill, decode_seconds, new_ids = _hf_generate(model, ids, new_tokens)
+        return ids.shape[1], new_ids.tolist(), prefill, decode_seconds, ""
+    ids, mode, cache_len = _static_args(model, tokenizer, prompt, new_tokens, loop)
+    result = static_decode.decode(model, ids, new_tokens, mode, cache_len=cache_len)
     return (
         ids.shape[1],
         list(result.token_ids[0]),
         result.prefill_seconds,
         result.decode_seconds,
-        warm.compile_seconds,
         result.mode_used,
-        note,
     )
 
 
@@ -197,12 +224,20 @@ def decode_benchmark(
     bandwidth: float | None = None,
     warmup_tokens: int = 2,
     loop: str = DYNAMIC_LOOP,
+    warm: WarmUp | None = None,
 ) -> DecodeTiming:
-    """Prefill and greedy decode of `new_tokens` with `model` (already built for `variant`) by `loop`."""
+    """Prefill and greedy decode of `new_tokens` with `model` (already built for `variant`) by `loop`.
+
+    `warm` is the loop's earlier `warm_up` on this model and prompt (then none runs here); None warms the
+    loop up first. Its compile time and notes go into the timing, apart from the timed run."""
+    if loop not in LOOPS:
+        raise ValueError(f"unknown decode loop {loop!r}; choose from {', '.join(LOOPS)}")
     device = str(next(model.parameters()).device)
     bandwidth = bandwidth or measure_bandwidth(device)
-    prompt_tokens, token_ids, prefill, decode_seconds, compile_seconds, ran_as, note = _run_loop(
-        model, tokenizer, prompt, new_tokens, loop, warmup_tokens
+    if warm is None:
+        warm = warm_up(model, tokenizer, prompt, new_tokens, loop, warmup_tokens)
+    prompt_tokens, token_ids, prefill, decode_seconds, ran_as = _run_loop(
+        model, tokenizer, prompt, new_tokens, loop
     )
     return DecodeTiming(
         variant=variant,
@@ -216,9 +251,9 @@ def decode_benchmark(
         text=tokenizer.decode(token_ids, skip_special_tokens=True),
         token_ids=tuple(token_ids),
         loop=loop,
-        compile_seconds=compile_seconds,
+        compile_seconds=warm.compile_seconds,
         ran_as=ran_as,
-        note=note,
+        note=warm.note,
     )
 
 
@@ -239,7 +274,8 @@ def decode_comparison(
     (a Methods-lab model through `runnable_copy`, say) and how to build each; every other variant goes to
     `build_variant`. Results carry each variant's label (W4A16, NF4 (bnb), ...).
 
-    A compiled loop compiles its step once per model copy and shapes (engine.runtime.decode keeps it while the
+    Every loop on a variant is warmed up (`warm_up`) before the first of them is timed. A compiled loop
+    compiles its step once per model copy and shapes (engine.runtime.decode keeps it while the
     model lives): the loaded model reuses it on the next run; packed copies are rebuilt per run, and
     compile again (faster the second time, from inductor's on-disk cache).
     """
@@ -261,14 +297,22 @@ def decode_comparison(
             built = builders[name]()
         else:
             built = build_variant(model, variant, group_size)
+        if progress:
+            progress(
+                (index * (len(loops) + 1) + 0.5) / steps,
+                f"{name}: warming up {', '.join(loops)}" + (" (compiling)" if COMPILED_LOOP in loops else ""),
+            )
+        warm = {loop: warm_up(built, tokenizer, prompt, new_tokens, loop) for loop in loops}
         for loop_index, loop in enumerate(loops):
             if progress:
-                what = "compiling, then decoding" if loop == COMPILED_LOOP else "decoding"
                 progress(
                     (index * (len(loops) + 1) + loop_index + 1) / steps,
-                    f"{name}, {loop}: {what} {new_tokens} tokens",
+                    f"{name}, {loop}: decoding {new_tokens} tokens",
                 )
-            results.append(decode_benchmark(built, tokenizer, name, prompt, new_tokens, bandwidth, loop=loop))
+            timing = decode_benchmark(
+                built, tokenizer, name, prompt, new_tokens, bandwidth, loop=loop, warm=warm[loop]
+            )
+            results.append(timing)
         del built
     if progress:
         progress(1.0, "Decode benchmarks done")

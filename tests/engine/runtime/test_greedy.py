@@ -35,7 +35,7 @@ def test_the_loop_stops_when_every_sequence_hit_a_stop_id_and_keeps_it():
 def test_the_callback_sees_each_token_and_can_stop_the_loop():
     seen = []
     end = greedy_loop(
-        counting_step, torch.tensor([[0]]), 10, on_token=lambda i, t: seen.append(int(t)) or i == 2
+        counting_step, torch.tensor([[0]]), 10, on_token=lambda i, ids: seen.append(ids[0]) or i == 2
     )
     assert seen == [0, 1, 2] and end.cut_short and end.tokens.tolist() == [[0, 1, 2]]
 
