@@ -7,12 +7,13 @@ from typing import NamedTuple
 import streamlit as st
 
 from engine.analysis.site_stats import Stats, StatsError
-from engine.models.data import CORPORA, DataError, decode_upload
+from engine.models.data import CORPORA, MAX_UPLOAD_BYTES, DataError, decode_upload
 from ui import cache, page
 from ui.cache import outliers as outlier_cache
 from ui.errors import show_error
 from ui.pages import outliers as tabs
 from ui.pages.outliers import Summary
+from ui.widgets import NumberBoxes
 
 CORPUS_CHOICES = [*CORPORA, "upload"]
 REQUESTED = "outliers_collect_requested"  # set by the button's callback, so no rerun can lose the click
@@ -35,9 +36,11 @@ def collection_form_ui() -> Collection:
         format_func=lambda name: CORPORA.get(name, "Upload a text file"),
         key="outliers_corpus",
     )
-    windows = cols[1].number_input("Windows", 1, 32, 8, key="outliers_windows")
+    number = NumberBoxes()
+    windows = number(cols[1], "Windows", 1, 32, 8, key="outliers_windows")
     window = cols[2].select_slider("Tokens per window", [64, 128, 256, 512, 1024], 256, key="outliers_window")
-    threshold = cols[3].number_input(
+    threshold = number(
+        cols[3],
         "Outlier |x| ≥",
         0.5,
         100_000.0,
@@ -45,6 +48,7 @@ def collection_form_ui() -> Collection:
         step=0.5,
         key="outliers_threshold",
         help="LLM.int8() calls a feature an outlier when |x| ≥ 6.0. Changing it needs no new collection.",
+        name="The outlier threshold",
     )
     cols[4].button(
         "Collect statistics",
@@ -53,6 +57,9 @@ def collection_form_ui() -> Collection:
         width="stretch",
         on_click=lambda: st.session_state.update({REQUESTED: True}),
     )
+    if number.show():  # a click on Collect with a number out of range collects nothing, now or later
+        st.session_state.pop(REQUESTED, None)
+        st.stop()
     return Collection(corpus, windows, window, threshold)
 
 
@@ -61,7 +68,10 @@ def uploaded_text_ui(corpus: str) -> str | None:
     if corpus != "upload":
         return None
     upload = st.file_uploader(
-        "Text file (UTF-8)", type=["txt", "md", "csv", "json", "py"], key="outliers_file"
+        "Text file (UTF-8)",
+        type=["txt", "md", "csv", "json", "py"],
+        key="outliers_file",
+        max_upload_size=MAX_UPLOAD_BYTES // 2**20,  # "20MB" shown; the browser counts 10^6 bytes, <= 20 MiB
     )
     if upload is None:
         st.info("Upload a plain-text file to collect statistics on your own text.", icon=":material/upload:")

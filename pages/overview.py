@@ -12,6 +12,7 @@ from engine.models.sources import provenance
 from engine.runtime.generation import MAX_NEW_TOKENS_CAP, GenerationError, GenerationSettings, generate
 from ui import cache, charts, page
 from ui.errors import show_error
+from ui.widgets import prompt_area, prompt_problem
 
 
 def architecture_metrics(summary) -> None:
@@ -60,7 +61,7 @@ def architecture_details(loaded, summary) -> None:
 def generation_form() -> tuple[str, GenerationSettings, bool]:
     """(prompt, settings, whether Generate was pressed)."""
     with st.form("quick_generation"):
-        prompt = st.text_area("Prompt", "What is the capital of France?", height=80, max_chars=20_000)
+        prompt = prompt_area("Prompt", "What is the capital of France?")
         left, right = st.columns(2)
         max_new_tokens = left.slider("Max new tokens", 1, min(256, MAX_NEW_TOKENS_CAP), 32)
         chat = right.checkbox("Use the chat template", value=True)
@@ -71,6 +72,8 @@ def generation_form() -> tuple[str, GenerationSettings, bool]:
 def quick_generation(loaded, prompt: str, settings: GenerationSettings) -> None:
     output = st.empty()
     try:
+        if problem := prompt_problem(prompt):
+            raise GenerationError(problem)
         result = generate(
             loaded.model,
             loaded.tokenizer,

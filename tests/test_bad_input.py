@@ -92,6 +92,48 @@ def _no_room(*_):
         engine._types.free_memory_bytes = original
 
 
+LONG_NAME = "a" * 300  # one name over the 255 bytes file systems allow
+DEEP_PATH = "/".join(["b" * 200] * 30)  # every name legal, the whole path over PATH_MAX (4096)
+
+
+def _unreadable(kind: str):
+    """A typed path the OS refuses with an error other than 'not found' (here: permission denied)."""
+
+    def run(tmp, *_):
+        import pathlib
+
+        def refuse(self, *args, **kwargs):
+            raise PermissionError(13, "Permission denied", str(self))
+
+        original = pathlib.Path.exists, pathlib.Path.is_dir, pathlib.Path.is_file
+        pathlib.Path.exists = pathlib.Path.is_dir = pathlib.Path.is_file = refuse
+        try:
+            return resolve_folder(ModelSource(kind, str(tmp / "locked" / "model.gguf")))
+        finally:
+            pathlib.Path.exists, pathlib.Path.is_dir, pathlib.Path.is_file = original
+
+    return run
+
+
+def _allocator_failure(*_):
+    """A build that fails in PyTorch's CPU allocator (as accelerate's init_empty_weights did for one huge
+    tensor): the message names the size, not the C++ source line."""
+    import engine.models.loading
+
+    def build(config):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+            "tried to allocate 2199023255552 bytes. Error code 12 (Cannot allocate memory)"
+        )
+
+    original = engine.models.loading.build_on_meta
+    engine.models.loading.build_on_meta = build
+    try:
+        return estimate(config_from_json(_config(vocab_size=4_194_303, hidden_size=131_072)))
+    finally:
+        engine.models.loading.build_on_meta = original
+
+
 CASES = [
     Case(
         "nonexistent folder",
@@ -106,6 +148,54 @@ CASES = [
         "No config.json",
     ),
     Case("empty location", lambda *_: resolve_folder(ModelSource("folder", "")), ModelSourceError, "empty"),
+    Case(
+        "folder path with a name over 255 characters",
+        lambda t, *_: resolve_folder(ModelSource("folder", str(t / LONG_NAME))),
+        ModelSourceError,
+        "Folder not found: .*longer than this system allows",
+    ),
+    Case(
+        "folder path over the system's length limit",
+        lambda t, *_: resolve_folder(ModelSource("folder", str(t / DEEP_PATH))),
+        ModelSourceError,
+        "Folder not found: .*longer than this system allows",
+    ),
+    Case(
+        "GGUF path with a name over 255 characters",
+        lambda t, *_: resolve_folder(ModelSource("gguf", str(t / f"{LONG_NAME}.gguf"))),
+        ModelSourceError,
+        "GGUF file not found: .*longer than this system allows",
+    ),
+    Case(
+        "GGUF path over the system's length limit",
+        lambda t, *_: convert_gguf(t / DEEP_PATH / "model.gguf"),
+        ModelSourceError,
+        "GGUF file not found: .*longer than this system allows",
+    ),
+    Case(
+        "folder path with a null character",
+        lambda t, *_: resolve_folder(ModelSource("folder", f"{t}/model\x00folder")),
+        ModelSourceError,
+        "Folder not found: .*null character",
+    ),
+    Case(
+        "folder the server may not read",
+        _unreadable("folder"),
+        ModelSourceError,
+        "Folder not found: .*not allowed",
+    ),
+    Case(
+        "GGUF file the server may not read",
+        _unreadable("gguf"),
+        ModelSourceError,
+        "GGUF file not found: .*not allowed",
+    ),
+    Case(
+        "sizing CLI: config path with a name over 255 characters",
+        lambda t, *_: load_config(str(t / LONG_NAME / "config.json")),
+        ConfigError,
+        "Cannot read .*longer than this system allows",
+    ),
     Case("corrupt safetensors", _corrupt_safetensors, ModelSourceError, "Could not load the model"),
     Case(
         "corrupt GGUF",
@@ -164,6 +254,9 @@ CASES = [
         lambda *_: config_from_json(_config(auto_map={"a": "b.C"})),
         ConfigError,
         "custom code",
+    ),
+    Case(
+        "config the CPU allocator refuses to build", _allocator_failure, ConfigError, "would take 2,048 GiB"
     ),
     Case("config upload: too large", lambda *_: config_from_json(b" " * 3_000_000), ConfigError, "larger"),
     Case("unknown catalog model", lambda *_: load_config("llama-9-900b"), ConfigError, "llama"),
@@ -254,6 +347,7 @@ def test_bad_input_gets_a_clear_error(case, tmp_path, tiny_model_dir, pickle_onl
     message = str(caught.value)
     assert 15 < len(message) < 600, message  # a sentence, not a code or a dump
     assert "Traceback" not in message
+    assert "Errno" not in message and "enforce fail" not in message  # no OS or C++ message passed through
 
 
 def test_cancelling_a_quantization_midway_leaves_the_model_untouched():

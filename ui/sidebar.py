@@ -26,7 +26,7 @@ PLACEHOLDERS = {
 def _try_load(source: ModelSource, device: str, dtype: str) -> bool:
     try:
         cache.load(source, device, dtype, where=st.sidebar)
-    except ModelSourceError as exc:
+    except Exception as exc:  # ModelSourceError; anything else must not take the sidebar (or page) down
         st.session_state[state.LOAD_ERROR] = exc
         return False
     st.session_state[state.MODEL_SOURCE] = source

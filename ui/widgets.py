@@ -1,4 +1,6 @@
-"""Reusable widgets. `scheme_picker` turns a handful of controls into a validated QuantScheme."""
+"""Reusable widgets. `scheme_picker` turns a handful of controls into a validated QuantScheme;
+`NumberBoxes` and `prompt_area` replace Streamlit's own limits (which the browser enforces silently) with
+limits checked here and said in words."""
 
 from __future__ import annotations
 
@@ -15,6 +17,54 @@ RANGE_CHOICES = {
     "asymmetric (int zero)": "asymmetric, integer zero point",
     "asymmetric (float zero)": "asymmetric, float minimum (Q4_1)",
 }
+MAX_PROMPT_CHARS = 20_000  # a prompt box's limit; longer prompts are refused with a message, never cut
+
+
+class NumberBoxes:
+    """Number inputs without Streamlit's min/max, with the range checked here instead.
+
+    Given a min and max, Streamlit's box refuses an out-of-range number in the browser: it turns red, the
+    reason is only a tooltip, and the script never sees the number (a form's button then runs the old
+    value or nothing). These boxes take any number; `problems` says, in words, which are out of range, for
+    the page to show next to its button and to refuse to run.
+    """
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def __call__(self, where, label: str, low, high, value, step=None, *, key: str, help: str = "", name=""):
+        """A number box for [low, high] (`name`: how messages call it, default its label)."""
+        number = where.number_input(
+            label, value=value, step=step, key=key, help=f"From {low:,} to {high:,}. {help}".strip()
+        )
+        if number is None or not low <= number <= high:
+            shown = "empty" if number is None else f"{number:,}"
+            self.problems.append(f"{name or label} must be from {low:,} to {high:,} (it is {shown}).")
+        return number
+
+    def show(self, where=st) -> bool:
+        """Each problem as an error; True when there was one."""
+        for problem in self.problems:
+            where.error(problem, icon=":material/error:")
+        return bool(self.problems)
+
+
+def prompt_area(label: str, value: str, key: str | None = None) -> str:
+    """A prompt box without `max_chars` (Streamlit's box silently drops a paste that would pass it, keeping
+    the old text); check what it returns with `prompt_problem`."""
+    return st.text_area(label, value, height=80, key=key, help=f"Up to {MAX_PROMPT_CHARS:,} characters.")
+
+
+def prompt_problem(prompt: str) -> str | None:
+    """Why a prompt is refused before any model runs (too long), or None."""
+    if len(prompt) > MAX_PROMPT_CHARS:
+        return (
+            f"The prompt is {len(prompt):,} characters long; the limit is {MAX_PROMPT_CHARS:,}. Shorten it "
+            "and generate again."
+        )
+    return None
+
+
 FORMAT_HELP = {
     "int": "Uniform integer grid (absmax or min/max with a zero point).",
     "nf4": "QLoRA's NormalFloat4: 16 levels at normal quantiles, scaled by the block absmax.",

@@ -1,6 +1,6 @@
 """Loading a model from a `ModelSource` onto a device, guarded by a memory check, and describing it.
 
-The memory check builds the model on the meta device from its config (accelerate's `init_empty_weights`)
+The memory check builds the model on the meta device from its config (`build_on_meta`: nothing allocated)
 and asks `engine._types.require_free` (the engine's one "will it fit" check) for the parameter bytes
 before any weight is read. Loading always uses `trust_remote_code=False` and prefers safetensors.
 `describe` reports the architecture numbers the overview page shows; parameter counts de-duplicate tied
@@ -9,6 +9,7 @@ weights.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from engine.models.sources import (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LOAD_HEADROOM = 1.2  # weights plus transient copies while loading
 MIN_FREE_AFTER_LOAD = 512 * 1024**2  # leave this much for activations and the app itself
+ALLOCATOR_FAILURE = re.compile(r"tried to allocate (\d+) bytes")  # PyTorch's C++ allocator, CPU or CUDA
 
 
 class ModelTooLargeError(ModelSourceError, NotEnoughMemoryError):
@@ -53,20 +55,46 @@ def default_dtype(device: str) -> str:
     return "bfloat16" if device.startswith("cuda") else "float32"
 
 
-def count_parameters_from_config(config) -> int:
-    """Exact parameter count from a config alone: build on the meta device, count, allocate nothing."""
-    from accelerate import init_empty_weights
+def build_on_meta(config) -> torch.nn.Module:
+    """The model a config describes, every parameter and buffer on the meta device: nothing is allocated.
+
+    Built under `torch.device("meta")` rather than accelerate's `init_empty_weights`, which creates each
+    parameter on the CPU and only then moves it to the meta device: one tensor too large for this machine
+    (a 4M-token vocabulary × 131,072 channels is 2 TiB) failed in the CPU allocator although none is kept.
+    Both build the same architectures with the same counts (every catalog model, and every causal-LM
+    config transformers ships, were compared).
+    """
     from transformers import AutoModelForCausalLM
 
-    with init_empty_weights():
+    with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    model.tie_weights()  # built untied on the meta device; tie outside init_empty_weights, which re-registers
-    return sum(p.numel() for p in model.parameters())
+    model.tie_weights()
+    return model
+
+
+def cannot_build(exc: BaseException) -> str:
+    """Why a config could not be built, in words: an allocator failure becomes the size it asked for."""
+    asked = ALLOCATOR_FAILURE.search(str(exc))
+    if asked:
+        return (
+            f"one of its tensors alone would take {int(asked.group(1)) / 2**30:,.0f} GiB, more than this "
+            "machine can allocate even briefly. Check its sizes (hidden_size, intermediate_size, vocab_size, "
+            "max_position_embeddings, the number of experts)."
+        )
+    return f"transformers cannot build this architecture from its config: {str(exc)[:300]}"
+
+
+def count_parameters_from_config(config) -> int:
+    """Exact parameter count from a config alone: build on the meta device, count, allocate nothing."""
+    return sum(p.numel() for p in build_on_meta(config).parameters())  # tied weights once
 
 
 def check_fits(config, device: str, dtype: str) -> int:
     """Raise ModelTooLargeError (with the numbers) if the model would not fit; returns the bytes needed."""
-    params = count_parameters_from_config(config)
+    try:
+        params = count_parameters_from_config(config)
+    except Exception as exc:  # a folder's config.json transformers reads but cannot build
+        raise ModelSourceError(cannot_build(exc)) from exc
     needed = int(params * DTYPES[dtype].itemsize * LOAD_HEADROOM) + MIN_FREE_AFTER_LOAD
     require_free(
         needed,

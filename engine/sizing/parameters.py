@@ -1,6 +1,6 @@
 """Exact parameter counts from a config alone, by kind, with MoE's active share.
 
-The model is built on the meta device (accelerate's `init_empty_weights`): nothing is allocated and no
+The model is built on the meta device (`engine.models.loading.build_on_meta`): nothing is allocated and no
 weights are read, so a 671B config is counted on a laptop. Tied embeddings are counted once. Results are
 cached per config, since large MoE configs take seconds to build.
 """
@@ -55,16 +55,13 @@ def moe_fields(config) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=64)
 def _count(config_json: str) -> ParameterCount:
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
-    from engine.models.loading import parameter_kind
+    from engine.models.loading import build_on_meta, parameter_kind
 
     fields = json.loads(config_json)
     config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    model.tie_weights()  # built untied on the meta device; tie outside init_empty_weights, which re-registers
+    model = build_on_meta(config)
     counts: dict[str, int] = {}
     routed = 0
     for name, parameter in model.named_parameters():  # named_parameters() skips tied duplicates
@@ -83,8 +80,10 @@ def count_parameters(config) -> ParameterCount:
     fields.pop("auto_map", None)
     try:
         return _count(json.dumps(fields, sort_keys=True, default=str))
-    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OverflowError) as exc:
-        raise ConfigError(f"transformers cannot build this architecture from its config: {exc}") from exc
+    except Exception as exc:  # transformers raises every kind here (AssertionError, ImportError, ...)
+        from engine.models.loading import cannot_build
+
+        raise ConfigError(cannot_build(exc)) from exc
 
 
 def parameters_by_kind(config) -> dict[str, int]:

@@ -48,6 +48,10 @@ def test_overview_empty_prompt_is_a_clear_error(app):
         ("hub", "HuggingFaceTB/definitely-not-cached-model-xyz", "offline"),
         ("gguf", "/etc/hostname.gguf", "GGUF file not found"),
         ("folder", "", "box is empty"),
+        ("folder", "/tmp/" + "a" * 300, "longer than this system allows"),  # one name over 255 characters
+        ("folder", "/tmp/" + "/".join(["b" * 200] * 30), "longer than this system allows"),  # over PATH_MAX
+        ("gguf", "/tmp/" + "a" * 300 + ".gguf", "longer than this system allows"),
+        ("folder", "/tmp/model\x00folder", "null character"),
     ],
 )
 def test_bad_model_source_is_a_clear_error(app, monkeypatch, kind, location, message):
@@ -59,8 +63,28 @@ def test_bad_model_source_is_a_clear_error(app, monkeypatch, kind, location, mes
     no_exceptions(app)
     errors = [error.value for error in app.sidebar.error]
     assert any(message in error for error in errors), errors
-    # the app keeps working on the previous model
+    # the app keeps working on the previous model, and the sidebar is whole (its scheme picker below)
     assert {metric.label: metric.value for metric in app.metric}["Layers"] == "30"
+    assert app.sidebar.select_slider(key="qe_scheme_bits").value
+
+
+def test_a_long_path_replaces_the_last_error_on_every_page(app):
+    """Issue 22: a name over 255 characters crashed the page, hid the sidebar's scheme picker, and left
+    the attempt before it as the error the next page showed."""
+    open_page(app, "overview")
+    app.radio(key="qe_pick_kind").set_value("folder")
+    app.text_input(key="qe_pick_location").set_value("/nonexistent/model/folder")
+    app.button(key="qe_load_model").click().run()
+    app.text_input(key="qe_pick_location").set_value("/tmp/" + "c" * 300)
+    app.button(key="qe_load_model").click().run()
+    no_exceptions(app)
+    for _ in ("this page", "the next page"):
+        errors = [error.value for error in app.sidebar.error]
+        assert len(errors) == 1 and "longer than this system allows" in errors[0], errors
+        assert "/nonexistent" not in errors[0] and "Errno" not in errors[0]
+        assert app.sidebar.select_slider(key="qe_scheme_bits").value
+        app.switch_page("pages/grid.py").run()
+        no_exceptions(app)
 
 
 def test_corrupt_gguf_in_the_ui(app, tmp_path):

@@ -17,6 +17,7 @@ from engine.analysis.tensors import SYNTHETIC_KINDS
 from engine.quant.schemes import QuantScheme
 from ui import cache, charts, state
 from ui.cache import outliers as outlier_cache
+from ui.widgets import NumberBoxes
 
 HIGHLIGHT = "background-color: rgba(255, 215, 0, 0.35)"  # the sidebar scheme's row in the table
 
@@ -65,17 +66,20 @@ def activation_tensor() -> TensorChoice:
 
 
 def synthetic_tensor() -> TensorChoice:
+    number = NumberBoxes()
     cols = st.columns(6)
     kind = cols[0].selectbox("Distribution", SYNTHETIC_KINDS, key="grid_syn_kind")
-    rows = cols[1].number_input("Rows", 1, 1024, 64, key="grid_syn_rows")
-    columns = cols[2].number_input("Columns", 8, 4096, 512, step=64, key="grid_syn_cols")
-    outliers = cols[3].number_input("Outliers", 0, 64, 1, key="grid_syn_outliers")
+    rows = number(cols[1], "Rows", 1, 1024, 64, key="grid_syn_rows")
+    columns = number(cols[2], "Columns", 8, 4096, 512, step=64, key="grid_syn_cols")
+    outliers = number(cols[3], "Outliers", 0, 64, 1, key="grid_syn_outliers")
     magnitude = cols[4].slider("Outlier size (σ)", 2.0, 100.0, 20.0, key="grid_syn_magnitude")
-    seed = cols[5].number_input("Seed", 0, 10_000, 0, key="grid_syn_seed")
+    seed = number(cols[5], "Seed", 0, 10_000, 0, key="grid_syn_seed")
     st.caption(
         "A unit-variance tensor with planted outliers: switch the sidebar granularity between *tensor* and "
         "*group* to see one outlier stretch the scale of everything that shares it."
     )
+    if number.show():
+        st.stop()
     key = cache.SyntheticKey(kind, int(rows), int(columns), int(outliers), float(magnitude), int(seed))
     return TensorChoice(key, "Row (output channel)", None)
 

@@ -12,6 +12,7 @@ from engine.models.sources import ModelSourceError
 from ui.cache import lessons as lesson_cache
 from ui.errors import show_error
 from ui.pages import lesson_charts
+from ui.widgets import NumberBoxes
 
 TAKEAWAY = ":material/lightbulb:"
 
@@ -88,9 +89,13 @@ def qat_tab() -> None:
     cols = st.columns([1, 2, 1, 1])
     bits = cols[0].segmented_control("Bits", [2, 3, 4], default=3, key="learn_qat_bits") or 3
     steps = cols[1].slider("QAT steps", 100, 1000, 400, step=100, key="learn_qat_steps")
-    seed = int(cols[2].number_input("Seed", 0, 999, 0, key="learn_qat_seed"))
+    number = NumberBoxes()
+    seed = number(cols[2], "Seed", 0, 999, 0, key="learn_qat_seed")
     cols[3].markdown("&nbsp;")
     clicked = cols[3].button("Train", type="primary", key="learn_qat_run", width="stretch")
+    if number.show():  # right under the Train button, which trains nothing until the seed is in range
+        return
+    seed = int(seed)
     st.plotly_chart(lesson_charts.staircase(lesson_cache.staircase(bits)), width="stretch")
     st.caption(
         f"int{bits} symmetric with range [−1, 1]: the forward returns one of {2**bits} levels; the backward "

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from engine.models.sources import MAX_CONFIG_BYTES
 from engine.sizing.catalog import catalog_models
 from engine.sizing.configs import config_from_hub, config_from_json
 from engine.sizing.estimate import KV_FORMATS, MemoryBreakdown, estimate
@@ -23,6 +24,7 @@ from engine.sizing.presets import PRESETS, WeightPreset
 from ui import cache, state
 from ui.errors import show_error
 from ui.pages import memory_charts
+from ui.widgets import NumberBoxes
 
 SOURCES = ["Catalog", "Loaded model", "Upload config.json", "Hub id"]
 DEFAULT_CATALOG_MODEL = "Llama-3.1-8B"
@@ -67,7 +69,9 @@ def config_picker():
             loaded = cache.current_model_or_stop()
             return loaded.model.config, loaded.source.label
         if kind == "Upload config.json":
-            upload = st.file_uploader("config.json", type=["json"], key="memory_upload")
+            upload = st.file_uploader(  # shows "Limit 2MB per file": the size config_from_json accepts
+                "config.json", type=["json"], key="memory_upload", max_upload_size=MAX_CONFIG_BYTES // 2**20
+            )
             if upload is None:
                 st.info(
                     "Upload a model's config.json: only the architecture is read.", icon=":material/upload:"
@@ -104,7 +108,9 @@ def config_picker():
 
 
 def sizing_inputs() -> SizingInputs | None:
-    """The formats, KV cache, attention kernel, prefill, context, batch and GPU; None when no format."""
+    """The formats, KV cache, attention kernel, prefill, context, batch and GPU; None (after saying why) when
+    no format is picked or the batch is out of range."""
+    number = NumberBoxes()
     left, middle, right = st.columns([3, 2, 2])
     preset_names = left.multiselect(
         "Weight formats",
@@ -142,7 +148,7 @@ def sizing_inputs() -> SizingInputs | None:
     context = right.select_slider(
         "Context (tokens per sequence)", CONTEXTS, value=8192, key="memory_context", format_func="{:,}".format
     )
-    batch = right.number_input("Batch (sequences at once)", 1, 4096, 1, key="memory_batch")
+    batch = number(right, "Batch (sequences at once)", 1, 4096, 1, key="memory_batch", name="Batch")
     devices = all_devices()
     device = st.selectbox(
         "GPU",
@@ -153,6 +159,8 @@ def sizing_inputs() -> SizingInputs | None:
         ),
         key="memory_gpu",
     )
+    if number.show(right):  # under its box; nothing is sized until it is back in range
+        return None
     presets = [PRESETS[name] for name in preset_names]
     sidebar_scheme = state.scheme()
     if add_sidebar and sidebar_scheme is not None:

@@ -128,3 +128,51 @@ def test_model_roots_restrict_typed_paths(tiny_model_dir, tmp_path, monkeypatch)
     assert resolve_folder(ModelSource("folder", str(tiny_model_dir))) == tiny_model_dir.resolve()
     monkeypatch.delenv("QE_MODEL_ROOTS")
     assert resolve_folder(ModelSource("folder", str(tiny_model_dir))) == tiny_model_dir.resolve()
+
+
+@pytest.fixture
+def hub_not_configured_offline(monkeypatch):
+    """HF_HUB_OFFLINE unset and no remembered probe: hub_reachable really probes."""
+    import huggingface_hub.constants
+
+    import engine.models.sources as sources
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(sources, "_hub_probes", {})
+    return sources
+
+
+def test_hub_reachable_answers_in_time_when_the_lookup_hangs(hub_not_configured_offline, monkeypatch):
+    """A resolver that does not answer: socket timeouts do not bound the DNS lookup, the probe must."""
+    import socket
+    import time
+
+    sources = hub_not_configured_offline
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: time.sleep(10) or [])
+    start = time.perf_counter()
+    assert sources.hub_reachable(timeout=0.5) is False
+    assert time.perf_counter() - start < 2
+    start = time.perf_counter()
+    assert sources.hub_reachable(timeout=0.5) is False  # remembered: the next page rerun asks nobody
+    assert time.perf_counter() - start < 0.1
+
+
+def test_hub_reachable_is_false_at_once_when_configured_offline(monkeypatch):
+    import socket
+
+    import engine.models.sources as sources
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(sources, "_hub_probes", {})
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed while offline"))
+    assert sources.hub_reachable() is False
+
+
+def test_shown_paths_are_short_and_printable():
+    from engine.models.paths import SHOWN_PATH_CHARS, shown_path
+
+    assert shown_path("/models/llama") == "/models/llama"
+    long = shown_path("/tmp/" + "a" * 5000 + "/config.json")
+    assert len(long) <= SHOWN_PATH_CHARS + 1 and long.startswith("/tmp/aaa") and long.endswith("/config.json")
+    assert "\x00" not in shown_path("/tmp/model\x00folder")

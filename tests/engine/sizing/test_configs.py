@@ -58,7 +58,9 @@ def test_unknown_catalog_name_suggests_close_matches():
 
 
 def test_hub_id_offline_is_explained():
-    with pytest.raises(ConfigError, match="Could not fetch|not a valid Hub id"):
+    with pytest.raises(
+        ConfigError, match="cannot reach the Hugging Face Hub|Could not fetch|not a valid Hub id"
+    ):
         load_config("some-org/some-model-that-is-not-here")
 
 
@@ -100,3 +102,48 @@ def test_fuzzed_configs_give_an_estimate_or_a_config_error(model_type, changes, 
         assert str(exc)  # a message for the user, never an unrelated exception type
         return
     assert breakdown.total > 0 and breakdown.weights.total > 0
+
+
+def test_sizes_within_limits_are_built_without_allocating():
+    """Issue 22: each parameter used to be created on the CPU before moving to the meta device, so a
+    4M-token × 131,072-channel embedding (2 TiB) failed in the C++ allocator although every size is
+    within SIZE_LIMITS. On the meta device nothing is allocated; an OPT with 2^30 learned positions too."""
+    huge = config_from_dict(
+        {**GOOD, "hidden_size": 131_072, "num_attention_heads": 1024, "vocab_size": 4_194_304}
+    )
+    breakdown = estimate(huge, "int4-g128", "int8", context=32, batch=1)
+    assert breakdown.parameters.by_kind["embeddings"] == 4_194_304 * 131_072
+    opt = config_from_dict({**GOOD, "model_type": "opt", "max_position_embeddings": 1 << 30})
+    assert estimate(opt, "bf16", "fp16", context=32, batch=1).parameters.total > (1 << 30) * 64
+
+
+def _cached_hub_config(tmp_path, repo_id: str) -> None:
+    """A config.json in a Hugging Face cache layout, as an earlier online session would have left it."""
+    commit = "0" * 40
+    repo = tmp_path / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text(json.dumps(GOOD))
+
+
+def test_a_hub_id_offline_reads_the_local_cache_without_the_network(tmp_path, monkeypatch):
+    """Offline, config_from_hub must not call hf_hub_download: even with local_files_only it builds
+    request headers, for which huggingface_hub fetches a registry from the Hub once per process (about
+    20 s offline while the DNS lookup hangs)."""
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    import engine.sizing.configs as configs
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(configs, "hub_reachable", lambda: False)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("hf_hub_download called while offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    _cached_hub_config(tmp_path, "some-org/cached-model")
+    assert configs.config_from_hub("some-org/cached-model").hidden_size == 64
+    with pytest.raises(ConfigError, match="cannot reach the Hugging Face Hub.*not in the local cache"):
+        configs.config_from_hub("some-org/not-cached-model")
