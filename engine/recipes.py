@@ -26,6 +26,10 @@ What each name means, and why (the catalogs this replaced disagreed on "W8" and 
   symmetric grid); W8A8 adds int8 per-token activations. `W4A16 packed + int8 head` also packs the
   output head int8 per channel; `W4A16 tinygemm` forces the CUDA tinygemm kernel (one layer only).
 - `fp32`, `bf16`, `fp16`: the model recast to that dtype, nothing quantized.
+- `W4 Q4_1` (axis "gguf"): llama.cpp's Q4_1 block format, fake-quantized: int4 asymmetric, groups of
+  32, an fp16 scale and a float minimum per group (`int4 asym_min g32`). The offline default model was
+  distributed this way, so on it this recipe reproduces the weights exactly (its best 4-bit scheme);
+  W4 (symmetric, the model's group size) is a second rounding there. Its group size stays 32.
 
 Group sizes depend on the model: a group must divide every quantized layer's in_features (SmolLM2's
 576 takes 64, not 128). Catalog recipes hold their preferred size; `recipe.for_model(*in_features)`
@@ -47,7 +51,7 @@ from engine.quant.schemes import QuantScheme
 from engine.runtime.kv_cache import KVCacheConfig
 
 GROUP_SIZES = (128, 64, 32)  # preferred group sizes, largest first (Qllm-Eval and AWQ use 128)
-AXES = ("weights", "weight-activation", "kv", "codebook", "bitsandbytes", "packed", "float")
+AXES = ("weights", "weight-activation", "kv", "codebook", "bitsandbytes", "packed", "float", "gguf")
 MethodConfig = RTNConfig | BnbConfig
 
 
@@ -190,6 +194,9 @@ def _catalog() -> list[Recipe]:
         Recipe(name, "packed", text, method, packed=True, packed_head=head, kernel=kernel, short_name=short)
         for name, short, text, method, head, kernel in packed
     ]
+    q4_1 = QuantScheme(4, "int", False, "group", 32, zero_kind="float")
+    text = "llama.cpp's Q4_1: int4 asymmetric, groups of 32, an fp16 scale and float minimum per group"
+    recipes.append(Recipe("W4 Q4_1", "gguf", text, RTNConfig(q4_1), group_sizes=(32,)))
     recipes += [
         Recipe(name, "float", f"the model recast to {dtype}, nothing quantized", dtype=dtype)
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16))

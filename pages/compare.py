@@ -16,10 +16,12 @@ from ui.cache.variants import variant
 from ui.errors import show_error
 from ui.pages import compare as view
 from ui.pages import methods as methods_view
+from ui.widgets import NumberBoxes, prompt_area, prompt_problem
 
 RUN_KEY = "compare_run"  # the CompareRun shown on this page
+TOP_P_HELP = "Nucleus mass; used when temperature > 0."
 DEFAULT_PROMPT = "What is the capital of France? Answer in one sentence."
-DEFAULT_VARIANTS = ["W4", "KV4"]  # on the default model: one diverges late, one at once
+DEFAULT_VARIANTS = [view.MODEL_GRID, "W4", "KV4"]  # default model: its own 4-bit grid, a second rounding, KV
 LEGEND = (
     "highlighted from the first token that differs from the reference (outlined); hover a token for details"
 )
@@ -31,6 +33,7 @@ class Request:
     picked: list[str]  # option keys, in the order picked
     settings: tuple  # GenerationSettings' arguments: max new tokens, temperature, top-p, seed, chat
     clicked: bool  # Generate was pressed on this run
+    problems: list[str]  # why it cannot run, in words (a number out of range, a prompt too long)
 
 
 def variant_options(loaded) -> tuple[dict[str, view.VariantSpec], dict]:
@@ -45,8 +48,9 @@ def variant_options(loaded) -> tuple[dict[str, view.VariantSpec], dict]:
 
 
 def settings_form(options: dict[str, view.VariantSpec]) -> Request:
+    number = NumberBoxes()
     with st.form("compare_settings"):
-        prompt = st.text_area("Prompt", DEFAULT_PROMPT, height=80, max_chars=20_000, key="compare_prompt")
+        prompt = prompt_area("Prompt", DEFAULT_PROMPT, key="compare_prompt")
         picked = st.multiselect(
             "Variants (up to three)",
             list(options),
@@ -62,27 +66,18 @@ def settings_form(options: dict[str, view.VariantSpec]) -> Request:
         max_new_tokens = cols[0].slider(
             "Max new tokens", 1, min(256, MAX_NEW_TOKENS_CAP), 48, key="compare_max_new_tokens"
         )
-        temperature = cols[1].number_input(
-            "Temperature", 0.0, 2.0, 0.0, 0.1, key="compare_temperature", help="0 = greedy (argmax)."
+        temperature = number(
+            cols[1], "Temperature", 0.0, 2.0, 0.0, 0.1, key="compare_temperature", help="0 = greedy (argmax)."
         )
-        top_p = cols[2].number_input(
-            "Top-p",
-            0.05,
-            1.0,
-            1.0,
-            0.05,
-            key="compare_top_p",
-            help="Nucleus mass; used when temperature > 0.",
-        )
-        seed = cols[3].number_input(
-            "Seed", 0, 2**31 - 1, 0, key="compare_seed", help="The same for every model."
-        )
+        top_p = number(cols[2], "Top-p", 0.05, 1.0, 1.0, 0.05, key="compare_top_p", help=TOP_P_HELP)
+        seed = number(cols[3], "Seed", 0, 2**31 - 1, 0, key="compare_seed", help="The same for every model.")
         chat = cols[4].checkbox("Chat template", value=True, key="compare_chat")
         clicked = st.form_submit_button(
             "Generate", type="primary", icon=":material/play_arrow:", key="compare_generate"
         )
-    settings = (int(max_new_tokens), float(temperature), float(top_p), int(seed), chat)
-    return Request(prompt, picked, settings, clicked)
+    problems = [*number.problems, *filter(None, [prompt_problem(prompt)])]
+    settings = () if problems else (int(max_new_tokens), float(temperature), float(top_p), int(seed), chat)
+    return Request(prompt, picked, settings, clicked, problems)
 
 
 def stop_and_shade() -> bool:
@@ -105,6 +100,8 @@ def stop_and_shade() -> bool:
 def new_run(loaded, options: dict[str, view.VariantSpec], request: Request) -> view.CompareRun | None:
     """A fresh CompareRun for the request, or None (with the reason shown) when it cannot run."""
     try:
+        if request.problems:
+            raise GenerationError(" ".join(request.problems))
         if not request.picked:
             raise GenerationError("Pick at least one variant to compare with the reference.")
         settings = GenerationSettings(*request.settings)
@@ -178,6 +175,7 @@ def main() -> None:
         "from one prompt with the same settings; hover a token for its probability under both models and the KL.",
     )
     loaded = cache.current_model_or_stop()
+    view.origin_note(loaded)
     options, built_in_lab = variant_options(loaded)
     request = settings_form(options)
     shade_kl = stop_and_shade()

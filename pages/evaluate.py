@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import streamlit as st
 from torch import Tensor
 
-from engine.evaluation.study import FULL_GRID, QUICK_GRID, pick_group_size, run_grid
+from engine.evaluation.evalset import DEFAULT_EVAL_SET
+from engine.evaluation.study import FULL_GRID, MODEL_GRID, QUICK_GRID, pick_group_size, run_grid
 from engine.models.data import (
     CORPORA,
     DataError,
@@ -17,7 +18,6 @@ from engine.models.data import (
     text_fingerprint,
     token_windows,
 )
-from engine.models.sources import DEFAULT_MODEL_NAME
 from ui import cache, page
 from ui.cache import variants
 from ui.errors import show_error
@@ -25,7 +25,11 @@ from ui.pages import evaluate as evaluate_view
 from ui.pages import evaluate_charts
 from ui.progress import progress_bar
 
-GRIDS = {"Quick (6 cells)": QUICK_GRID, "Full (11 cells)": FULL_GRID, "Pick cells": None}
+GRIDS = {
+    f"Quick ({len(QUICK_GRID)} cells)": QUICK_GRID,
+    f"Full ({len(FULL_GRID)} cells)": FULL_GRID,
+    "Pick cells": None,
+}
 CORPUS_CHOICES = [*CORPORA, "upload"]
 REQUESTED = "evaluate_run_requested"  # set by the button's callback, so no rerun can lose the click
 SECONDS_PER_1K_TOKENS = 4  # per cell, for the "roughly N s" hint (see docs/benchmarks.md for the machine)
@@ -45,12 +49,15 @@ def settings_ui() -> Choice:
     corpus = cols[0].selectbox(
         "Text (held-out second half)",
         CORPUS_CHOICES,
+        index=CORPUS_CHOICES.index(DEFAULT_EVAL_SET.corpus),
         format_func=lambda name: CORPORA.get(name, "Upload a text file"),
         key="evaluate_corpus",
     )
     grid_name = cols[1].selectbox("Grid", list(GRIDS), key="evaluate_grid")
-    windows = cols[2].number_input("Windows", 1, 16, 4, key="evaluate_windows")
-    window = cols[3].select_slider("Tokens per window", [128, 256, 512], 256, key="evaluate_window")
+    windows = cols[2].number_input("Windows", 1, 16, DEFAULT_EVAL_SET.windows, key="evaluate_windows")
+    window = cols[3].select_slider(
+        "Tokens per window", [128, 256, 512], DEFAULT_EVAL_SET.window, key="evaluate_window"
+    )
     cols[4].button(
         "Run grid",
         type="primary",
@@ -61,7 +68,10 @@ def settings_ui() -> Choice:
     cells = GRIDS[grid_name]
     if cells is None:
         names = st.multiselect(
-            "Cells", [c.name for c in FULL_GRID], default=["W8", "W4", "KV4"], key="evaluate_cells"
+            "Cells",
+            [c.name for c in FULL_GRID],
+            default=["W8", "W4", MODEL_GRID, "KV4"],
+            key="evaluate_cells",
         )
         cells = tuple(c for c in FULL_GRID if c.name in names)
     if not cells:
@@ -113,7 +123,7 @@ def run_missing(loaded, cells, token_ids: Tensor, group_size: int, done: dict) -
             clear()
 
 
-def headline(loaded, results: list, group_size: int) -> None:
+def headline(loaded, results: list, choice: Choice, token_ids: Tensor) -> None:
     reference = results[0].reference_perplexity
     cols = st.columns(4)
     cols[0].metric("Reference perplexity", f"{reference:,.2f}", help=f"{loaded.source.label}, {loaded.dtype}")
@@ -123,12 +133,8 @@ def headline(loaded, results: list, group_size: int) -> None:
     cols[1].metric("Closest cell", best.cell, label(best.relative_change), delta_color="inverse")
     cols[2].metric("Worst cell", worst.cell, label(worst.relative_change), delta_color="inverse")
     cols[3].metric("Tokens scored per cell", f"{results[0].tokens:,}")
-    if loaded.source.kind == "default":
-        st.caption(
-            f"{DEFAULT_MODEL_NAME} was distributed as Q4_1 (int4 asym, groups of 32): its reference is already "
-            f"a 4-bit model. The grid re-quantizes it with symmetric groups of {group_size}, which do not "
-            "coincide with that grid, so W4 here measures a real second rounding."
-        )
+    windows, window = token_ids.shape
+    st.caption(evaluate_view.windows_caption(int(windows), int(window), choice.corpus, "the Methods lab"))
 
 
 def main() -> None:
@@ -139,6 +145,9 @@ def main() -> None:
         "held-out text — the axes of the Qllm-Eval study.",
     )
     loaded = cache.current_model_or_stop()
+    evaluate_view.origin_note(
+        loaded, f"{MODEL_GRID} reproduces it exactly, W4 (symmetric g64) is a second rounding."
+    )
     choice = settings_ui()
     text, token_ids, group_size = load_windows(loaded, choice)
     key = (variants.model_key(), text_fingerprint(text), tuple(token_ids.shape), group_size)
@@ -147,7 +156,7 @@ def main() -> None:
     results = [done[c.name] for c in choice.cells if c.name in done]
     if not results:
         st.stop()
-    headline(loaded, results, group_size)
+    headline(loaded, results, choice, token_ids)
     evaluate_view.results_ui(evaluate_view.table_rows(results), results)
     evaluate_view.findings_ui(done | {r.cell: r for r in results})
 

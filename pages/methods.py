@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+from engine.evaluation.evalset import DEFAULT_EVAL_SET
 from engine.evaluation.study import pick_group_size
-from engine.models.sources import DEFAULT_MODEL_NAME
 from ui import cache, page
 from ui.errors import show_error
+from ui.pages import evaluate as evaluate_view
 from ui.pages import methods as methods_view
 from ui.pages import methods_charts, methods_export
 from ui.pages.methods import MethodRun, TextSettings
@@ -72,15 +73,17 @@ def text_settings(loaded) -> TextSettings:
         "Tokens per window", [128, 256, 512], 256, key="methods_calib_tokens"
     )
     eval_windows = cols[2].number_input(
-        "Evaluation windows (× 256 tokens)", 1, 16, 2, key="methods_eval_windows"
+        f"Evaluation windows (× {DEFAULT_EVAL_SET.window} tokens)",
+        1,
+        16,
+        DEFAULT_EVAL_SET.windows,
+        key="methods_eval_windows",
+        help="The default is Evaluate's default set, so both pages show the same reference perplexity.",
     )
-    if loaded.source.kind == "default":
-        st.caption(
-            f"{DEFAULT_MODEL_NAME} was distributed as Q4_1 (int4, groups of 32, a float minimum per group), so "
-            "its reference is already 4-bit. The lab's grids use integer zero points (GPTQ / AWQ / torchao), "
-            "which do not coincide with Q4_1 even at 4 bits and g32 (one down_proj: 21.8 dB SQNR, vs 20.7 dB "
-            "at g64): every method here measures a real second rounding."
-        )
+    evaluate_view.origin_note(
+        loaded,
+        "no grid in this lab coincides with it, so every method is a second rounding.",
+    )
     return TextSettings(int(calib_windows), int(calib_tokens), int(eval_windows))
 
 
@@ -135,14 +138,16 @@ def results(all_runs: list[MethodRun], loaded) -> None:
         },
     )
     st.caption(
-        f"{model_params / 1e6:,.1f} M parameters. Weights are stored fake-quantized for these accuracy runs; "
-        "bits/weight prices the codes with their scales and zero points. The Compare page can generate with "
-        "every model built here."
+        f"{methods_view.windows_note(all_runs)} {model_params / 1e6:,.1f} M parameters. Weights are stored "
+        "fake-quantized for these accuracy runs; bits/weight prices the codes with their scales and zero "
+        "points. The Compare page can generate with every model built here."
     )
-    st.plotly_chart(methods_charts.per_layer_error(all_runs), width="stretch", key="methods_sqnr")
-    figure = methods_charts.output_error(all_runs)
+    for note in methods_view.gap_notes(all_runs):
+        st.caption(note)
+    figure = methods_charts.output_error(all_runs)  # first: what GPTQ and AWQ minimise
     if figure is not None:
         st.plotly_chart(figure, width="stretch", key="methods_output_error")
+    st.plotly_chart(methods_charts.per_layer_error(all_runs), width="stretch", key="methods_sqnr")
     for run in all_runs:
         methods_view.method_figure(run)
 

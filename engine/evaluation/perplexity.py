@@ -13,6 +13,8 @@
 - `evaluate_against_reference` does both in one pass per window and returns the reference's perplexity
   too. A `ReferenceCache` keeps what the reference's forward leaves behind so a grid of candidates runs
   the reference once per window (see its docstring for what it stores and why).
+- `perplexity_gap` compares two models scored on the same windows, pairing them window by window so a
+  gap smaller than the window-to-window noise is reported as such.
 
 KV-cache quantization (`kv_scheme`) runs each span through a fresh `engine.runtime.kv_cache` cache in a single
 forward: attention reads dequantized keys and values of every token, its own included (see that module
@@ -75,6 +77,37 @@ class ComparisonResult:
     candidate: PerplexityResult  # seconds: the candidate's forwards only
     reference: PerplexityResult  # seconds: the reference's forwards, or its head alone when cached
     agreement: AgreementResult
+
+
+@dataclass(frozen=True)
+class PerplexityGap:
+    """How far apart two models' perplexities on the same windows are, and whether the windows tell."""
+
+    relative: float  # perplexity(a) / perplexity(b) - 1, over all windows
+    spread: float | None  # standard error of that gap from the per-window differences; None: one window
+    windows: int
+
+    @property
+    def resolved(self) -> bool:
+        """True when the gap is more than twice its standard error (never with a single window)."""
+        return self.spread is not None and abs(self.relative) > 2 * self.spread
+
+
+def perplexity_gap(a: PerplexityResult, b: PerplexityResult) -> PerplexityGap:
+    """a against b, paired window by window (both must have scored the same windows): the per-window
+    differences of mean NLL give the standard error, so two methods whose gap is smaller than the
+    window-to-window noise are reported as such. EvaluationError for different windows."""
+    if a.window_tokens != b.window_tokens or not a.window_tokens:
+        raise EvaluationError(
+            "these two perplexities were scored on different windows; score both on the same"
+        )
+    diffs = [(na - nb) / t for na, nb, t in zip(a.window_nll, b.window_nll, a.window_tokens, strict=True)]
+    relative = math.exp((a.nll_sum - b.nll_sum) / a.token_count) - 1
+    if len(diffs) < 2:
+        return PerplexityGap(relative, None, len(diffs))
+    mean = math.fsum(diffs) / len(diffs)
+    variance = math.fsum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return PerplexityGap(relative, math.expm1(math.sqrt(variance / len(diffs))), len(diffs))
 
 
 def _perplexity_result(nll: list[float], tokens: list[int], seconds: float) -> PerplexityResult:

@@ -79,3 +79,21 @@ def test_out_of_memory_is_explained_and_the_app_stays_up(app, monkeypatch):
     app.button(key="compare_generate").click().run()
     no_exceptions(app)
     assert not app.error and len(_token_boxes(app)) == 2
+
+
+def test_the_models_own_4_bit_grid_is_a_default_column_and_matches_the_reference(app):
+    """The default model was distributed as Q4_1: W4 Q4_1 is offered and picked by default beside W4, the
+    page says why in one linked line, and that column generates the reference's tokens."""
+    open_page(app, "compare")
+    picker = app.multiselect(key="compare_variants")
+    assert picker.value[:2] == ["W4 Q4_1", "W4"]
+    notes = [c.value for c in app.caption if "distributed as llama.cpp Q4_1" in c.value]
+    assert len(notes) == 1 and len(notes[0]) < 190 and "](overview)" in notes[0], notes
+    picker.set_value(["W4 Q4_1"])
+    app.slider(key="compare_max_new_tokens").set_value(8)
+    app.button(key="compare_generate").click().run()
+    no_exceptions(app)
+    run = app.session_state["compare_run"]
+    assert run.columns[1].label == "W4 Q4_1 (int4 asym_min g32)"
+    assert run.columns[1].token_ids == run.columns[0].token_ids
+    assert _metric(app, "Agreement")[1] == "100%"

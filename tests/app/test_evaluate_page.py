@@ -1,7 +1,12 @@
-"""The Evaluate page under AppTest: a small grid on the default model, cached cells, the findings panel."""
+"""The Evaluate page under AppTest: a small grid on the default model, cached cells, the findings panel, the
+shared default evaluation set, the Q4_1 cell and one-line note, the heatmap's explained colour scale."""
 
 from __future__ import annotations
 
+import json
+
+from engine.evaluation.evalset import DEFAULT_EVAL_SET
+from engine.evaluation.study import BANDS, MODEL_GRID, QUICK_GRID
 from tests.app.conftest import no_exceptions, open_page
 
 
@@ -9,25 +14,55 @@ def _metric(app, label):
     return next(metric.value for metric in app.metric if metric.label == label)
 
 
+def _origin_notes(app) -> list[str]:
+    return [caption.value for caption in app.caption if "distributed as llama.cpp Q4_1" in caption.value]
+
+
+def test_defaults_are_the_shared_evaluation_set_and_the_grid_holds_the_models_own_4_bit_cell(app):
+    open_page(app, "evaluate")
+    assert app.number_input(key="evaluate_windows").value == DEFAULT_EVAL_SET.windows
+    assert app.select_slider(key="evaluate_window").value == DEFAULT_EVAL_SET.window
+    assert app.selectbox(key="evaluate_corpus").value == DEFAULT_EVAL_SET.corpus
+    assert app.selectbox(key="evaluate_grid").value == f"Quick ({len(QUICK_GRID)} cells)"
+    assert MODEL_GRID in [cell.name for cell in QUICK_GRID]
+    assert any(f"on {DEFAULT_EVAL_SET.windows} windows" in info.value for info in app.info)
+    # the Q4_1 origin: once, one short line, linking to the full account (no banner above the charts)
+    notes = _origin_notes(app)
+    assert len(notes) == 1 and len(notes[0]) < 190 and "](overview)" in notes[0], notes
+    assert not [warning for warning in app.warning if "Q4_1" in warning.value]
+
+
 def test_evaluate_waits_for_the_button_then_runs_and_caches(app):
     open_page(app, "evaluate")
     assert any("Press **Run grid**" in info.value for info in app.info)
     app.selectbox(key="evaluate_grid").set_value("Pick cells").run()
-    app.multiselect(key="evaluate_cells").set_value(["W8", "W2"]).run()
+    app.multiselect(key="evaluate_cells").set_value(["W8", "W4 Q4_1", "W2"]).run()
     app.number_input(key="evaluate_windows").set_value(1).run()
     app.select_slider(key="evaluate_window").set_value(128).run()
     app.button(key="evaluate_run").click().run()
     no_exceptions(app)
     table = app.dataframe[0].value
-    assert list(table["cell"]) == ["W16 / KV16", "W8", "W2"]
-    w8, w2 = table["relative_change"][1], table["relative_change"][2]
-    assert abs(w8) < 0.05 and w2 > 1.0
+    assert list(table["cell"]) == ["W16 / KV16", "W8", "W4 Q4_1", "W2"]
+    w8, q4_1, w2 = (table["relative_change"][i] for i in (1, 2, 3))
+    assert abs(w8) < 0.05 and q4_1 == 0.0 and w2 > 1.0  # the model's own grid reproduces it exactly
     assert _metric(app, "Worst cell") == "W2"
     assert any("2-bit weights collapse" in s.value for s in app.success)
-    assert any("Q4_1" in caption.value for caption in app.caption)
+    assert any("Weights tolerate 8 and 4 bits" in s.value and "W4 Q4_1" in s.value for s in app.success)
+    assert len(_origin_notes(app)) == 1
+    # which windows were scored, and that they are not the default set other pages score
+    scored = [c.value for c in app.caption if c.value.startswith("Scored on 1 window × 128 tokens")]
+    assert scored and "not the default set" in scored[0] and "Britannica" in scored[0]
+    # the heatmap's colours follow the fixed bands its legend and caption explain
+    heatmap = next(chart for chart in app.get("plotly_chart") if "fixed scale" in chart.proto.spec)
+    trace = json.loads(heatmap.proto.spec)["data"][0]
+    assert trace["colorbar"]["ticktext"][0] == "close: Δppl ≤ +2%"
+    assert trace["colorbar"]["ticktext"][-1] == "broken: > ×2"
+    assert trace["z"][0][3] == BANDS.index("broken") + 0.5  # W2's Δ perplexity
+    assert trace["z"][0][2] == BANDS.index("close") + 0.5  # W4 Q4_1 reproduces the reference
+    assert any(c.value.startswith("Colour is a fixed scale") for c in app.caption)
     app.run()  # a rerun uses the cached cells: no button needed
     no_exceptions(app)
-    assert list(app.dataframe[0].value["cell"]) == ["W16 / KV16", "W8", "W2"]
+    assert list(app.dataframe[0].value["cell"]) == ["W16 / KV16", "W8", "W4 Q4_1", "W2"]
 
 
 def test_too_many_tokens_for_a_short_upload_is_explained(app):

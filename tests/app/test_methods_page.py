@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from engine.evaluation.evalset import DEFAULT_EVAL_SET
 from tests.app.conftest import no_exceptions, open_page
 from ui.pages import methods as methods_view
 
@@ -23,6 +24,8 @@ def test_methods_lab_runs_two_methods_and_keeps_them(app, tmp_path, monkeypatch)
     no_exceptions(app)
     table = app.dataframe[0].value
     assert len(table) == 2
+    scored = [c.value for c in app.caption if c.value.startswith("Scored on 1 window × 256 tokens")]
+    assert scored and "not the default set" in scored[0], [c.value for c in app.caption]
     rtn = table[table["method"].str.startswith("RTN")].iloc[0]
     assert abs(rtn["bits/weight (linears)"] - 4.25) < 1e-6  # int4 g64 with fp16 scales
     assert all(table["top-1 agreement"] > 0.3)
@@ -51,6 +54,31 @@ def test_methods_lab_runs_two_methods_and_keeps_them(app, tmp_path, monkeypatch)
     app.button(key="methods_clear").click().run()
     no_exceptions(app)
     assert not app.dataframe
+
+
+def test_the_evaluation_windows_default_to_evaluates_set_and_q4_1_is_one_line(app):
+    open_page(app, "methods")
+    assert app.number_input(key="methods_eval_windows").value == DEFAULT_EVAL_SET.windows
+    notes = [c.value for c in app.caption if "Q4_1" in c.value]
+    assert len(notes) == 1 and len(notes[0]) < 190 and "](overview)" in notes[0], notes
+
+
+def test_gptq_beside_rtn_shows_output_error_first_and_explains_its_weight_sqnr(app):
+    """GPTQ minimises output error, not weight error: that chart comes first, the SQNR chart says why GPTQ
+    sits below RTN there, and the perplexity gap to RTN is weighed against the window-to-window noise."""
+    open_page(app, "methods")
+    app.multiselect(key="methods_pick").set_value(["RTN", "GPTQ"]).run()
+    app.number_input(key="methods_eval_windows").set_value(2).run()
+    app.number_input(key="methods_calib_windows").set_value(1).run()
+    app.select_slider(key="methods_calib_tokens").set_value(128).run()
+    app.button(key="methods_run").click().run()
+    no_exceptions(app)
+    assert len(app.dataframe[0].value) == 2
+    charts = [chart.proto.spec for chart in app.get("plotly_chart")]
+    assert "Layer output error" in charts[0] and "Weight SQNR" in charts[1]
+    assert "GPTQ minimises each layer" in charts[1] and "not weight error" in charts[1]
+    gaps = [c.value for c in app.caption if c.value.startswith("GPTQ") and "vs RTN" in c.value]
+    assert gaps and "on 2 window(s)" in gaps[0] and "window-to-window noise" in gaps[0], gaps
 
 
 def test_methods_lab_runs_qat_at_3_bits_and_draws_its_training_curve(app):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import streamlit as st
 
 from engine import recipes
+from engine.evaluation.study import MODEL_GRID
 from engine.evaluation.token_compare import (
     TokenComparison,
     TokenStat,
@@ -35,6 +36,7 @@ from engine.recipes import Recipe
 from engine.runtime.generation import GenerationResult, GenerationSettings, encode_prompt, max_context
 from engine.runtime.kv_cache import KVCacheConfig
 from engine.runtime.measured import MemoryUse, generate_measured
+from ui.pages import evaluate as evaluate_view
 
 KL_FULL_SHADE = 1.0  # nats: a token's KL at which its underline is fully opaque
 DIVERGED_BG = "rgba(255, 164, 33, 0.28)"  # tokens after the first divergence
@@ -61,7 +63,7 @@ class VariantSpec:
     kv: KVCacheConfig | None = None  # None: the model's usual 16-bit cache
 
 
-QUICK_RECIPES = ("W8", "W4", "W3", "W2", "W8A8", "W4A4", "KV8", "KV4", "KV2")  # catalog names offered
+QUICK_RECIPES = ("W8", "W4", MODEL_GRID, "W3", "W2", "W8A8", "W4A4", "KV8", "KV4", "KV2")  # catalog names
 
 
 def _weights_label(recipe: Recipe) -> str:
@@ -76,6 +78,8 @@ def _label(recipe: Recipe) -> str:
     if recipe.axis == "kv":
         bits = recipe.kv.scheme.bits
         return f"{recipe.name} cache (int{bits} per token and head)"
+    if recipe.axis == "gguf":  # W4 Q4_1: name the layout, whose asymmetry and float minimum matter
+        return f"{recipe.name} ({recipe.weights.label})"
     if recipe.axis == "weight-activation":
         weights = "int8" if recipe.weights.bits == 8 else _weights_label(recipe)
         act_bits = recipe.method.activations.bits
@@ -95,6 +99,14 @@ def quick_variants(model, sidebar_scheme: QuantScheme | None) -> dict[str, Varia
             VariantSpec("sidebar", f"sidebar scheme ({sidebar_scheme.label})", RTNConfig(sidebar_scheme))
         )
     return {spec.key: spec for spec in specs}
+
+
+def origin_note(loaded) -> None:
+    """The default model's Q4_1 origin in one line (ui.pages.evaluate.origin_note), said for this page."""
+    evaluate_view.origin_note(
+        loaded,
+        f"{MODEL_GRID} reproduces its weights, so that column matches the reference.",
+    )
 
 
 # -- one comparison ------------------------------------------------------------------------------------

@@ -1,12 +1,42 @@
-"""The Evaluate page's results: the grid's table (with its CSV), its charts and the study's findings."""
+"""The Evaluate page's results: the grid's table (with its CSV), its charts and the study's findings; and
+the one-line note on the default model's Q4_1 origin that Evaluate, the Methods lab and Compare show."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from engine.evaluation.study import CellResult, findings
+from engine.evaluation.evalset import DEFAULT_EVAL_SET, corpus_name, describe_windows, is_default
+from engine.evaluation.study import MODEL_GRID, CellResult, findings
+from engine.models.sources import DEFAULT_MODEL_NAME
 from ui.pages import evaluate_charts
+
+ORIGIN_LINK = "overview"  # the Overview page, which gives the model's provenance in full
+
+
+def origin_note(loaded, consequence: str) -> None:
+    """One short line on the default model's Q4_1 origin and what it means on this page, linking to the
+    Overview's full account; nothing for other models."""
+    if loaded.source.kind == "default":
+        st.caption(
+            f":material/history_edu: {DEFAULT_MODEL_NAME} was distributed as llama.cpp Q4_1: {consequence} "
+            f"[Why]({ORIGIN_LINK})"
+        )
+
+
+def windows_caption(windows: int, window: int, corpus: str, other_page: str) -> str:
+    """Which windows were scored, and whether they are the default set `other_page` scores too."""
+    default = DEFAULT_EVAL_SET
+    same = (
+        f"the default evaluation set, the one {other_page} scores too, so the reference perplexities match"
+        if is_default(windows, window, corpus)
+        else f"not the default set ({default.windows} × {default.window} tokens of "
+        f"{corpus_name(default.corpus)}), so "
+        f"{other_page}'s reference perplexity differs"
+    )
+    return (
+        f"Scored on {describe_windows(windows, window, corpus)}: {same}. Perplexity depends on the windows."
+    )
 
 
 def table_rows(results: list[CellResult]) -> list[dict]:
@@ -38,6 +68,7 @@ def table_rows(results: list[CellResult]) -> list[dict]:
 
 def results_ui(rows: list[dict], results: list[CellResult]) -> None:
     st.plotly_chart(evaluate_charts.grid_heatmap(rows), width="stretch", key="evaluate_heatmap")
+    st.caption(evaluate_charts.band_caption())
     table = pd.DataFrame(rows)
     st.dataframe(
         table,
@@ -67,7 +98,8 @@ def findings_ui(results: dict[str, CellResult]) -> None:
     st.subheader("What the study found, and what our numbers say")
     st.caption(
         "Qllm-Eval (Li et al., 2024) evaluated 11 model families: weights and the KV cache tolerate 8 and 4 "
-        "bits, W4A4 and 2-bit settings collapse. Each line below is checked against the cells run here."
+        "bits, W4A4 and 2-bit settings collapse. Each line below is checked against the cells run here; "
+        f"4-bit weights are judged on the best 4-bit cell run (W4 or {MODEL_GRID}), and both are shown."
     )
     for finding in findings(results):
         icon = ":material/check_circle:" if finding.agrees else ":material/cancel:"

@@ -6,16 +6,21 @@ import math
 
 import plotly.graph_objects as go
 
-from engine.evaluation.study import CellResult
+from engine.evaluation.study import BAND_LIMITS, BANDS, CellResult, band
 
-AXIS_COLORS = {"reference": "#7f7f7f", "weights": "#1f77b4", "weight-activation": "#9467bd", "kv": "#ff7f0e"}
-
-
-def _scaled(values: list[float]) -> list[float]:
-    """log1p-scaled to [0, 1] per row, so one collapsed cell does not wash out the others."""
-    logged = [math.log1p(max(v, 0.0)) if math.isfinite(v) else 50.0 for v in values]
-    top = max(logged) or 1.0
-    return [v / top for v in logged]
+AXIS_COLORS = {
+    "reference": "#7f7f7f",
+    "weights": "#1f77b4",
+    "gguf": "#17becf",  # W4 Q4_1: a 4-bit weight cell in llama.cpp's layout
+    "weight-activation": "#9467bd",
+    "kv": "#ff7f0e",
+}
+BAND_COLORS = ("#1a9850", "#fee08b", "#f46d43", "#a50026")  # close, noticeable, bad, broken
+METRICS = (  # (row label, BAND_LIMITS key, value from a table row)
+    ("Δ perplexity", "relative_change", lambda r: r["relative_change"]),
+    ("mean KL (nats)", "mean_kl", lambda r: r["mean_kl"]),
+    ("top-1 disagreement", "disagreement", lambda r: 1 - r["top1_agreement"]),
+)
 
 
 def change_label(change: float) -> str:
@@ -25,35 +30,84 @@ def change_label(change: float) -> str:
     return f"{change:+.1%}" if change < 9 else f"×{change + 1:,.0f}"
 
 
+FORMATS = {
+    "relative_change": change_label,
+    "mean_kl": lambda v: f"{v:.3f}",
+    "disagreement": lambda v: f"{v:.1%}",
+}
+
+
+def _ppl(change: float) -> str:
+    return f"+{change:.0%}" if change < 1 else f"×{change + 1:g}"
+
+
+def band_legend() -> list[str]:
+    """The colorbar's labels: each colour's name and its perplexity limit."""
+    limits = BAND_LIMITS["relative_change"]
+    labels = [f"{BANDS[0]}: Δppl ≤ {_ppl(limits[0])}"]
+    labels += [f"{BANDS[i]}: ≤ {_ppl(limits[i])}" for i in range(1, len(limits))]
+    return labels + [f"{BANDS[-1]}: > {_ppl(limits[-1])}"]
+
+
+def band_caption() -> str:
+    """What each colour means on every row, and why the limits sit where they do (under the heatmap)."""
+    ppl, kl, top1 = (BAND_LIMITS[m] for m in ("relative_change", "mean_kl", "disagreement"))
+    parts = []
+    for index, name in enumerate(BANDS[:-1]):
+        parts.append(
+            f"**{name}** up to Δ perplexity {_ppl(ppl[index])}, mean KL {kl[index]:.2f} nats, "
+            f"top-1 disagreement {top1[index]:.0%}"
+        )
+    return (
+        "Colour is a fixed scale, the same on every run and for every cell: "
+        + "; ".join(parts)
+        + f"; **{BANDS[-1]}** beyond. +2% is about what int8 weights cost, +20% is where the study's "
+        '"tolerated" ends (the findings below use it) and ×2 is where it calls a setting collapsed; the KL '
+        "limits are the same in nats (ln 1.02, ln 1.2, ln 2); the disagreement limits are where this grid's "
+        "cells on the default model land in the band their perplexity gives."
+    )
+
+
+def _discrete_colorscale() -> list:
+    """Band i fills [i/n, (i+1)/n] of the scale, so z = band index maps to exactly one colour."""
+    n = len(BAND_COLORS)
+    scale = []
+    for index, color in enumerate(BAND_COLORS):
+        scale += [[index / n, color], [(index + 1) / n, color]]
+    return scale
+
+
 def grid_heatmap(rows: list[dict]) -> go.Figure:
-    """rows: dicts with cell, perplexity change, mean KL, top-1 (reference rows included)."""
+    """rows: dicts with cell, perplexity change, mean KL, top-1 (reference rows included). Each cell is
+    coloured by its own band (`engine.evaluation.study.band`): a fixed scale, not relative to the row."""
     cells = [r["cell"] for r in rows]
-    metrics = [
-        (
-            "Δ perplexity",
-            [r["relative_change"] for r in rows],
-            change_label,
-        ),
-        ("mean KL (nats)", [r["mean_kl"] for r in rows], lambda v: f"{v:.3f}"),
-        ("top-1 disagreement", [1 - r["top1_agreement"] for r in rows], lambda v: f"{v:.1%}"),
-    ]
+    values = [[value(r) for r in rows] for _, _, value in METRICS]
+    n = len(BANDS)
     figure = go.Figure(
         go.Heatmap(
-            z=[_scaled(values) for _, values, _ in metrics],
+            z=[[band(key, v) + 0.5 for v in row] for (_, key, _), row in zip(METRICS, values, strict=True)],
             x=cells,
-            y=[name for name, _, _ in metrics],
-            text=[[fmt(v) for v in values] for _, values, fmt in metrics],
+            y=[label for label, _, _ in METRICS],
+            text=[[FORMATS[key](v) for v in row] for (_, key, _), row in zip(METRICS, values, strict=True)],
+            customdata=[
+                [BANDS[band(key, v)] for v in row] for (_, key, _), row in zip(METRICS, values, strict=True)
+            ],
             texttemplate="%{text}",
-            colorscale="RdYlGn_r",
+            colorscale=_discrete_colorscale(),
             zmin=0,
-            zmax=1,
-            showscale=False,
-            hovertemplate="%{x} · %{y}: %{text}<extra></extra>",
+            zmax=n,
+            colorbar=dict(
+                tickvals=[i + 0.5 for i in range(n)],
+                ticktext=band_legend(),
+                title=dict(text="distance from<br>the reference"),
+                thickness=14,
+            ),
+            hovertemplate="%{x} · %{y}: %{text} (%{customdata})<extra></extra>",
         )
     )
     figure.update_layout(
-        title="Quality cost of each cell (greener is closer to the reference; colour is log-scaled per row)",
-        height=300,
+        title="Quality cost of each cell (colour: a fixed scale, from close to the reference to broken)",
+        height=320,
         margin=dict(l=10, r=10, t=50, b=10),
         yaxis=dict(autorange="reversed"),
     )

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from engine.evaluation.perplexity import ComparisonResult, ReferenceCache, evaluate_against_reference
+from engine.evaluation.evalset import DEFAULT_EVAL_SET
+from engine.evaluation.perplexity import (
+    ComparisonResult,
+    EvaluationError,
+    ReferenceCache,
+    evaluate_against_reference,
+    perplexity_gap,
+)
 from engine.methods import Calibration, QuantizedModel, RTNConfig, method_info, quantize_model
 from engine.methods.awq import AWQConfig, AWQDetail
 from engine.methods.bnb import BnbConfig
@@ -31,6 +38,7 @@ from engine.models.data import DataError, WindowSpec, load_text, token_windows
 from engine.quant.schemes import QuantScheme
 from ui import state
 from ui.errors import show_error
+from ui.pages.evaluate import windows_caption
 from ui.pages.methods_charts import bar, curve, maxima, qat_curve
 from ui.progress import progress_bar
 
@@ -195,7 +203,7 @@ def run_method(
 class TextSettings:
     calib_windows: int  # calibration windows
     calib_tokens: int  # tokens per calibration window
-    eval_windows: int  # evaluation windows of 256 tokens
+    eval_windows: int  # evaluation windows of DEFAULT_EVAL_SET.window tokens, from DEFAULT_EVAL_SET.corpus
 
 
 def run_methods(todo: dict[str, object], loaded, text: TextSettings, into: dict[str, MethodRun]) -> bool:
@@ -203,12 +211,14 @@ def run_methods(todo: dict[str, object], loaded, text: TextSettings, into: dict[
 
     One method failing leaves the others' results; a Stop button ends the run after the current step.
     False (after saying why) when the text to calibrate and evaluate on could not be read."""
-    try:
-        corpus = load_text("britannica")
+    try:  # calibrate on the first half of the default evaluation text, score its held-out second half
+        corpus = load_text(DEFAULT_EVAL_SET.corpus)
         spec = WindowSpec(text.calib_tokens, text.calib_windows, split="calibration")
         calibration = token_windows(loaded.tokenizer, corpus, spec)
         evaluation = token_windows(
-            loaded.tokenizer, corpus, WindowSpec(256, text.eval_windows, split="evaluation")
+            loaded.tokenizer,
+            corpus,
+            WindowSpec(DEFAULT_EVAL_SET.window, text.eval_windows, split="evaluation"),
         )
     except DataError as exc:
         show_error(exc)
@@ -232,16 +242,60 @@ def run_methods(todo: dict[str, object], loaded, text: TextSettings, into: dict[
     return True
 
 
+def scored_windows(run: MethodRun) -> tuple[int, int]:
+    """(windows, tokens per window) the run was scored on (a window's first token is not scored)."""
+    tokens = run.comparison.reference.window_tokens
+    return len(tokens), tokens[0] + 1
+
+
+def windows_note(all_runs: list[MethodRun]) -> str:
+    """Which windows the table's perplexities come from (and a warning when the runs differ)."""
+    sets = sorted({scored_windows(run) for run in all_runs})
+    if len(sets) > 1:
+        shown = ", ".join(f"{count} × {window}" for count, window in sets)
+        return (
+            f"These runs were scored on different windows ({shown} tokens), so their perplexities do not "
+            "compare (each Δ is against the reference on its own windows); Clear results and run again."
+        )
+    count, window = sets[0]
+    return windows_caption(count, window, DEFAULT_EVAL_SET.corpus, "Evaluate")
+
+
+def gap_notes(all_runs: list[MethodRun]) -> list[str]:
+    """For GPTQ and AWQ beside RTN: their perplexity gap to RTN, paired window by window, and whether the
+    windows scored can tell the two apart."""
+    rtn = next((run for run in all_runs if run.method == "RTN"), None)
+    notes = []
+    for run in all_runs if rtn is not None else []:
+        if run.method not in ("GPTQ", "AWQ"):
+            continue
+        try:
+            gap = perplexity_gap(run.comparison.candidate, rtn.comparison.candidate)
+        except EvaluationError:
+            continue
+        head = f"{run.label} vs {rtn.label}: perplexity {gap.relative:+.1%} on {gap.windows} window(s)"
+        if gap.spread is None:
+            notes.append(f"{head}; one window gives no noise estimate, so score more before ranking them.")
+        elif gap.resolved:
+            notes.append(f"{head}, more than twice the window-to-window noise (±{gap.spread:.1%}).")
+        else:
+            notes.append(
+                f"{head}, within the window-to-window noise (±{gap.spread:.1%}): these windows cannot rank "
+                "them; score more windows."
+            )
+    return notes
+
+
 def results_table(all_runs: list[MethodRun]) -> pd.DataFrame:
-    """One row per run: bits, perplexity and its change, KL and top-1 agreement, time to quantize."""
-    reference_ppl = all_runs[0].comparison.reference.perplexity
+    """One row per run: bits, perplexity and its change (against the reference on the run's own windows),
+    KL and top-1 agreement, time to quantize."""
     return pd.DataFrame(
         [
             {
                 "method": run.label,
                 "bits/weight (linears)": run.bits_per_weight,
                 "perplexity": run.comparison.candidate.perplexity,
-                "Δ perplexity": run.comparison.candidate.perplexity / reference_ppl - 1,
+                "Δ perplexity": run.comparison.candidate.perplexity / run.comparison.reference.perplexity - 1,
                 "mean KL": run.comparison.agreement.mean_kl,
                 "top-1 agreement": run.comparison.agreement.top1_agreement,
                 "seconds to quantize": run.seconds,

@@ -18,8 +18,26 @@ def _layer_index(name: str) -> str:
     return f"{match.group(1)}.{match.group(2)}" if match else name
 
 
+def _minimises_output_error(run) -> bool:
+    """GPTQ and AWQ: their reports carry RTN's output error on the same inputs, what they improve on."""
+    return any(getattr(layer.detail, "rtn_output_error", None) is not None for layer in run.quantized.layers)
+
+
+def sqnr_note(all_runs: list) -> str | None:
+    """Why an output-error method's weight SQNR can sit below RTN's (None when no such run is drawn)."""
+    names = sorted({run.method for run in all_runs if _minimises_output_error(run)})
+    if not names:
+        return None
+    return (
+        f"{' and '.join(names)} {'minimise' if len(names) > 1 else 'minimises'} each layer's output error on "
+        "calibration inputs, not weight error: weight SQNR below RTN's is expected (the output-error chart "
+        f"above shows what {'they improve' if len(names) > 1 else 'it improves'})."
+    )
+
+
 def per_layer_error(all_runs: list) -> go.Figure:
-    """Weight SQNR of every quantized linear, one line per method (higher is better)."""
+    """Weight SQNR of every quantized linear, one line per method (higher is better), with a note on
+    GPTQ / AWQ, whose weight SQNR is expected to sit below RTN's."""
     figure = go.Figure()
     for index, run in enumerate(all_runs):
         layers = run.quantized.layers
@@ -39,6 +57,20 @@ def per_layer_error(all_runs: list) -> go.Figure:
         yaxis_title="SQNR (dB)",
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
     )
+    note = sqnr_note(all_runs)
+    if note is not None:
+        figure.add_annotation(
+            text=note.replace(": ", ":<br>", 1),
+            xref="paper",
+            yref="paper",
+            x=0,
+            y=-0.1,
+            xanchor="left",
+            yanchor="top",
+            showarrow=False,
+            align="left",
+        )
+        figure.update_layout(height=420, margin=dict(l=10, r=10, t=50, b=80))
     return figure
 
 
@@ -67,7 +99,7 @@ def output_error(all_runs: list) -> go.Figure | None:
                 line=dict(color=COLORS[index % len(COLORS)], dash="dot"),
             )
     figure.update_layout(
-        title="Layer output error on calibration inputs (relative; lower is better)",
+        title="Layer output error on calibration inputs (relative; lower is better; what GPTQ and AWQ minimise)",
         height=340,
         margin=dict(l=10, r=10, t=50, b=10),
         xaxis=dict(title="layer.module", showticklabels=False),

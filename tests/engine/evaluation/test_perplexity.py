@@ -183,3 +183,27 @@ def test_reference_cache_keeps_logits_when_the_head_is_not_the_last_step(model, 
         handle.remove()
     assert cache.store_logits is True and cache.nbytes() == 2 * 31 * 96 * 4
     assert cached.agreement.mean_kl == pytest.approx(plain.mean_kl, rel=1e-6)
+
+
+def test_perplexity_gap_pairs_windows_and_says_when_they_cannot_tell():
+    """Two models on the same windows: the gap over all tokens, and its standard error from the
+    per-window differences; a gap within twice that noise is not resolved, one window gives no noise."""
+    from engine.evaluation.perplexity import PerplexityResult, perplexity_gap
+
+    def result(nll_per_token: list[float]) -> PerplexityResult:
+        nll = [100 * v for v in nll_per_token]
+        return PerplexityResult(math.exp(sum(nll) / (100 * len(nll))), sum(nll), 100 * len(nll), 0.0, nll,
+                                [100] * len(nll))  # fmt: skip
+
+    rtn = result([4.0, 4.5, 4.2, 4.3])
+    close = result([4.01, 4.49, 4.21, 4.29])  # per-window differences of both signs: noise
+    gap = perplexity_gap(close, rtn)
+    assert gap.windows == 4 and abs(gap.relative) < 0.01
+    assert not gap.resolved and gap.spread > abs(gap.relative) / 2
+    better = result([3.9, 4.4, 4.1, 4.2])  # 0.1 nats lower on every window: resolved
+    gap = perplexity_gap(better, rtn)
+    assert gap.resolved and abs(gap.relative - math.expm1(-0.1)) < 1e-9
+    one = perplexity_gap(result([3.9]), result([4.0]))
+    assert one.spread is None and not one.resolved
+    with pytest.raises(EvaluationError, match="different windows"):
+        perplexity_gap(result([4.0, 4.1]), result([4.0]))

@@ -1,5 +1,6 @@
 """The evaluation grid: cells build the right methods, cached cells are not rerun, and on the default model
-W8 stays within 2% of the reference while W2 collapses (this can fail)."""
+W8 stays within 2% of the reference while W2 collapses (this can fail) and W4 Q4_1 (its own grid)
+reproduces it. Colour bands are absolute; the 4-bit finding is judged on the best 4-bit cell."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import torch
 
 from engine import recipes
 from engine.evaluation.study import (
+    BANDS,
     FULL_GRID,
+    MODEL_GRID,
     QUICK_GRID,
     CellResult,
+    band,
     findings,
     pick_group_size,
     run_grid,
@@ -21,8 +25,11 @@ from tests.conftest import build_tiny_llama
 
 def test_the_full_grid_has_the_studys_axes():
     names = [cell.name for cell in FULL_GRID]
-    assert names == ["W8", "W4", "W3", "W2", "W8A8", "W4A8", "W4A4", "KV8", "KV4", "KV3", "KV2"]
+    assert names == ["W8", "W4", "W4 Q4_1", "W3", "W2", "W8A8", "W4A8", "W4A4", "KV8", "KV4", "KV3", "KV2"]
     assert {cell.name for cell in QUICK_GRID} < set(names)
+    assert MODEL_GRID in {cell.name for cell in QUICK_GRID}  # the default grid shows both 4-bit cells
+    q4_1 = recipes.get(MODEL_GRID).for_model(576, 1536).weights  # SmolLM2's widths
+    assert q4_1.label == "int4 asym_min g32"  # llama.cpp's Q4_1, whatever the model's W4 group size
     w4a8 = recipes.get("W4A8").for_model(group_size=64).method
     assert w4a8.weights.group_size == 64 and w4a8.activations.granularity == "channel"
     assert recipes.get("KV4").for_model(group_size=64).method is None
@@ -58,3 +65,45 @@ def test_default_model_w8_is_nearly_free_and_w2_collapses(default_loaded, single
     assert results["W8"].top1_agreement > 0.9 > 0.2 > results["W2"].top1_agreement
     claims = {f.claim: f.agrees for f in findings(results)}
     assert claims["2-bit weights collapse."] is True
+
+
+def _cell(name: str, change: float, axis: str = "weights") -> CellResult:
+    return CellResult(name, axis, 72.93 * (1 + change), 72.93, 0.0, 0.0, 1.0, 255, 0.0)
+
+
+def test_bands_are_absolute_and_a_far_cell_is_never_close():
+    """+595% perplexity (W3 on the default model) is broken, never close, and a band depends on the value
+    alone: it has no access to the rest of the row."""
+    assert band("relative_change", 5.95) == BANDS.index("broken")
+    assert band("relative_change", 102_983) == BANDS.index("broken")
+    assert band("relative_change", float("nan")) == BANDS.index("broken")
+    assert band("relative_change", 0.004) == BANDS.index("close")  # W8
+    assert band("relative_change", 0.054) == BANDS.index("noticeable")  # W8A8
+    assert band("relative_change", 0.49) == BANDS.index("bad")  # W4 (symmetric g64)
+    assert band("relative_change", 15.6) == BANDS.index("broken")  # KV2 at x16
+    # measured on the default model, 4 x 256 Britannica windows: each metric puts a cell in one band
+    for change, kl, disagreement in ((0.0041, 0.0037, 0.033), (0.054, 0.040, 0.119), (0.49, 0.61, 0.457),
+                                     (5.95, 2.26, 0.716), (0.069, 0.108, 0.202)):  # fmt: skip
+        bands = {band("relative_change", change), band("mean_kl", kl), band("disagreement", disagreement)}
+        assert len(bands) == 1, (change, bands)
+
+
+def test_four_bits_are_judged_on_the_best_four_bit_cell_and_both_are_shown():
+    results = {c.cell: c for c in (_cell("W8", 0.004), _cell("W4", 0.49), _cell(MODEL_GRID, 0.0, "gguf"))}
+    weights = next(f for f in findings(results) if f.claim.startswith("Weights tolerate"))
+    assert weights.agrees
+    assert "W4: +49.0% perplexity" in weights.ours
+    assert f"{MODEL_GRID} (best 4-bit, judged): +0.0% perplexity" in weights.ours
+    del results[MODEL_GRID]  # W4 alone: a second rounding of +49% does not tolerate 4 bits
+    weights = next(f for f in findings(results) if f.claim.startswith("Weights tolerate"))
+    assert not weights.agrees and "judged" not in weights.ours
+
+
+@pytest.mark.slow
+def test_the_q4_1_cell_reproduces_the_default_model(default_loaded, single_thread):
+    """The default model was distributed as Q4_1, so its W4 Q4_1 cell keeps groups of 32 (not the grid's
+    64) and scores exactly the reference: no KL, every top-1 the same."""
+    text = load_text("britannica")
+    windows = token_windows(default_loaded.tokenizer, text, WindowSpec(128, 1, split="evaluation"))
+    result = run_grid(default_loaded.model, windows, [recipes.get(MODEL_GRID)], group_size=64)[MODEL_GRID]
+    assert result.relative_change == 0.0 and result.mean_kl == 0.0 and result.top1_agreement == 1.0
