@@ -1,4 +1,4 @@
-"""The Evaluate page's grids on the default model: quick (6 cells) and full (11 cells), RTN.
+"""The Evaluate page's grids on the default model: quick (7 cells) and full (12 cells), RTN.
 
 Targets (2-core CPU, issue 6): the full grid with 8 windows x 512 tokens < 10 min; the quick grid < 2 min
 (at the page's default of 4 windows x 256 tokens). Prints a markdown table of every cell for
