@@ -40,13 +40,6 @@ def test_three_sessions_at_once(server_url, browser):
             page.screenshot(path=str(ARTIFACTS / f"concurrent-{name}.png"), full_page=True)
         assert others_done < 240, others_done
         print(f"other sessions served {others_done:.1f} s after the grid started")
-        # issue 22: the finished grid's heatmap is coloured on a fixed scale whose legend says what each
-        # colour means (the colours themselves are checked in tests/app/test_evaluate_charts.py)
-        evaluating.get_by_text("Colour is a fixed scale").first.wait_for(timeout=300_000)
-        for legend in ("close: Δppl ≤ +2%", "broken: > ×2"):
-            evaluating.get_by_text(legend).first.wait_for(timeout=30_000)
-        assert evaluating.locator("[data-testid='stException']").count() == 0
-        evaluating.screenshot(path=str(ARTIFACTS / "concurrent-evaluate-done.png"), full_page=True)
     finally:
         for context in contexts:
             context.close()
