@@ -36,6 +36,7 @@ def test_preload_imports_every_page_module_in_a_fresh_interpreter():
 def _get(app, path: str) -> tuple[int, str]:
     """One GET through an ASGI app, without a server."""
     import asyncio
+    import threading
 
     scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "root_path": ""}
     scope |= {"query_string": b"", "headers": [], "scheme": "http", "server": ("127.0.0.1", 80)}
@@ -50,7 +51,10 @@ def _get(app, path: str) -> tuple[int, str]:
     async def send(message):
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    # in a thread of its own: an earlier test in this worker may have left an event loop running here
+    worker = threading.Thread(target=lambda: asyncio.run(app(scope, receive, send)))
+    worker.start()
+    worker.join(timeout=60)
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]).decode()
 
 

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -54,7 +55,13 @@ def server_url():
     command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
     command += ["--server.address", "127.0.0.1"]
     log = open(ARTIFACTS.mkdir(exist_ok=True) or ARTIFACTS / "streamlit.log", "w")  # noqa: SIM115
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    env = os.environ.copy()
+    if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+        # the server shares the cores with the other worker: as many torch threads as this worker has (a
+        # second OpenMP thread on a busy core spends its time in barrier waits: the default Speed run took
+        # 204 s instead of ~20 s beside a gptqmodel test)
+        env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, process)
