@@ -132,6 +132,7 @@ def forget() -> None:
     with _LOCK:
         _MEMORY.clear()
         _LOADED.clear()
+        _PROBES.clear()
 
 
 def _key(*parts) -> str:
@@ -211,6 +212,23 @@ def _probe(layer, layout: str | None = None, build=None):
     )
 
 
+_PROBES: dict[
+    tuple, object
+] = {}  # one probe per (device, format, layout, group, scheme, dtype): every bucket
+
+
+def _cached_probe(layer, device_type: str):
+    """`_probe(layer)`, built once for all the buckets it is timed at (a 4096×4096 probe is quantized on
+    the CPU: seconds)."""
+    key = (device_type, layer.fmt, layer.layout, layer.group_size, layer.weight_scheme, layer.act_scheme)
+    key += (layer.compute_dtype,)
+    if key not in _PROBES:
+        if len(_PROBES) >= 8:
+            _PROBES.clear()
+        _PROBES[key] = _probe(layer)
+    return _PROBES[key]
+
+
 def choose(layer, device_type: str, tokens: int, candidates: list, measure: bool = True):
     """The fastest correct candidate (KernelEntry) for `layer` at `tokens` rows, measured once per key.
     Returns None when every candidate was refused (the caller runs the reference)."""
@@ -234,7 +252,7 @@ def choose(layer, device_type: str, tokens: int, candidates: list, measure: bool
         if found is None:
             if not measure:  # under torch.compile: nothing is timed while tracing
                 return candidates[0]
-            probe = _probe(layer)
+            probe = _cached_probe(layer, device_type)
             found = Measurement(
                 device_name(device_type),
                 layer.fmt,
