@@ -6,6 +6,7 @@ form runs `engine.runtime.generation.generate`, streaming tokens into the page.
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from engine.models.sources import provenance
@@ -43,18 +44,18 @@ def architecture_details(loaded, summary) -> None:
     )
     right.markdown("**Architecture**")
     kv_bytes_per_token = 2 * summary.layers * summary.kv_heads * summary.head_dim * 2  # K and V, fp16
-    right.dataframe(
-        {
-            "field": ["model_type", "KV cache per token (fp16)", "loaded from", "load time"],
-            "value": [
-                summary.model_type,
-                f"{kv_bytes_per_token:,} bytes",
-                str(loaded.folder),
-                f"{loaded.load_seconds:.2f} s",
-            ],
-        },
-        hide_index=True,
-        width="stretch",
+    right.table(  # a static table wraps the long folder path instead of hiding it behind a scroll
+        pd.DataFrame(
+            {
+                "value": [
+                    summary.model_type,
+                    f"{kv_bytes_per_token:,} bytes",
+                    str(loaded.folder),
+                    f"{loaded.load_seconds:.2f} s",
+                ]
+            },
+            index=["model_type", "KV cache per token (fp16)", "loaded from", "load time"],
+        )
     )
 
 

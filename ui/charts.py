@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import re
+
+import numpy
 import plotly.express as px
 import plotly.graph_objects as go
 
@@ -10,6 +14,24 @@ from engine.analysis.blocks import BlockPicture
 LEVEL_COLOR = "rgba(220, 60, 60, 0.55)"
 VALUE_COLOR = "#1f77b4"
 CLIP_COLOR = "#d62728"
+
+
+LEGEND_ABOVE = dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1)
+LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0)
+TITLE_BAND = 28  # px at the top of a chart for its title, above the band where a legend above the plot sits
+
+
+def frame(title: str, *, top: int = 50, legend_below: bool = False) -> dict:
+    """Title, margins and legend for `update_layout`: the title pinned to the top of the chart; a legend
+    above the plot gets a band of its own under the title (the title is moved up by TITLE_BAND), so a long
+    title and the legend never share a line, whatever the chart's width."""
+    if legend_below:
+        return dict(title=title, margin=dict(l=10, r=10, t=top, b=10), legend=LEGEND_BELOW)
+    return dict(
+        title=dict(text=title, y=1, yref="container", yanchor="top", pad=dict(t=10)),
+        margin=dict(l=10, r=10, t=top + TITLE_BAND, b=10),
+        legend=LEGEND_ABOVE,
+    )
 
 
 def layout(
@@ -23,23 +45,108 @@ def layout(
     top: int = 50,
     bargap: float | None = 0.02,
 ) -> go.Figure:
-    """Every chart's frame: title, axis titles, height, tight margins and a horizontal legend, above the
-    plot on the right or (`legend_below`, for many series) under the x axis, where it cannot cover the title."""
-    legend = (
-        dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0)
-        if legend_below
-        else dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1)
-    )
+    """Every chart's frame (`frame`): title, axis titles, height, tight margins and a horizontal legend, in
+    its own band above the plot on the right or (`legend_below`, for many series) under the x axis."""
     figure.update_layout(
-        title=title,
-        xaxis_title=x,
-        yaxis_title=y,
-        height=height,
-        margin=dict(l=10, r=10, t=top, b=10),
-        legend=legend,
+        xaxis_title=x, yaxis_title=y, height=height, **frame(title, top=top, legend_below=legend_below)
     )
     if bargap is not None:
         figure.update_layout(bargap=bargap)
+    return decade_ticks(figure)
+
+
+def tick_label(value: float) -> str:
+    """A tick value as a reader writes it: 0.05, 2, 1,000, 2×10⁶ (a power of ten from 10⁶ and under 10⁻³)."""
+    if value == 0:
+        return "0"
+    if 1e-3 <= abs(value) < 1e6:
+        return f"{value:,.6g}"
+    exponent = math.floor(math.log10(abs(value)))
+    mantissa = round(value / 10**exponent, 3)
+    power = f"10<sup>{exponent}</sup>"
+    return power if mantissa == 1 else f"{mantissa:g}×{power}"
+
+
+def _positive(values) -> numpy.ndarray:
+    """The finite positive numbers among `values` (empty for categories and missing data)."""
+    try:
+        array = numpy.asarray(values, dtype=float).ravel()
+    except (TypeError, ValueError):
+        return numpy.empty(0)
+    return array[numpy.isfinite(array) & (array > 0)]
+
+
+def _trace_values(trace, letter: str) -> numpy.ndarray:
+    """What a trace puts on its `letter` axis; a histogram's counts (or shares) on its count axis."""
+    if trace.type != "histogram":
+        return _positive(trace[letter])
+    data_letter = "x" if trace.x is not None else "y"
+    if letter == data_letter:
+        return _positive(trace[letter])
+    data = _positive(trace[data_letter])
+    counts = numpy.histogram(data, bins=trace.nbinsx or "auto")[0].astype(float) if len(data) else data
+    if trace.histnorm in ("probability", "percent"):
+        counts = counts / max(counts.sum(), 1) * (100 if trace.histnorm == "percent" else 1)
+    return counts[counts > 0]
+
+
+def _axis_span(figure: go.Figure, name: str) -> tuple[float, float] | None:
+    """The smallest and largest value a log axis shows: its fixed range, else its traces' and lines'."""
+    axis = figure.layout[name]
+    if axis.range is not None and axis.autorange is not True:
+        return 10 ** axis.range[0], 10 ** axis.range[1]
+    letter, ref = name[0], name[0] + name[5:]  # "yaxis2" -> ("y", "y2")
+    found = [
+        _trace_values(trace, letter)
+        for trace in figure.data
+        if f"{letter}axis" in trace and (trace[f"{letter}axis"] or letter) == ref
+    ]
+    for shape in figure.layout.shapes:  # add_hline / add_vline: they count in plotly's autorange too
+        if shape[f"{letter}ref"] == ref:
+            found.append(_positive([shape[f"{letter}0"], shape[f"{letter}1"]]))
+    values = numpy.concatenate(found) if found else numpy.empty(0)
+    return (float(values.min()), float(values.max())) if len(values) else None
+
+
+def _nice_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 values in [low, high] (a span of under three decades); a finer even step under 2.5×."""
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    inside = [
+        round(m * 10.0**e, 12)
+        for e in range(first, last + 1)
+        for m in (1, 2, 5)
+        if low * (1 - 1e-9) <= m * 10.0**e <= high * (1 + 1e-9)
+    ]
+    if len(inside) >= 2 or high <= low:
+        return inside or [low]
+    raw = (high - low) / 4
+    step = min(
+        (m * 10.0 ** math.floor(math.log10(raw)) for m in (1, 2, 2.5, 5, 10)),
+        key=lambda s: abs(s - raw),
+    )
+    start = math.ceil(low / step - 1e-9)
+    return [round(k * step, 12) for k in range(start, math.floor(high / step + 1e-9) + 1)]
+
+
+def decade_ticks(figure: go.Figure) -> go.Figure:
+    """Label every log axis with values that read right. Plotly's default labels the minor ticks with bare
+    digits ("2", "5" between 10 and 100), which read as wrong values. Three decades or more: one label per
+    power of ten (every second one past ten decades); less: 1-2-5 ticks (a finer even step where even 1-2-5
+    gives fewer than two). Labels are the real values (`tick_label`). An axis that already names its ticks
+    (the Speed page's batch sizes) is left alone."""
+    names = [name for name in figure.layout.to_plotly_json() if re.fullmatch(r"[xy]axis\d*", name)]
+    for name in names:
+        axis = figure.layout[name]
+        if axis.type != "log" or axis.tickvals is not None:
+            continue
+        low, high = _axis_span(figure, name) or (1.0, 10.0)
+        first, last = math.ceil(math.log10(low) - 1e-9), math.floor(math.log10(high) + 1e-9)
+        if last - first + 1 >= 3:  # one more decade each side, for a little panning
+            step = math.ceil((last - first + 1) / 10)
+            values = [10.0**e for e in range(first - step, last + step + 1, step)]
+        else:
+            values = _nice_ticks(low, high)
+        axis.update(tickmode="array", tickvals=values, ticktext=[tick_label(v) for v in values])
     return figure
 
 
@@ -115,7 +222,7 @@ def error_histogram(errors, block_errors) -> go.Figure:
 
 
 def pareto(rows: list[dict], chosen: str) -> go.Figure:
-    """SQNR against bits per weight for every scheme; the chosen one stands out."""
+    """SQNR against bits per weight for every scheme, one colour per format; the chosen one stands out."""
     usable = [row for row in rows if row["sqnr_db"] == row["sqnr_db"]]  # drop NaN rows
     figure = go.Figure()
     for fmt in sorted({row["format"] for row in usable}):
@@ -138,11 +245,10 @@ def pareto(rows: list[dict], chosen: str) -> go.Figure:
             marker=dict(size=20, symbol="star", color="gold", line=dict(color="black", width=1)),
             name="chosen",
         )
+    # a short title and the legend under the plot: in the grid page's narrow column a long title ran into
+    # the legend above the plot and was cut off
     return layout(
-        figure,
-        "Quality vs size: SQNR (dB, capped at 99) against bits per weight",
-        "bits per weight",
-        "SQNR (dB)",
+        figure, "Quality vs size", "bits per weight", "SQNR (dB, capped at 99)", height=400, legend_below=True
     )
 
 

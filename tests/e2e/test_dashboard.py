@@ -29,8 +29,36 @@ def test_a_page_url_as_the_servers_first_request(server_url, browser):
     page.close()
 
 
-def test_every_page_in_the_browser(server_url, browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+# What a careful reader sees as broken at a given window size (issue 22), measured in the page:
+# horizontal scrolling, a chart title that runs into its legend or past the chart, a table whose
+# columns do not all fit, a multiselect chip whose text is cut.
+LAYOUT_DEFECTS = """() => {
+  const problems = [];
+  const overlap = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+  if (document.documentElement.scrollWidth > window.innerWidth + 1) problems.push('page scrolls sideways');
+  document.querySelectorAll('.js-plotly-plot').forEach((chart, i) => {
+    const title = chart.querySelector('.gtitle');
+    const legend = chart.querySelector('.legend');
+    if (!title || !title.textContent) return;
+    const t = title.getBoundingClientRect(), c = chart.getBoundingClientRect();
+    const name = title.textContent.slice(0, 40);
+    if (t.right > c.right + 1 || t.left < c.left - 1) problems.push(`title cut: ${name}`);
+    if (legend && overlap(t, legend.getBoundingClientRect())) problems.push(`title under legend: ${name}`);
+  });
+  document.querySelectorAll("[data-testid='stDataFrame'] .dvn-scroller").forEach((grid) => {
+    if (grid.scrollWidth > grid.clientWidth + 2) problems.push('table columns hidden');
+  });
+  document.querySelectorAll("[data-baseweb='tag'] span").forEach((chip) => {
+    if (chip.scrollWidth > chip.clientWidth + 1) problems.push(`chip cut: ${chip.textContent}`);
+  });
+  return problems;
+}"""
+SIZES = [(1280, 720), (1920, 1080)]
+
+
+@pytest.mark.parametrize(("width", "height"), SIZES)
+def test_every_page_in_the_browser(server_url, browser, width, height):
+    page = browser.new_page(viewport={"width": width, "height": height})
     console_errors: list[str] = []
     page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
     failed: list[str] = []
@@ -40,14 +68,19 @@ def test_every_page_in_the_browser(server_url, browser):
     body = page.inner_text("body")
     for expected in ("134.5 M", "576", "9 / 3", "49,152", "Q4_1"):
         assert expected in body, f"overview lacks {expected!r}"
+    defects = {}
     for title in NAV:
         page.get_by_role("link", name=title).first.click()
         page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
-        page.wait_for_timeout(500)
+        page.wait_for_timeout(1500)  # charts and tables draw after the heading
         assert page.locator("[data-testid='stException']").count() == 0, f"exception on {title}"
+        if found := page.evaluate(LAYOUT_DEFECTS):
+            defects[title] = found
         name = title.lower().replace(" ", "-")
-        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+        page.screenshot(path=str(ARTIFACTS / f"{name}-{width}.png"), full_page=True)
+    assert not defects, f"at {width}x{height}: {defects}"
     assert not console_errors, (console_errors, failed)
+    page.close()
 
 
 def test_memory_estimate_in_the_browser(server_url, browser):

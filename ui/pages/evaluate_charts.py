@@ -7,6 +7,7 @@ import math
 import plotly.graph_objects as go
 
 from engine.evaluation.study import BAND_LIMITS, BANDS, CellResult, band
+from ui.charts import decade_ticks
 
 AXIS_COLORS = {
     "reference": "#7f7f7f",
@@ -136,4 +137,4 @@ def perplexity_bars(results: list[CellResult], reference: float) -> go.Figure:
         margin=dict(l=10, r=10, t=50, b=10),
         showlegend=False,
     )
-    return figure
+    return decade_ticks(figure)

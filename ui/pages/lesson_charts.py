@@ -26,14 +26,13 @@ STATIC_COLOR, DYNAMIC_COLOR = "#1f77b4", "#ff7f0e"
 
 
 def _style(figure: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.Figure:
-    """The house layout, with the legend under the plot so it never covers a title; log axes by decade."""
+    """The house layout (log axes labelled by `decade_ticks`), with the legend under the plot so it never
+    covers a title."""
     layout(figure, title, x, y, height=height)
     figure.update_layout(
         legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0),
         title=dict(font=dict(size=14)),
     )
-    figure.for_each_xaxis(lambda axis: axis.update(dtick=1) if axis.type == "log" else None)
-    figure.for_each_yaxis(lambda axis: axis.update(dtick=1) if axis.type == "log" else None)
     return figure
 
 

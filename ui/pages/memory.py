@@ -171,6 +171,15 @@ def sizing_inputs() -> SizingInputs | None:
     return SizingInputs(presets, kv_name, attention, prefill_chunk, int(context), int(batch), device, devices)
 
 
+SIZE_COLUMNS = {  # the summary table's GiB columns: their short headers and widths in pixels
+    "weights GiB": ("weights", 62),
+    "KV GiB": ("KV cache", 64),
+    "activations GiB": ("activations", 78),
+    "overhead GiB": ("overhead", 66),
+    "total GiB": ("total", 56),
+}
+
+
 def summary_rows(config, breakdowns: list[MemoryBreakdown], device: GPU) -> list[dict]:
     """One row per format: bytes by component, whether one GPU holds it, the decode roofline."""
     return [
@@ -182,13 +191,38 @@ def summary_rows(config, breakdowns: list[MemoryBreakdown], device: GPU) -> list
             "activations GiB": b.activations.peak / GIB,
             "overhead GiB": b.overhead / GIB,
             "total GiB": b.total / GIB,
-            f"fits one {device.name}": "yes" if fits(b, config, device) else "no",
-            "decode tok/s (roofline)": decode_estimate(
+            "fits one GPU": "yes" if fits(b, config, device) else "no",
+            "decode tok/s": decode_estimate(
                 b, device, min_tensor_parallel(b, config, device) or 1
             ).tokens_per_s,
         }
         for b in breakdowns
     ]
+
+
+def summary_columns(device: GPU) -> dict:
+    """The summary table's columns: short headers (unit and meaning in each header's tooltip) and fixed
+    widths, 760 px in all, so the nine columns fit a 1280-pixel window beside the sidebar: with headers
+    sized to their text the last one, decode tok/s, sat past the right edge."""
+    sizes = {
+        key: st.column_config.NumberColumn(label, width=width, format="%.2f", help=f"{label}, in GiB")
+        for key, (label, width) in SIZE_COLUMNS.items()
+    }
+    return {
+        "weights": st.column_config.TextColumn("format", width=236, help="Weight format"),
+        "bits/weight": st.column_config.NumberColumn(
+            "bits/w", width=52, format="%.3f", help="Bits per weight, scales included"
+        ),
+        **sizes,
+        "fits one GPU": st.column_config.TextColumn("1 GPU?", width=56, help=f"Fits on one {device.name}"),
+        "decode tok/s": st.column_config.NumberColumn(
+            "decode tok/s",
+            width=90,
+            format="%.0f",
+            help="Tokens per second at batch 1 if memory-bound: bytes read per token ÷ datasheet bandwidth, "
+            "on the fewest GPUs that fit",
+        ),
+    }
 
 
 def context_sweep(config, inputs: SizingInputs) -> dict[str, list[float]]:

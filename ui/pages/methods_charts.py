@@ -9,6 +9,7 @@ import re
 import plotly.graph_objects as go
 
 from engine.methods.qat import QATTrace
+from ui.charts import decade_ticks, frame
 
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 
@@ -20,7 +21,7 @@ def _layer_index(name: str) -> str:
 
 def _minimises_output_error(run) -> bool:
     """GPTQ and AWQ: their reports carry RTN's output error on the same inputs, what they improve on."""
-    return any(getattr(layer.detail, "rtn_output_error", None) is not None for layer in run.quantized.layers)
+    return any(getattr(layer.detail, "rtn_output_error", None) is not None for layer in run.layers)
 
 
 def sqnr_note(all_runs: list) -> str | None:
@@ -40,7 +41,7 @@ def per_layer_error(all_runs: list) -> go.Figure:
     GPTQ / AWQ, whose weight SQNR is expected to sit below RTN's."""
     figure = go.Figure()
     for index, run in enumerate(all_runs):
-        layers = run.quantized.layers
+        layers = run.layers
         figure.add_scatter(
             x=[_layer_index(r.name) for r in layers],
             y=[r.weight_sqnr_db for r in layers],
@@ -50,12 +51,10 @@ def per_layer_error(all_runs: list) -> go.Figure:
             hovertemplate="%{x}: %{y:.1f} dB<extra>" + run.label + "</extra>",
         )
     figure.update_layout(
-        title="Weight SQNR per linear layer (dB, higher is closer to the original)",
         height=360,
-        margin=dict(l=10, r=10, t=50, b=10),
         xaxis=dict(title="layer.module", showticklabels=False),
         yaxis_title="SQNR (dB)",
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+        **frame("Weight SQNR per linear layer (dB, higher is closer to the original)"),
     )
     note = sqnr_note(all_runs)
     if note is not None:
@@ -76,12 +75,12 @@ def per_layer_error(all_runs: list) -> go.Figure:
 
 def output_error(all_runs: list) -> go.Figure | None:
     """Relative error of each layer's output on calibration inputs, for methods that measure it."""
-    measured = [r for r in all_runs if any(layer.output_error is not None for layer in r.quantized.layers)]
+    measured = [r for r in all_runs if any(layer.output_error is not None for layer in r.layers)]
     if not measured:
         return None
     figure = go.Figure()
     for index, run in enumerate(measured):
-        layers = [layer for layer in run.quantized.layers if layer.output_error is not None]
+        layers = [layer for layer in run.layers if layer.output_error is not None]
         figure.add_scatter(
             x=[_layer_index(r.name) for r in layers],
             y=[r.output_error for r in layers],
@@ -99,14 +98,14 @@ def output_error(all_runs: list) -> go.Figure | None:
                 line=dict(color=COLORS[index % len(COLORS)], dash="dot"),
             )
     figure.update_layout(
-        title="Layer output error on calibration inputs (relative; lower is better; what GPTQ and AWQ minimise)",
         height=340,
-        margin=dict(l=10, r=10, t=50, b=10),
         xaxis=dict(title="layer.module", showticklabels=False),
         yaxis=dict(title="relative error", type="log"),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+        **frame(
+            "Layer output error on calibration inputs (relative; lower is better; what GPTQ and AWQ minimise)"
+        ),
     )
-    return figure
+    return decade_ticks(figure)
 
 
 def bar(names: list[str], values: list[float], title: str, y: str) -> go.Figure:
@@ -132,14 +131,14 @@ def maxima(before: list[float], after: list[float], layer: str) -> go.Figure:
     figure.add_scatter(y=before, mode="lines", name="before smoothing", line=dict(color="#d62728"))
     figure.add_scatter(y=after, mode="lines", name="after smoothing", line=dict(color="#1f77b4"))
     figure.update_layout(
-        title=f"{layer}: per-channel max |X| of the input (the outliers SmoothQuant moves into the weights)",
         height=320,
-        margin=dict(l=10, r=10, t=50, b=10),
         xaxis_title="input channel",
         yaxis=dict(title="max |x|", type="log"),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+        **frame(
+            f"{layer}: per-channel max |X| of the input (the outliers SmoothQuant moves into the weights)"
+        ),
     )
-    return figure
+    return decade_ticks(figure)
 
 
 def qat_curve(trace: QATTrace, title: str) -> go.Figure:
@@ -168,11 +167,9 @@ def qat_curve(trace: QATTrace, title: str) -> go.Figure:
         marker=dict(symbol="star", size=16, color="#9467bd"),
     )
     figure.update_layout(
-        title=title,
         height=340,
-        margin=dict(l=10, r=10, t=50, b=10),
         xaxis=dict(title="step", rangemode="tozero"),
         yaxis_title="next-token loss (nats)",
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+        **frame(title),
     )
     return figure

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 
 import numpy
@@ -14,6 +15,8 @@ HEAD_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
 KIND_COLORS = {"weight": "#1f77b4", "activation": "#ff7f0e", "key": "#2ca02c", "value": "#9467bd"}
 LAYOUT_COLORS = {"per-channel": "#2ca02c", "per-token": "#d62728"}
 KEY_COLOR, VALUE_KV_COLOR = "#2ca02c", "#9467bd"
+TOKEN_TICKS = 32  # labelled token rows at most on the heatmap
+HOTTEST_TOKENS = 3  # at most this many outlier rows (largest |x| ≥ 3× the median row's) always labelled
 
 
 def layer_heatmap(labels: list[str], layers: list[int], values, title: str, log: bool) -> go.Figure:
@@ -92,29 +95,59 @@ def channel_profile(
     return figure
 
 
+def token_label(index: int, text: str) -> str:
+    """A token row's name: its position and its text, shortened and escaped for plotly ("3 ▸ the")."""
+    text = text.strip() or "␣"
+    short = text if len(text) <= 12 else text[:11] + "…"
+    return f"{index} ▸ {html.escape(short, quote=False)}"
+
+
+def labelled_rows(peaks, limit: int) -> list[int]:
+    """Which token rows get a tick label: all when they fit, else an even spread that always includes the
+    outlier tokens, up to HOTTEST_TOKENS rows whose largest |x| is at least 3× the median row's (a spread
+    row too close to one of those gives way)."""
+    n = len(peaks)
+    if n <= limit:
+        return list(range(n))
+    step = math.ceil(n / limit)
+    order = numpy.argsort(-peaks, kind="stable")[:HOTTEST_TOKENS].tolist()
+    hottest = {i for i in order if peaks[i] >= 3 * numpy.median(peaks)}
+    spread = {i for i in range(0, n, step) if all(abs(i - h) >= step for h in hottest)}
+    return sorted(hottest | spread)
+
+
 def token_channel(sample, token_labels: list[str], title: str, surface: bool) -> go.Figure:
     """|x| of the sampled tokens × every channel: a heatmap coloured by log10 |x|, or a linear 3-D surface
-    where outlier channels stand up as ridges (SmoothQuant's Figure 4)."""
+    where outlier channels stand up as ridges (SmoothQuant's Figure 4). Token rows are named by position and
+    text ("3 ▸ the"); with many rows an even spread of them, always including the hottest tokens."""
     z = sample.abs().numpy()  # (tokens, channels); numpy arrays skip plotly's per-element validation
-    if surface:
+    if surface:  # 3-D tick labels crowd: the token axis is the position, as on the heatmap's labels
         figure = go.Figure(go.Surface(z=z, colorscale="Viridis", showscale=False))
         figure.update_layout(
-            scene=dict(xaxis_title="channel", yaxis_title="token", zaxis_title="|x|"),
+            scene=dict(xaxis_title="channel", yaxis_title="token position", zaxis_title="|x|"),
             scene_camera=dict(eye=dict(x=1.6, y=-1.6, z=0.9)),
         )
         return layout(figure, title, "", "", height=480)
+    names = [token_label(i, token_labels[i] if i < len(token_labels) else "") for i in range(z.shape[0])]
+    rows = labelled_rows(z.max(axis=1) if z.size else numpy.zeros(z.shape[0]), TOKEN_TICKS)
     figure = go.Figure(
         go.Heatmap(
             z=numpy.log10(numpy.maximum(z, 1e-3)),  # log colour: one huge value must not blank the rest
             customdata=z,
-            y=[f"{i}: {label}" for i, label in enumerate(token_labels)],
+            y=names,
             colorscale="Viridis",
             colorbar=dict(title="log10 |x|", thickness=12),
             hovertemplate="channel %{x}<br>token %{y}<br>|x| %{customdata:.4g}<extra></extra>",
         )
     )
-    figure.update_yaxes(autorange="reversed", showticklabels=len(token_labels) <= 40)
-    return layout(figure, title, "channel", "token", height=420)
+    figure.update_yaxes(
+        autorange="reversed",
+        tickmode="array",
+        tickvals=[names[i] for i in rows],
+        ticktext=[names[i] for i in rows],
+        tickfont=dict(size=10),
+    )
+    return layout(figure, title, "channel", "", height=480)
 
 
 def magnitude_histogram(counts, edges, threshold: float | None, title: str) -> go.Figure:

@@ -40,6 +40,12 @@ def _by_format(results: list[speed.KernelTiming], label: str) -> dict[str, list[
     return {fmt: sorted(rows, key=lambda r: r.batch) for fmt, rows in lines.items()}
 
 
+def _batch_axis(figure: go.Figure, results: list[speed.KernelTiming], label: str) -> None:
+    """Batch on a log x axis, labelled with exactly the batch sizes that were timed (powers of 4)."""
+    batches = sorted({r.batch for r in results if r.shape.label == label})
+    figure.update_xaxes(type="log", tickmode="array", tickvals=batches, ticktext=[f"{b:,}" for b in batches])
+
+
 def speedup_chart(results: list[speed.KernelTiming], label: str, baseline: str) -> go.Figure:
     """Kernel-time speed-up over the baseline vs batch, one line per format: where a line crosses 1,
     quantization stops paying. The hover gives call time and its speed-up too."""
@@ -58,7 +64,7 @@ def speedup_chart(results: list[speed.KernelTiming], label: str, baseline: str) 
             "call %{customdata[2]:.1f} µs, %{customdata[3]:.2f}x)<extra>" + fmt + "</extra>",
         )
     figure.add_hline(y=1.0, line=dict(color="gray", dash="dash"), annotation_text=f"{baseline} baseline")
-    figure.update_xaxes(type="log", dtick=0.60206)  # powers of 4
+    _batch_axis(figure, results, label)
     figure.update_yaxes(type="log")
     return _layout(
         figure,
@@ -89,7 +95,7 @@ def bandwidth_chart(
             line=dict(color="#d62728", dash="dot"),
             annotation_text="measured copy bandwidth",
         )
-    figure.update_xaxes(type="log", dtick=0.60206)
+    _batch_axis(figure, results, label)
     return _layout(figure, f"Achieved bandwidth (kernel time): {label}", "batch (log scale)", "GB/s")
 
 
