@@ -36,8 +36,10 @@ def tensor_ui() -> TensorChoice:
 
 def block_ui(choice: TensorChoice, scheme: QuantScheme) -> tuple[int, int]:
     """(row, block within the row) to draw; stops the page when the scheme does not fit the tensor."""
+    shape = cache.tensor_shape(choice.key)
+    pickers.group_size_fits_or_stop(shape, scheme)
     try:
-        n_rows, n_blocks = block_count(cache.tensor_shape(choice.key), scheme)
+        n_rows, n_blocks = block_count(shape, scheme)
     except ValueError as exc:
         show_error(exc, prefix=f"{scheme.label} does not fit this tensor: ")
         st.stop()
@@ -92,6 +94,7 @@ def main() -> None:
         "Quantization grid",
         "Pick a tensor and see the chosen scheme's levels laid over its values, the real → code → real "
         "mapping, what gets clipped, and how every standard scheme ranks on the same tensor.",
+        scheme_use="the tensor shown (levels, errors, metrics) and the star in the all-schemes chart.",
     )
     scheme = scheme_ui()
     choice = tensor_ui()

@@ -56,20 +56,17 @@ def breakdown_chart_and_table(config, breakdowns: list[MemoryBreakdown], inputs:
         width="stretch",
         key="memory_stacked",
     )
-    table = pd.DataFrame(memory_ui.summary_rows(config, breakdowns, device))
-    gib_columns = {
-        c: st.column_config.NumberColumn(format="%.2f") for c in table.columns if c.endswith("GiB")
-    }
     st.dataframe(
-        table,
+        pd.DataFrame(memory_ui.summary_rows(config, breakdowns, device)),
         hide_index=True,
         width="stretch",
-        column_config=gib_columns | {"decode tok/s (roofline)": st.column_config.NumberColumn(format="%.0f")},
+        column_config=memory_ui.summary_columns(device),
     )
     st.caption(
-        "Overhead is a typical CUDA context plus allocator slack (0.6 GiB), not a measurement. Decode tok/s is "
-        "the bandwidth roofline (bytes read per token ÷ datasheet bandwidth, on the fewest GPUs that fit); real "
-        "engines reach 60–90% of it — the Speed page measures."
+        f"Sizes in GiB; 1 GPU?: whether one {device.name} holds it. Overhead is a typical CUDA context plus "
+        "allocator slack (0.6 GiB), not a measurement. Decode tok/s is the bandwidth roofline (bytes read per "
+        "token ÷ datasheet bandwidth, on the fewest GPUs that fit); real engines reach 60–90% of it — the Speed "
+        "page measures."
     )
 
 
@@ -113,6 +110,7 @@ def main() -> None:
         "Memory sizing",
         "Will it fit? Weights under any format (scales included), the KV cache with GQA, sliding windows and "
         "MLA, activations and overhead, for any catalog or uploaded config, GPU by GPU. No weights are read.",
+        scheme_use="the bar that “Add the sidebar's scheme” adds (linear layers only).",
     )
     config, _model_name = memory_ui.config_picker()
     if config is None:

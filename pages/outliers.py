@@ -141,6 +141,7 @@ def main() -> None:
         "inputs of every linear layer, in the residual stream and in the KV cache; which features meet the "
         "LLM.int8() outlier criteria; why KIVI quantizes keys per channel; and which tensors suffer most "
         "under the sidebar's scheme.",
+        scheme_use="ranking the tensors by how much this scheme hurts them.",
     )
     loaded = cache.current_model_or_stop()
     form = collection_form_ui()

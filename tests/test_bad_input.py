@@ -264,7 +264,7 @@ CASES = [
         "group size not dividing",
         lambda *_: check_shape(QuantScheme(4, "int", True, "group", 128), (8, 576)),
         ValueError,
-        "group_size 128 does not divide in_features 576",
+        "group size 128 does not divide the rows of 576 values",
     ),
     Case("nf4 at 3 bits", lambda *_: QuantScheme(3, "nf4"), ValueError, "16-value"),
     Case(

@@ -38,9 +38,27 @@ def _leave_legacy_multipage_mode() -> None:
         st.rerun()
 
 
-def start(title: str, caption: str | None = None) -> None:
+# Streamlit's multiselect cuts a long chip to "…" (1.67: a `[data-tag]` span with a max width of the box
+# less a margin, a fixed height and an ellipsis on its first child; older versions: Base Web's
+# `[data-baseweb="tag"]`). Chips show their whole text here, wrapping onto more lines when wider than the box.
+FULL_CHIPS_CSS = """<style>
+[data-testid="stMultiSelect"] [data-tag], [data-testid="stMultiSelect"] [data-baseweb="tag"] {
+  max-width: 100%; height: auto; min-height: 1.5rem; padding-top: 0.125rem; padding-bottom: 0.125rem;
+  white-space: normal;
+}
+[data-testid="stMultiSelect"] [data-tag] > span:first-child,
+[data-testid="stMultiSelect"] [data-baseweb="tag"] span[title] {
+  max-width: none; overflow: visible; text-overflow: clip; white-space: normal;
+}
+</style>"""
+
+
+def start(title: str, caption: str | None = None, *, scheme_use: str | None = None) -> None:
+    """The sidebar, the page's style rules and its title. `scheme_use`: what this page uses the sidebar's
+    scheme for (the sidebar shows the scheme picker only then)."""
     _leave_legacy_multipage_mode()
-    sidebar.render()
+    st.html(FULL_CHIPS_CSS)
+    sidebar.render(scheme_use)
     st.title(title)
     if caption:
         st.caption(caption)

@@ -1,4 +1,5 @@
-"""The sidebar shared by every page: model source, device and dtype."""
+"""The sidebar shared by every page: model source, device and dtype; the scheme on the pages that use it
+(with what it is used for there); the glossary last, on every page."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import streamlit as st
 
 from engine.models.loading import DTYPES, available_devices, default_dtype
 from engine.models.sources import DEFAULT_MODEL_NAME, ModelSource, ModelSourceError
-from ui import cache, state
+from engine.quant.group_sizes import GroupSizeFit, group_size_fit
+from engine.quant.schemes import CANDIDATE_GROUP_SIZES
+from ui import cache, glossary, state
 from ui.errors import show_error
 from ui.widgets import scheme_picker
 
@@ -36,7 +39,37 @@ def _try_load(source: ModelSource, device: str, dtype: str) -> bool:
     return True
 
 
-def render() -> None:
+def loaded_group_sizes() -> GroupSizeFit:
+    """The group sizes that fit the current model when it is loaded (a registry hit: the sidebar never
+    loads a model for this), else every usual size."""
+    loaded = cache.models().get(state.selection())
+    if loaded is None:
+        return GroupSizeFit(CANDIDATE_GROUP_SIZES)
+    return group_size_fit(loaded.model)
+
+
+def scheme_section(scheme_use: str) -> None:
+    """The scheme picker and what this page uses it for; the scheme lands in `state.SCHEME`."""
+    sidebar = st.sidebar
+    sidebar.divider()
+    sidebar.subheader("Scheme")
+    sidebar.caption(f"Used on this page for: {scheme_use}")
+    fit = loaded_group_sizes()
+    st.session_state[state.GROUP_SIZES] = fit
+    st.session_state[state.SCHEME] = scheme_picker("qe_scheme", where=sidebar, fit=fit)
+
+
+def render(scheme_use: str | None = None) -> None:
+    """The model picker; the scheme picker only where the page uses it (`scheme_use` says for what); the
+    glossary. A page without the scheme keeps the last one picked (`state.seed`)."""
+    model_section()
+    if scheme_use:
+        scheme_section(scheme_use)
+    st.sidebar.divider()
+    glossary.render(st.sidebar)
+
+
+def model_section() -> None:
     state.init()
     current, device_now, dtype_now = state.selection()
     sidebar = st.sidebar
@@ -87,7 +120,3 @@ def render() -> None:
         sidebar.caption(f"Still using: {current.label}")
     source, device, dtype = state.selection()
     sidebar.caption(f"Loaded: **{source.label}** on {device} as {dtype}")
-
-    sidebar.divider()
-    sidebar.subheader("Scheme")
-    st.session_state[state.SCHEME] = scheme_picker("qe_scheme", where=sidebar)

@@ -7,11 +7,16 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.quant.elements import element
-from engine.quant.schemes import FORMATS, QuantScheme
+from engine.quant.group_sizes import GroupSizeFit
+from engine.quant.schemes import CANDIDATE_GROUP_SIZES, FORMATS, GRANULARITIES, QuantScheme
+from ui import state
 from ui.errors import show_error
 
 DEFAULT_SCHEME = QuantScheme(4, "int", True, "group", 64)  # not Q4_1's asym g32 grid: no fake zero error
-GROUP_SIZES = [16, 32, 64, 96, 128, 192, 256]
+INT_BITS = [2, 3, 4, 5, 6, 7, 8]
+SCALE_DTYPES = ["float16", "bfloat16", "float32"]
+# the picker's widget keys are "<prefix>_<field>"
+PICKER_FIELDS = ("format", "bits", "range", "granularity", "group", "clip", "scale_dtype", "dq")
 RANGE_CHOICES = {
     "symmetric": "symmetric (absmax)",
     "asymmetric (int zero)": "asymmetric, integer zero point",
@@ -32,10 +37,29 @@ class NumberBoxes:
     def __init__(self) -> None:
         self.problems: list[str] = []
 
-    def __call__(self, where, label: str, low, high, value, step=None, *, key: str, help: str = "", name=""):
-        """A number box for [low, high] (`name`: how messages call it, default its label)."""
+    def __call__(
+        self,
+        where,
+        label: str,
+        low,
+        high,
+        value,
+        step=None,
+        *,
+        key: str,
+        help: str = "",
+        name="",
+        format=None,
+    ):
+        """A number box for [low, high] (`name`: how messages call it, default its label; `format`: a printf
+        format such as "%.3f" where Streamlit's two decimals would round what was typed)."""
         number = where.number_input(
-            label, value=value, step=step, key=key, help=f"From {low:,} to {high:,}. {help}".strip()
+            label,
+            value=value,
+            step=step,
+            key=key,
+            format=format,
+            help=f"From {low:,} to {high:,}. {help}".strip(),
         )
         if number is None or not low <= number <= high:
             shown = "empty" if number is None else f"{number:,}"
@@ -74,25 +98,54 @@ FORMAT_HELP = {
 }
 
 
-def scheme_picker(prefix: str, where=st, default: QuantScheme = DEFAULT_SCHEME) -> QuantScheme | None:
-    """Controls for every QuantScheme field; returns the scheme, or None after showing why it is invalid."""
+def _group_size_ui(key: str, where, fit: GroupSizeFit, default: int) -> int:
+    """The group-size slider over the sizes that fit the loaded model, with why the others are absent."""
+    sizes = list(fit.sizes)
+    moved = state.seed(key, default, sizes)
+    if len(sizes) == 1:  # a one-stop slider cannot be drawn
+        where.caption(f"Group size: {sizes[0]}, the only size that fits this model.")
+        return sizes[0]
+    if moved is not None:
+        where.caption(f"Group size {moved} does not fit this model: the nearest size that does is picked.")
+    size = where.select_slider(
+        "Group size",
+        sizes,
+        key=key,
+        help="Values per scale along a row. Offered: the sizes that divide the input width of every linear "
+        "layer of the loaded model, so no layer is left with a partial group.",
+    )
+    where.caption(fit.note() or "No model layers to fit yet: every usual size is offered.")
+    return size
+
+
+def scheme_picker(
+    prefix: str, where=st, default: QuantScheme = DEFAULT_SCHEME, fit: GroupSizeFit | None = None
+) -> QuantScheme | None:
+    """Controls for every QuantScheme field; returns the scheme, or None after showing why it is invalid.
+
+    `fit`: the group sizes to offer (engine.quant.group_sizes for the loaded model; all the usual sizes when
+    None). The widgets keep their values through pages that do not draw them (`state.seed` / `state.keep`).
+    """
+    fit = fit or GroupSizeFit(CANDIDATE_GROUP_SIZES)
+    keys = {name: f"{prefix}_{name}" for name in PICKER_FIELDS}
+    state.seed(keys["format"], default.format, FORMATS)
     fmt = where.selectbox(
         "Format",
         FORMATS,
-        index=FORMATS.index(default.format),
-        key=f"{prefix}_format",
+        key=keys["format"],
         help=" ".join(f"**{name}**: {text}" for name, text in FORMAT_HELP.items()),
     )
     zero_kind = "int"
     if fmt == "int":
-        bits = where.select_slider("Bits", [2, 3, 4, 5, 6, 7, 8], value=default.bits, key=f"{prefix}_bits")
+        state.seed(keys["bits"], default.bits, INT_BITS)
+        bits = where.select_slider("Bits", INT_BITS, key=keys["bits"])
         default_range = "symmetric" if default.symmetric else f"asymmetric ({default.zero_kind} zero)"
+        state.seed(keys["range"], default_range, list(RANGE_CHOICES))
         value_range = where.radio(
             "Range",
             list(RANGE_CHOICES),
-            index=list(RANGE_CHOICES).index(default_range),
             format_func=RANGE_CHOICES.get,
-            key=f"{prefix}_range",
+            key=keys["range"],
             help="Symmetric: ±absmax, no zero point. Asymmetric: min..max with an integer zero point (0 stays "
             "exact; torchao, GPTQ) or with a float minimum offset (min and max exact; llama.cpp Q4_1).",
         )
@@ -100,38 +153,32 @@ def scheme_picker(prefix: str, where=st, default: QuantScheme = DEFAULT_SCHEME) 
         zero_kind = "float" if value_range == "asymmetric (float zero)" else "int"
     else:
         bits, symmetric = element(fmt).bits[0], True  # codebooks and float8 have one width
+    state.seed(keys["granularity"], default.granularity, GRANULARITIES)
     granularity = where.radio(
         "Granularity",
-        ["tensor", "channel", "group"],
-        index=["tensor", "channel", "group"].index(default.granularity),
+        GRANULARITIES,
         horizontal=True,
-        key=f"{prefix}_granularity",
+        key=keys["granularity"],
         help="Who shares one scale: the whole tensor, each row (output channel / token), or each group of a row.",
     )
     group_size = None
     if granularity == "group":
-        group_size = where.select_slider(
-            "Group size", GROUP_SIZES, value=default.group_size or 64, key=f"{prefix}_group"
-        )
+        group_size = _group_size_ui(keys["group"], where, fit, default.group_size or 64)
     with where.expander("Advanced"):
+        state.seed(keys["clip"], default.clip_ratio)
         clip_ratio = st.slider(
             "Clip ratio",
             0.5,
             1.0,
-            default.clip_ratio,
-            0.01,
-            key=f"{prefix}_clip",
+            step=0.01,
+            key=keys["clip"],
             help="Shrink the range before scaling: clips outliers, gains resolution for the rest.",
         )
-        scale_dtype = st.selectbox(
-            "Scale dtype",
-            ["float16", "bfloat16", "float32"],
-            index=["float16", "bfloat16", "float32"].index(default.scale_dtype),
-            key=f"{prefix}_scale_dtype",
-        )
-        double_quant = st.checkbox(
-            "Double quantization of scales (QLoRA)", value=default.double_quant, key=f"{prefix}_dq"
-        )
+        state.seed(keys["scale_dtype"], default.scale_dtype, SCALE_DTYPES)
+        scale_dtype = st.selectbox("Scale dtype", SCALE_DTYPES, key=keys["scale_dtype"])
+        state.seed(keys["dq"], default.double_quant)
+        double_quant = st.checkbox("Double quantization of scales (QLoRA)", key=keys["dq"])
+    state.keep(*keys.values())
     try:
         return QuantScheme(
             bits, fmt, symmetric, granularity, group_size, clip_ratio, scale_dtype, double_quant, zero_kind

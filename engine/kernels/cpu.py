@@ -41,9 +41,9 @@ def int4_supported(out_features: int, in_features: int, group_size: int) -> str 
     if group_size not in INT4_GROUP_SIZES:
         return f"the CPU int4 kernel takes groups of {INT4_GROUP_SIZES}, not {group_size}"
     if in_features % group_size:
-        return f"group_size {group_size} does not divide in_features {in_features}"
+        return f"a group size of {group_size} does not divide the layer's input width of {in_features}"
     if out_features % 16:
-        return f"out_features {out_features} is not a multiple of 16"
+        return f"the layer's output width of {out_features} is not a multiple of 16"
     if not int4_layout_ok():
         return "this torch build packs int4 differently from what unpack_int4 expects"
     return None

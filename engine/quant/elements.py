@@ -91,7 +91,7 @@ class ElementFormat(ABC):
         """Raise ValueError, naming the fix, when `bits` is not a width this format has."""
         if bits not in self.bits:
             allowed = ", ".join(map(str, self.bits))
-            raise ValueError(f"format {self.name} takes bits {allowed} (got {bits})")
+            raise ValueError(f"the {self.name} format takes {allowed} bits (got {bits})")
 
     def label(self, bits: int) -> str:
         """The scheme-label token naming this format at `bits`: "nf4", "fp8_e4m3"."""
@@ -230,8 +230,8 @@ class Codebook(ElementFormat):
             size = len(self.values)
             article = "an" if str(size).startswith("8") else "a"  # "an 8-value", "a 16-value"
             raise ValueError(
-                f"format {self.name} is {article} {size}-value ({self.bits[0]}-bit) codebook; "
-                f"set bits={self.bits[0]} (got {bits}) or use format='int' for {bits}-bit"
+                f"{self.name} is {article} {size}-value ({self.bits[0]}-bit) codebook, so it takes "
+                f"{self.bits[0]} bits (got {bits}); pick the int format for {bits} bits"
             )
 
     @cached_property
@@ -324,8 +324,8 @@ class FloatElement(ElementFormat):
     def check_bits(self, bits: int) -> None:
         if bits != self.bits[0]:
             raise ValueError(
-                f"format {self.name} is an 8-bit float; set bits=8 (got {bits}) "
-                f"or use format='int' for {bits}-bit"
+                f"{self.name} is an 8-bit float, so it takes 8 bits (got {bits}); "
+                f"pick the int format for {bits} bits"
             )
 
     def grid_max(self, scheme) -> float:

@@ -85,17 +85,17 @@ class QuantScheme:
                 object.__setattr__(self, name, int(value))
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise ValueError(
-                f"bits must be an integer from 2 to 8 (got {self.bits!r}); "
-                "for an unquantized baseline compare against the original model instead"
+                f"bits must be a whole number from 2 to 8 (got {self.bits!r}); to see the unquantized model, "
+                "compare against the original instead"
             )
         fmt = elements.element(self.format)  # "unknown format ...; choose one of ..." otherwise
-        fmt.check_bits(self.bits)  # e.g. "format nf4 is a 16-value (4-bit) codebook; set bits=4 ..."
+        fmt.check_bits(self.bits)  # e.g. "nf4 is a 16-value (4-bit) codebook, so it takes 4 bits ..."
         if not isinstance(self.symmetric, bool):
-            raise ValueError(f"symmetric must be True or False (got {self.symmetric!r})")
+            raise ValueError(f"the range must be symmetric or asymmetric (got {self.symmetric!r})")
         if not fmt.takes_zero_point and not self.symmetric:
             raise ValueError(
-                f"format {self.format} scales each block by its absmax and has no zero point; "
-                "set symmetric=True, or use format='int' for asymmetric (zero-point) quantization"
+                f"{self.format} scales each block by its absmax and has no zero point; pick a symmetric "
+                "range, or the int format for an asymmetric range"
             )
         if self.granularity not in GRANULARITIES:
             raise ValueError(
@@ -103,43 +103,46 @@ class QuantScheme:
             )
         if self.granularity == "group":
             if self.group_size is None:
-                raise ValueError("granularity 'group' needs group_size (e.g. 32, 64 or 128)")
+                raise ValueError("per-group scales need a group size (e.g. 32, 64 or 128)")
             if (
                 isinstance(self.group_size, bool)
                 or not isinstance(self.group_size, int)
                 or self.group_size <= 0
             ):
                 raise ValueError(
-                    f"group_size must be a positive integer (got {self.group_size!r}); "
-                    "typical values are 32, 64 and 128"
+                    f"the group size must be a positive whole number (got {self.group_size!r}); "
+                    "typical sizes are 32, 64 and 128"
                 )
         elif self.group_size is not None:
             raise ValueError(
-                f"group_size {self.group_size} only applies to granularity 'group'; "
-                f"set granularity='group' or drop group_size (granularity is {self.granularity!r})"
+                f"a group size ({self.group_size}) only applies to per-group scales, and this scheme has "
+                f"{self.granularity} granularity; pick group granularity or leave the group size out"
             )
         if isinstance(self.clip_ratio, bool) or not isinstance(self.clip_ratio, (int, float)):
-            raise ValueError(f"clip_ratio must be a number in (0, 1] (got {self.clip_ratio!r})")
+            raise ValueError(
+                f"the clip ratio must be a number above 0 and at most 1 (got {self.clip_ratio!r})"
+            )
         if not 0.0 < self.clip_ratio <= 1.0:
             raise ValueError(
-                f"clip_ratio must be in (0, 1] (got {self.clip_ratio}); it scales the observed range "
-                "down, and 1.0 means no clipping"
+                f"the clip ratio must be above 0 and at most 1 (got {self.clip_ratio}); it shrinks the "
+                "observed range, and 1 means no clipping"
             )
         object.__setattr__(self, "clip_ratio", float(self.clip_ratio))
         object.__setattr__(self, "scale_dtype", _normalize_scale_dtype(self.scale_dtype))
         if self.zero_kind not in ("int", "float"):
-            raise ValueError(f"zero_kind must be 'int' or 'float' (got {self.zero_kind!r})")
+            raise ValueError(f"the zero point must be an integer or a float minimum (got {self.zero_kind!r})")
         if self.zero_kind == "float" and not (fmt.takes_zero_point and not self.symmetric):
             raise ValueError(
-                "a float minimum offset (zero_kind='float', llama.cpp's Q4_1 style) only exists for "
-                "asymmetric int formats; set symmetric=False and format='int', or zero_kind='int'"
+                "a float minimum (llama.cpp's Q4_1 style) only exists for an asymmetric range on the int "
+                "format; pick the int format with an asymmetric range, or an integer zero point"
             )
         if not isinstance(self.double_quant, bool):
-            raise ValueError(f"double_quant must be True or False (got {self.double_quant!r})")
+            raise ValueError(f"double quantization must be on or off (got {self.double_quant!r})")
         if self.double_quant and self.granularity == "tensor":
             raise ValueError(
-                "double_quant compresses many per-block scales, but granularity 'tensor' has a single "
-                "scale; use granularity 'group' or 'channel', or set double_quant=False"
+                "double quantization of scales needs per-group or per-channel scales: it compresses many "
+                "scales, and a per-tensor scheme has a single one; pick group or channel granularity, or "
+                "turn double quantization off"
             )
 
     # -- derived facts -------------------------------------------------------------------------
@@ -197,6 +200,17 @@ class QuantScheme:
         return parse_label(label)
 
 
+_FIELD_WORDS = {  # how a label error names a field
+    "format": "the format",
+    "bits": "the bits",
+    "symmetric": "the range",
+    "zero_kind": "the zero point",
+    "granularity": "the granularity",
+    "group_size": "the group size",
+    "clip_ratio": "the clip ratio",
+    "scale_dtype": "the scale dtype",
+    "double_quant": "double quantization",
+}
 _GRAMMAR_HINT = (
     "expected tokens like int4, nf4, fp4, fp8_e4m3, fp8_e5m2, sym, asym, tensor, channel, g128, "
     "clip0.9, scale_fp32, dq"
@@ -211,7 +225,7 @@ def parse_label(label: str) -> QuantScheme:
 
     def put(key: str, value: object, token: str) -> None:
         if key in fields:
-            raise ValueError(f"scheme label {label!r} sets {key} twice (at {token!r})")
+            raise ValueError(f"scheme label {label!r} sets {_FIELD_WORDS[key]} twice (at {token!r})")
         fields[key] = value
 
     for token in re.split(r"[\s,\-]+", label.strip().lower()):
@@ -258,10 +272,16 @@ def _normalize_scale_dtype(value: object) -> str:
                 return name
     elif isinstance(value, str) and value.lower() in _SCALE_DTYPE_ALIASES:
         return _SCALE_DTYPE_ALIASES[value.lower()]
-    raise ValueError(f"scale_dtype must be one of float16, bfloat16, float32 (got {value!r})")
+    raise ValueError(f"the scale dtype must be one of float16, bfloat16, float32 (got {value!r})")
 
 
 # -- shapes ----------------------------------------------------------------------------------------
+
+
+# Group sizes a picker offers where they fit: powers of two from 16 to 256 (NVFP4 uses 16, llama.cpp and the
+# MX formats 32, bitsandbytes 64, GPTQ / AWQ 128) and three times a power of two (48, 96, 192) for widths
+# such as 576 = 3 x 192 and 1536 = 3 x 512 that small models use.
+CANDIDATE_GROUP_SIZES = (16, 32, 48, 64, 96, 128, 192, 256)
 
 
 def suggest_group_sizes(in_features: int) -> list[int]:
@@ -273,19 +293,35 @@ def suggest_group_sizes(in_features: int) -> list[int]:
     return divisors
 
 
+def group_sizes_dividing(widths, candidates: tuple[int, ...] = CANDIDATE_GROUP_SIZES) -> list[int]:
+    """The candidates that divide every width; when none does, `suggest_group_sizes` of the widths' greatest
+    common divisor (576 and 1536 -> 16, 32, 48, 64, 96, 192; 100 -> 10, 20, 25, 50, 100). No widths: all
+    the candidates."""
+    widths = [int(width) for width in widths]
+    if not widths:
+        return list(candidates)
+    common = math.gcd(*widths)
+    return [size for size in candidates if common % size == 0] or suggest_group_sizes(common)
+
+
+def or_list(numbers) -> str:
+    """A list of choices in words: "16, 32 or 64"."""
+    words = [f"{n}" for n in numbers]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
 def check_shape(scheme: QuantScheme, shape: tuple[int, ...] | torch.Size) -> None:
     """Raise ValueError when a tensor of `shape` cannot be quantized with `scheme`."""
     if len(shape) == 0:
-        raise ValueError("cannot quantize a 0-d tensor; reshape it to at least one dimension")
+        raise ValueError("cannot quantize a single number (a 0-d tensor); give it at least one dimension")
     if math.prod(shape) == 0:
         raise ValueError(f"cannot quantize an empty tensor of shape {tuple(shape)}")
     if scheme.granularity == "group":
         in_features = shape[-1]
         if in_features % scheme.group_size:
-            choices = ", ".join(map(str, suggest_group_sizes(in_features)))
             raise ValueError(
-                f"group_size {scheme.group_size} does not divide in_features {in_features}; "
-                f"pick one of {choices}"
+                f"group size {scheme.group_size} does not divide the rows of {in_features} values; pick a "
+                f"group size of {or_list(group_sizes_dividing([in_features]))}"
             )
 
 

@@ -187,8 +187,8 @@ class QuantizedKVLayer(DynamicLayer):
         if scheme.granularity == "group" and head_dim % scheme.group_size:
             choices = ", ".join(map(str, suggest_group_sizes(head_dim)))
             raise KVCacheError(
-                f"group_size {scheme.group_size} does not divide this model's head_dim {head_dim}; "
-                f"pick one of {choices}"
+                f"a group size of {scheme.group_size} does not divide this model's head width of {head_dim} "
+                f"values (the KV cache is grouped along it); pick one of {choices}"
             )
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:

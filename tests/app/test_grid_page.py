@@ -46,9 +46,10 @@ def test_synthetic_outlier_demo(app):
 
 def test_group_size_that_does_not_divide_is_explained(app):
     open_page(app, "grid")
-    app.select_slider(key="qe_scheme_group").set_value(128).run()
+    app.segmented_control(key="grid_source").set_value("Synthetic").run()  # 512 columns: 96 fits the model
+    app.select_slider(key="qe_scheme_group").set_value(96).run()
     no_exceptions(app)
-    assert any("does not divide in_features 576" in error.value for error in app.error)
+    assert any("does not divide this tensor's rows of 512 values" in error.value for error in app.error)
 
 
 def test_other_layer_and_weight(app):

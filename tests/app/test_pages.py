@@ -63,13 +63,13 @@ def test_bad_model_source_is_a_clear_error(app, monkeypatch, kind, location, mes
     no_exceptions(app)
     errors = [error.value for error in app.sidebar.error]
     assert any(message in error for error in errors), errors
-    # the app keeps working on the previous model, and the sidebar is whole (its scheme picker below)
+    # the app keeps working on the previous model, and the sidebar is whole (its glossary below)
     assert {metric.label: metric.value for metric in app.metric}["Layers"] == "30"
-    assert app.sidebar.select_slider(key="qe_scheme_bits").value
+    assert any(e.label == "Glossary" for e in app.sidebar.expander)
 
 
 def test_a_long_path_replaces_the_last_error_on_every_page(app):
-    """Issue 22: a name over 255 characters crashed the page, hid the sidebar's scheme picker, and left
+    """Issue 22: a name over 255 characters crashed the page, hid the rest of the sidebar, and left
     the attempt before it as the error the next page showed."""
     open_page(app, "overview")
     app.radio(key="qe_pick_kind").set_value("folder")
@@ -82,7 +82,7 @@ def test_a_long_path_replaces_the_last_error_on_every_page(app):
         errors = [error.value for error in app.sidebar.error]
         assert len(errors) == 1 and "longer than this system allows" in errors[0], errors
         assert "/nonexistent" not in errors[0] and "Errno" not in errors[0]
-        assert app.sidebar.select_slider(key="qe_scheme_bits").value
+        assert any(e.label == "Glossary" for e in app.sidebar.expander)
         app.switch_page("pages/grid.py").run()
         no_exceptions(app)
 

@@ -25,7 +25,7 @@ def test_a_model_path_over_the_name_limit(server_url, browser):
     sidebar.get_by_role("button", name="Load model").click()
     sidebar.get_by_text("longer than this system allows").first.wait_for(timeout=60_000)
     no_exception(page, "long path")
-    assert sidebar.get_by_text("Scheme", exact=True).count() == 1  # the rest of the sidebar is drawn
+    assert sidebar.get_by_text("Glossary", exact=True).count() == 1  # the rest of the sidebar is drawn
     assert "Errno" not in sidebar.inner_text()
     page.get_by_role("link", name="Quantization grid").first.click()  # the next page: the same message
     page.get_by_text("All schemes on this tensor").first.wait_for(timeout=60_000)

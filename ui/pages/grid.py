@@ -14,7 +14,7 @@ import streamlit as st
 
 from engine.analysis.priorgrid import PriorGrid
 from engine.analysis.tensors import SYNTHETIC_KINDS
-from engine.quant.schemes import QuantScheme
+from engine.quant.schemes import CANDIDATE_GROUP_SIZES, QuantScheme, or_list
 from ui import cache, charts, state
 from ui.cache import outliers as outlier_cache
 from ui.widgets import NumberBoxes
@@ -119,6 +119,31 @@ def prior_grid_warning(prior: PriorGrid | None) -> None:
     )
 
 
+def group_size_fits_or_stop(shape: tuple[int, ...], scheme: QuantScheme) -> None:
+    """Stop the page when the scheme's groups do not divide this tensor's rows, naming the sizes the sidebar
+    offers that do (the sidebar offers what fits every layer of the model; a synthetic tensor or another
+    width may still need a size that divides its own rows)."""
+    width = shape[-1]
+    if scheme.granularity != "group" or width % scheme.group_size == 0:
+        return
+    fit = state.group_sizes()
+    offered = fit.sizes if fit is not None else CANDIDATE_GROUP_SIZES
+    dividing = [size for size in offered if width % size == 0]
+    if dividing:
+        advice = f"Sizes in the sidebar that do: {or_list(dividing)}; or pick per-channel granularity."
+    else:
+        advice = (
+            "No size in the sidebar does: pick per-channel or per-tensor granularity (or, for a synthetic "
+            f"tensor, a number of columns that is a multiple of {min(offered)})."
+        )
+    st.error(
+        f"Group size {scheme.group_size} does not divide this tensor's rows of {width:,} values, so its "
+        f"last group would be partial. {advice}",
+        icon=":material/error:",
+    )
+    st.stop()
+
+
 def scheme_table_section(tensor_key, scheme: QuantScheme) -> None:
     """Every standard scheme on this tensor: a Pareto chart of SQNR vs bits and the table behind it."""
     st.subheader("All schemes on this tensor")
@@ -131,15 +156,27 @@ def scheme_table_section(tensor_key, scheme: QuantScheme) -> None:
     shown = table.sort_values("sqnr_db", ascending=False, na_position="last")[
         ["scheme", "bits/weight", "sqnr_db", "mse", "max_abs_err", "note"]
     ]
-    table_col.dataframe(
-        shown.style.apply(
-            lambda r: [HIGHLIGHT if r["scheme"] == scheme.label else "" for _ in r],
-            axis=1,
-        ).format({"bits/weight": "{:.3f}", "sqnr_db": "{:.1f}", "mse": "{:.3g}", "max_abs_err": "{:.3g}"}),
+    table_col.dataframe(  # five narrow columns fit the page's right column at 1280 px; notes go below
+        shown.drop(columns="note")
+        .style.apply(lambda r: [HIGHLIGHT if r["scheme"] == scheme.label else "" for _ in r], axis=1)
+        .format({"bits/weight": "{:.3f}", "sqnr_db": "{:.1f}", "mse": "{:.3g}", "max_abs_err": "{:.3g}"}),
         hide_index=True,
         height=420,
         width="stretch",
+        column_config={
+            "scheme": st.column_config.Column("scheme", width=150),
+            "bits/weight": st.column_config.Column(
+                "bits/w", width=60, help="bits per weight, scales included"
+            ),
+            "sqnr_db": st.column_config.Column(
+                "SQNR dB", width=70, help="signal-to-quantization-noise ratio"
+            ),
+            "mse": st.column_config.Column("MSE", width=75, help="mean squared error"),
+            "max_abs_err": st.column_config.Column("max error", width=75, help="largest absolute error"),
+        },
     )
+    for row in shown[shown["note"].fillna("") != ""].itertuples():
+        table_col.caption(f"**{row.scheme}** does not apply here: {row.note}")
     if scheme.label not in set(table["scheme"]):
         table_col.caption(
             f"Your scheme ({scheme.label}) is not in the standard set; its numbers are in the metrics above."

@@ -18,7 +18,7 @@ def test_block_count_per_granularity():
     assert block_count(shape, QuantScheme(4, "int", True, "tensor")) == (1, 1)
     assert block_count(shape, QuantScheme(4, "int", True, "channel")) == (8, 1)
     assert block_count(shape, QuantScheme(4, "int", True, "group", 32)) == (8, 4)
-    with pytest.raises(ValueError, match="group_size 48 does not divide in_features 128"):
+    with pytest.raises(ValueError, match="group size 48 does not divide the rows of 128 values"):
         block_count(shape, QuantScheme(4, "int", True, "group", 48))
 
 

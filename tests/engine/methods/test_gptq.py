@@ -143,7 +143,7 @@ def test_true_sequential_runs_and_progress_is_reported(tiny, calib):
 def test_clear_refusals(tiny, calib):
     with pytest.raises(ValueError, match="GPTQ needs calibration data"):
         quantize_model(tiny, GPTQConfig(G32[4]), None)
-    with pytest.raises(ValueError, match=r"q_proj.*group_size 48 does not divide in_features 64"):
+    with pytest.raises(ValueError, match=r"q_proj.*group size 48 does not divide the rows of 64 values"):
         quantize_model(tiny, GPTQConfig(QuantScheme(4, "int", True, "group", 48)), calib)
     with pytest.raises(ValueError, match="damping"):
         GPTQConfig(G32[4], damping=0.0)

@@ -174,7 +174,7 @@ def test_calibration_errors_say_what_to_pass(tiny, calib):
         quantize_model(tiny, QATConfig(), None)
     with pytest.raises(ValueError, match="holds out 2 calibration window"):
         quantize_model(tiny, QATConfig(), calib[:2])
-    with pytest.raises(ValueError, match="group_size 48"):
+    with pytest.raises(ValueError, match="group size 48"):
         quantize_model(tiny, QATConfig(QuantScheme(3, "int", False, "group", 48)), calib)
     assert QATConfig().label == "QAT int3 asym g64 10 steps lr 0.0003"
 

@@ -115,7 +115,7 @@ def test_alpha_sweep_calibrates_once_and_leaves_the_model_alone(planted, ids):
 def test_configs_and_architectures_are_checked(planted):
     with pytest.raises(ValueError, match=r"alpha must be a number in \[0, 1\]"):
         SmoothQuantConfig(1.5)
-    with pytest.raises(ValueError, match="bits must be an integer from 2 to 8"):
+    with pytest.raises(ValueError, match="bits must be a whole number from 2 to 8"):
         SmoothQuantConfig(0.5, weight_bits=16)
     assert SmoothQuantConfig().label == "SmoothQuant W8A8 α=0.5"
     groups = smooth_groups(planted)

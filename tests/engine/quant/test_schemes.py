@@ -45,26 +45,26 @@ def scheme_strategy() -> st.SearchStrategy[QuantScheme]:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"bits": 9}, "bits must be an integer from 2 to 8"),
-        ({"bits": 1}, "bits must be an integer from 2 to 8"),
-        ({"bits": 4.0}, "bits must be an integer"),
-        ({"bits": True}, "bits must be an integer"),
+        ({"bits": 9}, "bits must be a whole number from 2 to 8"),
+        ({"bits": 1}, "bits must be a whole number from 2 to 8"),
+        ({"bits": 4.0}, "bits must be a whole number"),
+        ({"bits": True}, "bits must be a whole number"),
         ({"format": "int3"}, "unknown format 'int3'; choose one of int, nf4"),
-        ({"format": "nf4", "bits": 3}, "format nf4 is a 16-value (4-bit) codebook; set bits=4"),
-        ({"format": "fp4", "bits": 8}, "set bits=4"),
-        ({"format": "fp8_e4m3", "bits": 4}, "format fp8_e4m3 is an 8-bit float; set bits=8"),
-        ({"format": "nf4", "bits": 4, "symmetric": False}, "set symmetric=True, or use format='int'"),
+        ({"format": "nf4", "bits": 3}, "nf4 is a 16-value (4-bit) codebook, so it takes 4 bits"),
+        ({"format": "fp4", "bits": 8}, "so it takes 4 bits"),
+        ({"format": "fp8_e4m3", "bits": 4}, "fp8_e4m3 is an 8-bit float, so it takes 8 bits"),
+        ({"format": "nf4", "bits": 4, "symmetric": False}, "pick a symmetric range, or the int format"),
         ({"granularity": "row"}, "unknown granularity 'row'; choose one of tensor, channel, group"),
-        ({"granularity": "group"}, "granularity 'group' needs group_size"),
-        ({"granularity": "group", "group_size": 0}, "group_size must be a positive integer"),
-        ({"granularity": "group", "group_size": -32}, "group_size must be a positive integer"),
-        ({"group_size": 128}, "group_size 128 only applies to granularity 'group'"),
-        ({"clip_ratio": 0.0}, "clip_ratio must be in (0, 1]"),
-        ({"clip_ratio": 1.5}, "clip_ratio must be in (0, 1]"),
-        ({"clip_ratio": float("nan")}, "clip_ratio must be in (0, 1]"),
-        ({"scale_dtype": "int8"}, "scale_dtype must be one of float16, bfloat16, float32"),
-        ({"granularity": "tensor", "double_quant": True}, "granularity 'tensor' has a single scale"),
-        ({"symmetric": "yes"}, "symmetric must be True or False"),
+        ({"granularity": "group"}, "per-group scales need a group size"),
+        ({"granularity": "group", "group_size": 0}, "the group size must be a positive whole number"),
+        ({"granularity": "group", "group_size": -32}, "the group size must be a positive whole number"),
+        ({"group_size": 128}, "a group size (128) only applies to per-group scales"),
+        ({"clip_ratio": 0.0}, "the clip ratio must be above 0 and at most 1"),
+        ({"clip_ratio": 1.5}, "the clip ratio must be above 0 and at most 1"),
+        ({"clip_ratio": float("nan")}, "the clip ratio must be above 0 and at most 1"),
+        ({"scale_dtype": "int8"}, "the scale dtype must be one of float16, bfloat16, float32"),
+        ({"granularity": "tensor", "double_quant": True}, "a per-tensor scheme has a single one"),
+        ({"symmetric": "yes"}, "the range must be symmetric or asymmetric"),
     ],
 )
 def test_invalid_schemes_name_the_fix(kwargs, message):
@@ -79,7 +79,7 @@ def test_group_size_not_dividing_lists_divisors():
         check_shape(scheme, (1536, 576))
     assert (
         str(err.value)
-        == "group_size 100 does not divide in_features 576; pick one of 32, 64, 96, 192, 288, 576"
+        == "group size 100 does not divide the rows of 576 values; pick a group size of 16, 32, 48, 64, 96 or 192"
     )
 
 
@@ -153,11 +153,11 @@ def test_from_label_accepts_hyphens_any_order_and_case():
         ("int4 g128 foo", "cannot read 'foo'"),
         ("g128", "names no format"),
         ("", "empty scheme label"),
-        ("int4 nf4", "sets format twice"),
-        ("int4 g64 channel", "sets granularity twice"),
-        ("int9 channel", "bits must be an integer from 2 to 8"),
-        ("nf4 asym g64", "set symmetric=True"),
-        ("int4 g128 scale_int8", "scale_dtype must be one of"),
+        ("int4 nf4", "sets the format twice"),
+        ("int4 g64 channel", "sets the granularity twice"),
+        ("int9 channel", "bits must be a whole number from 2 to 8"),
+        ("nf4 asym g64", "pick a symmetric range"),
+        ("int4 g128 scale_int8", "the scale dtype must be one of"),
     ],
 )
 def test_from_label_errors(label, message):
@@ -200,7 +200,7 @@ def test_bits_per_weight_reference_figures():
 def test_bits_per_weight_needs_in_features_for_channel_and_checks_groups():
     with pytest.raises(ValueError, match="pass in_features"):
         bits_per_weight(QuantScheme(8, granularity="channel"))
-    with pytest.raises(ValueError, match="does not divide in_features 576"):
+    with pytest.raises(ValueError, match="does not divide the rows of 576 values"):
         bits_per_weight(QuantScheme(4, granularity="group", group_size=128), in_features=576)
 
 

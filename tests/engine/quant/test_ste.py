@@ -95,7 +95,7 @@ def test_prepare_qat_filter_and_clear_errors():
         "QATLinear",
         "QATLinear",
     ]
-    with pytest.raises(ValueError, match=r"cannot quantize 0 with int4 g32: group_size 32 does not divide"):
+    with pytest.raises(ValueError, match=r"cannot quantize 0 with int4 g32: group size 32 does not divide"):
         prepare_qat(model, QuantScheme(4, "int", True, "group", 32))
     with pytest.raises(ValueError, match="found no nn.Linear"):
         prepare_qat(nn.Sequential(nn.ReLU()), QuantScheme(4))

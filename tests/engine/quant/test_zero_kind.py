@@ -27,7 +27,7 @@ def test_label_round_trip_and_cost():
     ],
 )
 def test_float_zero_needs_asymmetric_int(kwargs):
-    with pytest.raises(ValueError, match="zero_kind"):
+    with pytest.raises(ValueError, match="float minimum"):
         QuantScheme(granularity="channel", **kwargs)
 
 
