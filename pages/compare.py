@@ -6,15 +6,17 @@ live in session state (ui.pages.compare.CompareRun), so reruns redraw them witho
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import streamlit as st
 
 from engine.runtime.generation import MAX_NEW_TOKENS_CAP, GenerationError, GenerationSettings
 from ui import cache, page, state
-from ui.cache.variants import variant
+from ui.cache.variants import model_key, variant
 from ui.errors import show_error
 from ui.pages import compare as view
+from ui.pages import compare_figures as figures
 from ui.pages import methods as methods_view
 from ui.widgets import NumberBoxes, prompt_area, prompt_problem
 
@@ -37,14 +39,33 @@ class Request:
 
 
 def variant_options(loaded) -> tuple[dict[str, view.VariantSpec], dict]:
-    """Option key -> VariantSpec (quick schemes and the Methods lab's models); lab models by config."""
+    """Option key -> VariantSpec (quick schemes and the Methods lab's models still held); lab configs ->
+    their QuantizedModel, or why it is gone (freed under the server's memory budget) in words."""
     options = view.quick_variants(loaded.model, state.scheme())
-    lab_runs = methods_view.runs()  # every model built on the Methods lab page from the loaded model
-    for run in lab_runs.values():
+    lab: dict = {}
+    for run in methods_view.runs().values():  # every model built on the Methods lab page from this model
+        quantized, why = run.held()
+        lab[run.config] = quantized if quantized is not None else why
+        if quantized is None:
+            st.caption(f"**{run.label}** (Methods lab) is not offered: {why}")
+            continue
         options[f"lab:{run.label}"] = view.VariantSpec(
-            f"lab:{run.label}", f"{run.label} (Methods lab)", run.quantized.config
+            f"lab:{run.label}", f"{run.label} (Methods lab)", run.config
         )
-    return options, {run.quantized.config: run.quantized for run in lab_runs.values()}
+    return options, lab
+
+
+def lab_or_catalog(loaded, lab: dict, where) -> Callable:
+    """`build(config)` for prepare_models: a Methods-lab model as the lab built it (never rebuilt here:
+    GPTQ / AWQ need their calibration), otherwise the shared cached variant."""
+
+    def build(config):
+        held = lab.get(config)
+        if isinstance(held, str):
+            raise GenerationError(held)
+        return held if held is not None else variant(loaded, config, where=where)
+
+    return build
 
 
 def settings_form(options: dict[str, view.VariantSpec]) -> Request:
@@ -111,15 +132,13 @@ def new_run(loaded, options: dict[str, view.VariantSpec], request: Request) -> v
         return None
     columns = [view.ColumnRun(f"Reference ({loaded.dtype} on {loaded.device})", None)]
     columns += [view.ColumnRun(options[key].label, options[key]) for key in request.picked]
-    return view.CompareRun(loaded.source.label, request.prompt, settings, columns)
+    return view.CompareRun(loaded.source.label, request.prompt, settings, columns, model_key=model_key())
 
 
 def generate_run(run: view.CompareRun, loaded, built_in_lab: dict, shade_kl: bool) -> None:
     st.session_state[RUN_KEY] = run  # before any work: a Stop click finds the run and keeps what it made
     building = st.container()
-    models = view.prepare_models(
-        run, loaded, lambda config: built_in_lab.get(config) or variant(loaded, config, where=building)
-    )
+    models = view.prepare_models(run, loaded, lab_or_catalog(loaded, built_in_lab, building))
     st.caption(f"Model: {run.model_label} · {LEGEND}")
     bodies = []
     for col, column in zip(st.columns(len(run.columns), border=True), run.columns, strict=True):
@@ -139,7 +158,7 @@ def redraw_run(run: view.CompareRun, shade_kl: bool) -> None:
         )
     for col, column in zip(st.columns(len(run.columns), border=True), run.columns, strict=True):
         col.markdown(f"**{column.label}**")
-        view.draw_column(column, run.reference, shade_kl, where=col)
+        view.draw_column(column, run, shade_kl, where=col)
 
 
 def summary_table(run: view.CompareRun) -> None:
@@ -153,9 +172,8 @@ def summary_table(run: view.CompareRun) -> None:
                 "prefill tok/s": st.column_config.NumberColumn(format="%.0f"),
                 "decode tok/s": st.column_config.NumberColumn(format="%.1f"),
                 "first token ms": st.column_config.NumberColumn(format="%.0f"),
-                "memory MiB": st.column_config.NumberColumn(
-                    format="%.1f", help="Measured: weights + KV cache bytes."
-                ),
+                "packed MiB": st.column_config.NumberColumn(format="%.1f", help=figures.PACKED_HELP),
+                "held MiB": st.column_config.NumberColumn(format="%.1f", help=figures.HELD_HELP),
                 "agreement": st.column_config.NumberColumn(format="percent"),
                 "mean KL (nats)": st.column_config.NumberColumn(format="%.4f"),
             },
@@ -163,8 +181,8 @@ def summary_table(run: view.CompareRun) -> None:
     st.caption(
         "Agreement counts identical tokens position by position; after a divergence the texts usually drift "
         "apart, so the teacher-forced numbers (mean KL, top-1 agreement on the same prefix) say more about the "
-        "quantization. Memory is measured: on CPU the real bytes of the weights plus the KV cache, since the "
-        "CPU allocator keeps no peak."
+        "quantization. Packed memory is what the format stores; held memory is what this process keeps (a "
+        "fake-quantized variant holds its weights dequantized)."
     )
 
 
@@ -173,6 +191,7 @@ def main() -> None:
         "Compare generations",
         "Does the quantized model still say the same thing? The reference and up to three variants generate "
         "from one prompt with the same settings; hover a token for its probability under both models and the KL.",
+        scheme_use="the “sidebar scheme” variant, the whole model quantized with it by round-to-nearest.",
     )
     loaded = cache.current_model_or_stop()
     view.origin_note(loaded)

@@ -3,9 +3,11 @@
 After the compare page has generated text with each model, this module scores one continuation (prompt
 ids + generated ids) under two models with one teacher-forced forward each: for every generated position
 the token's probability under the reference and under the variant, KL(reference || variant) of the two
-next-token distributions (float32 log-softmax, nats) and both models' top-1 tokens. It also holds the
-plain-list measures of two greedy outputs (`first_divergence`, `agreement`) and `token_pieces`, the text
-each token adds, so a page can draw tokens one by one; `score_continuation` is all of it for one column.
+next-token distributions (float32 log-softmax, nats), both models' top-1 tokens and the reference's two
+likeliest tokens' probabilities (a near-tie there explains a greedy divergence better than the KL). It
+also holds the plain-list measures of two greedy outputs (`first_divergence`, `agreement`) and
+`token_pieces`, the text each token adds, so a page can draw tokens one by one; `score_continuation` is
+all of it for one column.
 
 Where this departs from generation: the forward runs over the whole sequence at once instead of one token
 at a time, so probabilities can differ from the generation loop's in the last float digits. A quantized
@@ -39,6 +41,13 @@ class TokenStat:
     kl: float  # KL(reference || variant) of the next-token distributions here, in nats
     reference_top1: int  # the reference's most likely token here
     variant_top1: int  # the variant's most likely token here
+    reference_top2_p: tuple[float, float] = (float("nan"), float("nan"))  # its two likeliest tokens' p
+
+    @property
+    def reference_margin(self) -> float:
+        """How far the reference's top-1 token leads its second (probability points): near 0, a near-tie
+        that any small change to the logits can flip under greedy decoding."""
+        return self.reference_top2_p[0] - self.reference_top2_p[1]
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,7 @@ def compare_tokens(
         p_var = var_logp.gather(-1, targets).squeeze(-1).exp()
         kl = (ref_logp.exp() * (ref_logp - var_logp)).sum(-1).clamp_min(0.0)  # (rows,)
         ref_top1, var_top1 = ref_logp.argmax(-1), var_logp.argmax(-1)
+        ref_top2 = ref_logp.topk(min(2, ref_logp.shape[-1]), dim=-1).values.exp()  # (rows, 2)
         for offset in range(targets.shape[0]):
             stats.append(
                 TokenStat(
@@ -149,6 +159,7 @@ def compare_tokens(
                     kl=float(kl[offset]),
                     reference_top1=int(ref_top1[offset]),
                     variant_top1=int(var_top1[offset]),
+                    reference_top2_p=(float(ref_top2[offset, 0]), float(ref_top2[offset, -1])),
                 )
             )
     return TokenComparison(stats)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.app.conftest import no_exceptions, open_page
 
 
@@ -97,3 +99,83 @@ def test_the_models_own_4_bit_grid_is_a_default_column_and_matches_the_reference
     assert run.columns[1].label == "W4 Q4_1 (int4 asym_min g32)"
     assert run.columns[1].token_ids == run.columns[0].token_ids
     assert _metric(app, "Agreement")[1] == "100%"
+
+
+def _column_captions(app, text):
+    return [caption.value for caption in app.caption if text in caption.value]
+
+
+def test_a_4_bit_column_shows_packed_memory_below_the_reference_and_what_the_process_holds(app):
+    """Fake-quantized weights are held in float32 (more bytes than the reference); the column and the
+    table also say what the 4-bit format takes packed, which is far below the reference."""
+    open_page(app, "compare")
+    app.multiselect(key="compare_variants").set_value(["W4"])
+    app.slider(key="compare_max_new_tokens").set_value(4)
+    app.button(key="compare_generate").click().run()
+    no_exceptions(app)
+    assert not app.error, [error.value for error in app.error]
+    reference_line, w4_line = _column_captions(app, "memory **")
+    assert "packed and held" in reference_line
+    assert " packed (weights " in w4_line and "this process holds" in w4_line
+    assert "fake-quantized in float32" in w4_line
+    table = app.dataframe[0].value.set_index("model")
+    reference, w4 = table.index
+    assert table.loc[reference, "packed MiB"] == table.loc[reference, "held MiB"]
+    assert table.loc[w4, "packed MiB"] < 0.5 * table.loc[reference, "packed MiB"]  # 4.25 bits, head 32
+    assert table.loc[w4, "held MiB"] > table.loc[reference, "held MiB"]  # dequantized, plus scales
+
+
+@pytest.fixture
+def no_evaluate_results():
+    """Evaluate's cached cells, emptied for the test and restored after (other tests may have run it)."""
+    from ui.cache.variants import grid_results
+
+    results = grid_results()
+    saved = dict(results)
+    results.clear()
+    yield results
+    results.clear()
+    results.update(saved)
+
+
+def test_each_variant_shows_this_prompts_figure_beside_evaluates_corpus_figure(app, no_evaluate_results):
+    """Without Evaluate results the column says so (with a link); once the Evaluate grid holds the same
+    recipe for this model, the column shows its Δ perplexity, KL and top-1 beside this prompt's."""
+    from engine.evaluation.study import CellResult
+
+    open_page(app, "compare")
+    app.multiselect(key="compare_variants").set_value(["W4", "KV4"])
+    app.slider(key="compare_max_new_tokens").set_value(4)
+    app.button(key="compare_generate").click().run()
+    no_exceptions(app)
+    prompt_lines = _column_captions(app, "**This prompt** (4 tokens, same prefix): mean KL")
+    assert len(prompt_lines) == 2
+    assert all("Evaluate's corpus figure: not computed yet" in line for line in prompt_lines)
+    assert all("](evaluate)" in line and "One prompt is one sample" in line for line in prompt_lines)
+    run = app.session_state["compare_run"]
+    key = (run.model_key, "fingerprint", (4, 256), 64)  # what the Evaluate page keys its cells by
+    no_evaluate_results[key] = {"W4": CellResult("W4", "weights", 108.7, 72.93, 0.4123, 9.1, 0.54, 1020, 1.0)}
+    app.checkbox(key="compare_shade_kl").check().run()  # a rerun redraws the stored run
+    no_exceptions(app)
+    w4_line, kv4_line = _column_captions(app, "**This prompt** (4 tokens")
+    assert (
+        "**Evaluate's corpus figure** (W4, 1,020 tokens): Δ perplexity **+49.0%** · mean KL **0.4123** "
+        "nats · top-1 agreement **54%**" in w4_line
+    )
+    assert "averages 1,020 tokens" in w4_line
+    assert "not computed yet" in kv4_line
+
+
+def test_a_first_token_divergence_shows_the_reference_near_tie():
+    """Where the greedy texts part, the reference's two likeliest tokens are shown; close ones are
+    called a near-tie, which one prompt's divergence can come from."""
+    from engine.evaluation.token_compare import TokenStat
+    from ui.pages.compare import ColumnRun, VariantSpec
+    from ui.pages.compare_figures import prompt_vs_corpus
+
+    reference = ColumnRun("Reference", None, token_ids=[5, 6, 7])
+    stats = [TokenStat(i, t, 0.38, 0.5, 0.02, 5, t, (0.41, 0.38)) for i, t in enumerate([9, 6, 7])]
+    variant = ColumnRun("KV4", VariantSpec("KV4", "KV4", None), token_ids=[9, 6, 7], stats=stats)
+    lines = prompt_vs_corpus(variant, reference, None)
+    assert any("At token 0" in line and "41% vs 38% likely — a near-tie" in line for line in lines)
+    assert "not computed yet" in lines[1]

@@ -6,9 +6,11 @@ run) redraws the same results without generating again. Tokens are drawn as HTML
 token where a column departs from the reference on they are highlighted, and each span's `title=` tooltip
 holds the token's probability under both models and the per-token KL (`engine.evaluation.token_compare`).
 
-Generation, its memory measurement (weights + KV cache bytes, the CUDA allocator's peak) and the scoring
-run in the engine (`engine.runtime.measured.generate_measured`, `engine.evaluation.token_compare
-.score_continuation`); this module only keeps the run in session state and draws it.
+Generation, its memory measurement (what the format takes packed beside what this process holds, since
+variants are fake-quantized; the CUDA allocator's peak) and the scoring run in the engine
+(`engine.runtime.measured.generate_measured`, `engine.evaluation.token_compare.score_continuation`); this
+module only keeps the run in session state and draws it. Each variant's figures on this one prompt are
+drawn beside the Evaluate page's corpus figures for the same catalog recipe, when that page has scored it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 import streamlit as st
 
 from engine import recipes
-from engine.evaluation.study import MODEL_GRID
+from engine.evaluation.study import MODEL_GRID, CellResult
 from engine.evaluation.token_compare import (
     TokenComparison,
     TokenStat,
@@ -30,13 +32,22 @@ from engine.evaluation.token_compare import (
     score_continuation,
     token_pieces,
 )
-from engine.methods import RTNConfig
+from engine.methods import QuantizedModel, RTNConfig
 from engine.quant.schemes import QuantScheme
 from engine.recipes import Recipe
 from engine.runtime.generation import GenerationResult, GenerationSettings, encode_prompt, max_context
 from engine.runtime.kv_cache import KVCacheConfig
 from engine.runtime.measured import MemoryUse, generate_measured
 from ui.pages import evaluate as evaluate_view
+from ui.pages.compare_figures import (
+    RECONCILE_HELP,
+    corpus_figure,
+    memory_help,
+    memory_line,
+    mib,
+    probability,
+    prompt_vs_corpus,
+)
 
 KL_FULL_SHADE = 1.0  # nats: a token's KL at which its underline is fully opaque
 DIVERGED_BG = "rgba(255, 164, 33, 0.28)"  # tokens after the first divergence
@@ -136,6 +147,7 @@ class CompareRun:
     columns: list[ColumnRun]
     finished: bool = False  # False while generating; a rerun finding False means it was interrupted
     interrupted: bool = False
+    model_key: tuple = ()  # the reference's cache key (ui.cache.variants.model_key): finds Evaluate's cells
 
     @property
     def reference(self) -> ColumnRun:
@@ -181,12 +193,12 @@ def _tooltip(column: ColumnRun, index: int, reference_logprobs: list[float] | No
     lines = [f"token {index}: {_quoted(piece)}"]
     if column.stats is not None and index < len(column.stats):
         stat = column.stats[index]
-        lines.append(f"p reference {_prob(stat.p_reference)} · p variant {_prob(stat.p_variant)}")
+        lines.append(f"p reference {probability(stat.p_reference)} · p variant {probability(stat.p_variant)}")
         lines.append(f"KL(reference ‖ variant) {stat.kl:.4f} nats")
         if stat.reference_top1 != stat.token_id and index < len(column.top1_text):
             lines.append(f"the reference's top-1 here: {_quoted(column.top1_text[index])}")
     elif reference_logprobs is not None and index < len(reference_logprobs):
-        lines.append(f"p reference {_prob(math.exp(reference_logprobs[index]))}")
+        lines.append(f"p reference {probability(math.exp(reference_logprobs[index]))}")
     return "\n".join(lines)
 
 
@@ -213,34 +225,11 @@ def tokens_html(column: ColumnRun, reference_tokens: list[int], shade_kl: bool =
     return f'<div style="{BOX_STYLE}">{body}</div>'
 
 
-def _mib(n: float) -> str:
-    return f"{n / 1024**2:,.1f} MiB"
-
-
-def _size(n: float) -> str:
-    return _mib(n) if n >= 1024**2 else f"{n / 1024:,.1f} KiB"
-
-
-def _prob(p: float) -> str:
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
-
-
-def memory_help(column: ColumnRun) -> str:
-    text = (
-        "Measured, not estimated: the real bytes of this model's parameters and buffers plus its KV cache "
-        "tensors after generation. On CPU the allocator keeps no peak, so this is what the weights and cache "
-        "occupy; on CUDA the allocator's peak during this generation is shown below."
-    )
-    if column.spec is not None and column.spec.method is not None:
-        text += (
-            " Fake-quantized weights are held dequantized, so they take as many bytes as the reference's; "
-            "packed storage would need the bits per weight shown (see the Memory page)."
-        )
-    return text
-
-
-def column_metrics(column: ColumnRun, reference: ColumnRun, where=st) -> None:
-    """Agreement, first divergence, speed and memory of one finished (or stopped) column."""
+def column_metrics(
+    column: ColumnRun, reference: ColumnRun, where=st, corpus: CellResult | None = None
+) -> None:
+    """Agreement, first divergence, speed and memory of one finished (or stopped) column; for a variant,
+    this prompt's teacher-forced figures beside Evaluate's corpus figures (`corpus`) for its recipe."""
     is_reference = column.spec is None
     left, right = where.columns(2)
     if is_reference:
@@ -270,24 +259,20 @@ def column_metrics(column: ColumnRun, reference: ColumnRun, where=st) -> None:
         lines.append(f"**{len(column.token_ids)}** tokens (stopped before timings were recorded)")
     memory = column.memory
     if memory is not None:
-        kv = "" if memory.kv_bytes is None else f" + KV {_size(memory.kv_bytes)}"
-        packed = "" if memory.kv_packed_bytes is None else f" (packed {_size(memory.kv_packed_bytes)})"
-        lines.append(f"memory **{_mib(memory.total)}** = weights {_mib(memory.weight_bytes)}{kv}{packed}")
+        lines.append(memory_line(memory))
         if memory.cuda_peak_bytes is not None:
-            lines.append(f"CUDA allocator peak **{_mib(memory.cuda_peak_bytes)}**")
+            lines.append(f"CUDA allocator peak **{mib(memory.cuda_peak_bytes)}**")
     if column.bits_per_weight is not None:
         lines.append(f"{column.bits_per_weight:.2f} bits per quantized weight")
-    if column.stats:
-        scores = TokenComparison(column.stats)
-        lines.append(
-            f"mean KL **{scores.mean_kl:.4f}** nats · top-1 agreement (same prefix) **{scores.top1_agreement:.0%}**"
-        )
     if lines:
         where.caption("  \n".join(lines), help=memory_help(column) if memory is not None else None)
+    if not is_reference:
+        where.caption("  \n".join(prompt_vs_corpus(column, reference, corpus)), help=RECONCILE_HELP)
 
 
 def prepare_models(run: CompareRun, loaded, build: Callable) -> dict[int, object]:
-    """Column index -> the model it runs; `build(config)` returns a cached QuantizedModel (ui.cache.variants).
+    """Column index -> the model it runs (a QuantizedModel for a weight variant, so its packed size is
+    known); `build(config)` returns a cached QuantizedModel (ui.cache.variants).
 
     A variant that cannot be built (a group size that does not divide) fails its column, not the page.
     """
@@ -302,7 +287,7 @@ def prepare_models(run: CompareRun, loaded, build: Callable) -> dict[int, object
         except Exception as exc:  # noqa: BLE001  (fails this column only; rerun/stop signals are BaseException)
             column.error, column.status = exc, "failed"
         else:
-            models[index], column.bits_per_weight = quantized.model, quantized.bits_per_weight
+            models[index], column.bits_per_weight = quantized, quantized.bits_per_weight
     return models
 
 
@@ -324,13 +309,13 @@ def stream_run(run: CompareRun, models: dict[int, object], loaded, bodies: list,
                     models[index], loaded.tokenizer, run.prompt, run.settings, kv, on_token
                 )
                 column.text, column.status = column.result.text, "done"
-                score_column(
-                    loaded.model, models[index], loaded.tokenizer, run.prompt, run.settings.chat, column
-                )
+                model = models[index]
+                model = model.model if isinstance(model, QuantizedModel) else model
+                score_column(loaded.model, model, loaded.tokenizer, run.prompt, run.settings.chat, column)
             except Exception as exc:  # noqa: BLE001  (any failure fails this column only; Streamlit's
                 column.error, column.status = exc, "failed"  # rerun/stop signals are BaseException)
         with body.container():
-            draw_column(column, run.reference, shade_kl)
+            draw_column(column, run, shade_kl)
     run.finished = True
 
 
@@ -344,7 +329,7 @@ def mark_interrupted(run: CompareRun, tokenizer) -> None:
             column.pieces = token_pieces(tokenizer, column.token_ids)
 
 
-def draw_column(column: ColumnRun, reference: ColumnRun, shade_kl: bool, where=st) -> None:
+def draw_column(column: ColumnRun, run: CompareRun, shade_kl: bool, where=st) -> None:
     """A finished, stopped or failed column (the header is drawn by the caller)."""
     from ui.errors import show_error
 
@@ -354,10 +339,11 @@ def draw_column(column: ColumnRun, reference: ColumnRun, shade_kl: bool, where=s
     if column.status == "waiting":
         where.info("Not generated: the run was stopped first.", icon=":material/stop_circle:")
         return
+    reference = run.reference
     where.markdown(tokens_html(column, reference.token_ids, shade_kl), unsafe_allow_html=True)
     if column.status == "stopped":
         where.caption("Stopped: the tokens generated so far.")
-    column_metrics(column, reference, where)
+    column_metrics(column, reference, where, corpus_figure(run, column))
 
 
 def summary_rows(run: CompareRun) -> list[dict]:
@@ -376,7 +362,8 @@ def summary_rows(run: CompareRun) -> list[dict]:
                 "prefill tok/s": result.prefill_tokens_per_s if result else None,
                 "decode tok/s": result.decode_tokens_per_s if result else None,
                 "first token ms": result.prefill_seconds * 1000 if result else None,
-                "memory MiB": memory.total / 1024**2 if memory else None,
+                "packed MiB": memory.packed_total / 1024**2 if memory else None,
+                "held MiB": memory.total / 1024**2 if memory else None,
                 "agreement": agreement(reference.token_ids, column.token_ids),
                 "first divergence": "—"
                 if column.spec is None
