@@ -24,6 +24,7 @@ from ui.errors import show_error
 from ui.pages import evaluate as evaluate_view
 from ui.pages import evaluate_charts
 from ui.progress import progress_bar
+from ui.widgets import NumberBoxes
 
 GRIDS = {
     f"Quick ({len(QUICK_GRID)} cells)": QUICK_GRID,
@@ -44,7 +45,8 @@ class Choice:
 
 
 def settings_ui() -> Choice:
-    """The corpus, grid, window count and length, and the Run button; stops when no cell is picked."""
+    """The corpus, grid, window count and length, and the Run button; stops when no cell is picked or a
+    number is out of range (said under the row)."""
     cols = st.columns([3, 2, 1, 1.6, 1.6], vertical_alignment="bottom")
     corpus = cols[0].selectbox(
         "Text (held-out second half)",
@@ -54,7 +56,8 @@ def settings_ui() -> Choice:
         key="evaluate_corpus",
     )
     grid_name = cols[1].selectbox("Grid", list(GRIDS), key="evaluate_grid")
-    windows = cols[2].number_input("Windows", 1, 16, DEFAULT_EVAL_SET.windows, key="evaluate_windows")
+    number = NumberBoxes()
+    windows = number(cols[2], "Windows", 1, 16, DEFAULT_EVAL_SET.windows, key="evaluate_windows")
     window = cols[3].select_slider(
         "Tokens per window", [128, 256, 512], DEFAULT_EVAL_SET.window, key="evaluate_window"
     )
@@ -65,6 +68,9 @@ def settings_ui() -> Choice:
         width="stretch",
         on_click=lambda: st.session_state.update({REQUESTED: True}),
     )
+    if number.show():  # a Run grid click with a number out of range runs nothing, now or later
+        st.session_state.pop(REQUESTED, None)
+        st.stop()
     cells = GRIDS[grid_name]
     if cells is None:
         names = st.multiselect(

@@ -12,11 +12,14 @@ import streamlit as st
 from engine.evaluation.evalset import DEFAULT_EVAL_SET
 from engine.evaluation.study import pick_group_size
 from ui import cache, page
+from ui.cache import method_runs
+from ui.cache.method_runs import MethodRun
 from ui.errors import show_error
 from ui.pages import evaluate as evaluate_view
 from ui.pages import methods as methods_view
 from ui.pages import methods_charts, methods_export
-from ui.pages.methods import MethodRun, TextSettings
+from ui.pages.methods import TextSettings
+from ui.widgets import NumberBoxes
 
 REQUESTED = "methods_run_requested"
 
@@ -59,9 +62,10 @@ def pick_methods(loaded) -> tuple[list[str], int, int]:
     return methods, bits, group_size
 
 
-def text_settings(loaded) -> TextSettings:
+def text_settings(loaded, number: NumberBoxes) -> TextSettings:
     cols = st.columns(3)
-    calib_windows = cols[0].number_input(
+    calib_windows = number(
+        cols[0],
         "Calibration windows",
         1,
         128,
@@ -72,13 +76,15 @@ def text_settings(loaded) -> TextSettings:
     calib_tokens = cols[1].select_slider(
         "Tokens per window", [128, 256, 512], 256, key="methods_calib_tokens"
     )
-    eval_windows = cols[2].number_input(
+    eval_windows = number(
+        cols[2],
         f"Evaluation windows (× {DEFAULT_EVAL_SET.window} tokens)",
         1,
         16,
         DEFAULT_EVAL_SET.windows,
         key="methods_eval_windows",
         help="The default is Evaluate's default set, so both pages show the same reference perplexity.",
+        name="Evaluation windows",
     )
     evaluate_view.origin_note(
         loaded,
@@ -87,30 +93,40 @@ def text_settings(loaded) -> TextSettings:
     return TextSettings(int(calib_windows), int(calib_tokens), int(eval_windows))
 
 
-def method_configs(methods: list[str], bits: int, group_size: int) -> dict[str, object]:
-    """{method name: config} from each picked method's form; a form that cannot build one says why."""
+def method_configs(methods: list[str], bits: int, group_size: int, number: NumberBoxes) -> dict[str, object]:
+    """{method name: config} from each picked method's form; a form that cannot build one says why (a
+    number out of range is said next to the Run button, and its method left out)."""
     configs = {}
     with st.expander("Method settings (defaults from the papers)", expanded=False):
         for method in methods:
             st.markdown(f"**{method}**")
+            problems = len(number.problems)
             try:  # the name maps to its config type here, at the edge; the rest is keyed by type
-                configs[method] = methods_view.config_form(
-                    methods_view.CONFIG_TYPES[method], bits, group_size
-                )
+                config = methods_view.config_form(methods_view.CONFIG_TYPES[method], bits, group_size, number)
             except ValueError as exc:
-                show_error(exc, prefix=f"{method}: ")
+                if len(number.problems) == problems:
+                    show_error(exc, prefix=f"{method}: ")
+                continue
+            if len(number.problems) == problems:
+                configs[method] = config
     return configs
 
 
-def run_controls(runs: dict[str, MethodRun], configs: dict[str, object], loaded, text: TextSettings) -> None:
-    """Run and Clear buttons; runs the configs not run yet when Run was pressed."""
+def run_controls(
+    runs: dict[str, MethodRun], configs: dict[str, object], loaded, text: TextSettings, number: NumberBoxes
+) -> None:
+    """Run and Clear buttons; runs the configs not run yet (or whose model was freed) when Run was pressed,
+    unless a number is out of range: then each is said under the buttons and nothing runs."""
     buttons = st.columns([1, 1, 4])
     buttons[0].button(
         "Run", type="primary", key="methods_run", on_click=lambda: st.session_state.update({REQUESTED: True})
     )
     if buttons[1].button("Clear results", key="methods_clear"):
-        runs.clear()
-    todo = {m: c for m, c in configs.items() if methods_view.label_of(c) not in runs}
+        method_runs.clear_runs(runs)
+    if number.show():  # a Run click with a number out of range runs nothing, now or later
+        st.session_state.pop(REQUESTED, None)
+        return
+    todo = methods_view.to_run(configs, runs)
     if st.session_state.pop(REQUESTED, False) and todo:
         if not methods_view.run_methods(todo, loaded, text, runs):
             st.stop()  # the text could not be read: said why, nothing more to draw
@@ -144,7 +160,12 @@ def results(all_runs: list[MethodRun], loaded) -> None:
     )
     for note in methods_view.gap_notes(all_runs):
         st.caption(note)
-    figure = methods_charts.output_error(all_runs)  # first: what GPTQ and AWQ minimise
+    for run in all_runs:
+        if run.missing is not None:
+            st.info(f"**{run.label}**: {run.missing}", icon=":material/memory:")
+    figure = methods_charts.output_error(
+        all_runs
+    )  # their models may have been freed: the reports stay  # first: what GPTQ and AWQ minimise
     if figure is not None:
         st.plotly_chart(figure, width="stretch", key="methods_output_error")
     st.plotly_chart(methods_charts.per_layer_error(all_runs), width="stretch", key="methods_sqnr")
@@ -161,11 +182,12 @@ def main() -> None:
     loaded = cache.current_model_or_stop()
     if packed_checkpoint_refused(loaded):
         st.stop()
-    runs = methods_view.runs()
+    runs = method_runs.runs()
+    number = NumberBoxes()
     methods, bits, group_size = pick_methods(loaded)
-    text = text_settings(loaded)
-    configs = method_configs(methods, bits, group_size)
-    run_controls(runs, configs, loaded, text)
+    text = text_settings(loaded, number)
+    configs = method_configs(methods, bits, group_size, number)
+    run_controls(runs, configs, loaded, text, number)
     if not runs:
         st.stop()
     results(list(runs.values()), loaded)

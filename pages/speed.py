@@ -8,6 +8,7 @@ from engine import speed
 from ui import cache, page
 from ui.pages import speed as speed_view
 from ui.pages import speed_charts as charts
+from ui.widgets import NumberBoxes
 
 
 def kernel_form(model, device: str) -> speed_view.KernelRequest | None:
@@ -34,7 +35,8 @@ def kernel_form(model, device: str) -> speed_view.KernelRequest | None:
     )
     options = speed.available_formats(device)
     formats = cols[2].multiselect("Formats", options, default=options, key="speed_formats")
-    repeats = cols[3].number_input("Repeats", 3, 200, 50 if on_gpu else 10, key="speed_repeats")
+    number = NumberBoxes()
+    repeats = number(cols[3], "Repeats", 3, 200, 50 if on_gpu else 10, key="speed_repeats")
     if source != "Loaded model" and not on_gpu:
         st.warning(
             "On a CPU, batches 64 and 256 of these shapes make the run long: start with batch 1 and 4.",
@@ -48,7 +50,7 @@ def kernel_form(model, device: str) -> speed_view.KernelRequest | None:
     pressed = st.button(
         "Run microbenchmarks", type="primary", key="speed_run_kernels", disabled=not (picked and batches)
     )
-    if not pressed:
+    if number.show() or not pressed:  # out of range: said under the button, and nothing runs
         return None
     shapes = [choices[p] for p in picked]
     return speed_view.KernelRequest(shapes, batches, speed_view.formats_of(formats), int(repeats))
@@ -103,7 +105,9 @@ def synthetic_form(on_gpu: bool):
     return models[name]
 
 
-def decode_form(device: str, lab_runs: dict, lab_refused: dict) -> speed_view.DecodeRequest | None:
+def decode_form(
+    device: str, lab_runs: dict, lab_refused: dict, lab_missing: dict
+) -> speed_view.DecodeRequest | None:
     """The decode benchmark's widgets; a request when its button is pressed."""
     on_gpu = device.startswith("cuda")
     options = speed.available_variants(device) + list(lab_runs)
@@ -120,14 +124,17 @@ def decode_form(device: str, lab_runs: dict, lab_refused: dict) -> speed_view.De
             "Methods-lab models no kernel runs: "
             + "; ".join(f"**{label}** ({reason})" for label, reason in lab_refused.items())
         )
+    for label, why in lab_missing.items():
+        st.caption(f"**{label}** (Methods lab): {why}")
     default_loops = [speed.DYNAMIC_LOOP, speed.STATIC_LOOP] + ([speed.COMPILED_LOOP] if on_gpu else [])
     loops = cols[1].multiselect(
         "Decode loops", list(speed.LOOPS), default=default_loops, key="speed_loops", help=speed_view.LOOP_HELP
     )
-    prompt_tokens = cols[2].number_input(
-        "Prompt tokens", 1, 2048, 128 if on_gpu else 32, key="speed_prompt_tokens"
+    number = NumberBoxes()
+    prompt_tokens = number(
+        cols[2], "Prompt tokens", 1, 2048, 128 if on_gpu else 32, key="speed_prompt_tokens"
     )
-    new_tokens = cols[3].number_input("New tokens", 2, 1024, 256 if on_gpu else 32, key="speed_new_tokens")
+    new_tokens = number(cols[3], "New tokens", 2, 1024, 256 if on_gpu else 32, key="speed_new_tokens")
     if speed.COMPILED_LOOP in loops:
         st.caption(speed_view.DECODE_GPU_NOTE if on_gpu else speed_view.DECODE_CPU_NOTE)
     synthetic = synthetic_form(on_gpu)
@@ -137,7 +144,7 @@ def decode_form(device: str, lab_runs: dict, lab_refused: dict) -> speed_view.De
     pressed = st.button(
         "Run decode benchmark", type="primary", key="speed_run_decode", disabled=not (variants and loops)
     )
-    if not pressed:
+    if number.show() or not pressed:  # out of range: said under the button, and nothing runs
         return None
     recipes = speed_view.variants_of(variants, lab_runs)
     return speed_view.DecodeRequest(recipes, loops, int(prompt_tokens), int(new_tokens), synthetic)
@@ -181,8 +188,8 @@ def main() -> None:
     kernel_results(device)
 
     st.subheader("End-to-end prefill and decode")
-    lab_runs, lab_refused = speed_view.methods_lab_variants()
-    decode = decode_form(device, lab_runs, lab_refused)
+    lab_runs, lab_refused, lab_missing = speed_view.methods_lab_variants()
+    decode = decode_form(device, lab_runs, lab_refused, lab_missing)
     if decode is not None:
         speed_view.run_decode_request(decode, loaded, lab_runs)
     decode_results(device.startswith("cuda"))

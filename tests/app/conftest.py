@@ -12,6 +12,17 @@ PAGES = ["overview", "grid", "outliers", "methods", "compare", "evaluate", "memo
 TIMEOUT = 120  # seconds per script run: the first run loads the default model
 
 
+@pytest.fixture(autouse=True)
+def fresh_model_store(monkeypatch):
+    """Each test its own store of per-session models: the process-wide one would keep every finished
+    test's Methods-lab models (up to the whole budget) for the rest of the worker's tests."""
+    from ui.cache import session_models
+
+    store = session_models.BudgetedStore(session_models.budget_bytes())
+    monkeypatch.setattr(session_models, "_STORE", store)
+    return store
+
+
 def no_exceptions(app: AppTest) -> None:
     assert not app.exception, [exception.message for exception in app.exception]
 

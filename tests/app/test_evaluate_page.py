@@ -70,3 +70,16 @@ def test_too_many_tokens_for_a_short_upload_is_explained(app):
     app.selectbox(key="evaluate_corpus").set_value("upload").run()
     no_exceptions(app)
     assert any("Upload a plain-text file" in info.value for info in app.info)
+
+
+def test_a_window_count_out_of_range_is_said_by_the_run_button_and_nothing_runs(app):
+    open_page(app, "evaluate")
+    app.number_input(key="evaluate_windows").set_value(0)
+    app.button(key="evaluate_run").click().run()
+    no_exceptions(app)
+    assert [error.value for error in app.error] == ["Windows must be from 1 to 16 (it is 0)."]
+    assert not app.dataframe and not app.get("plotly_chart")  # nothing scored
+    app.number_input(key="evaluate_windows").set_value(1).run()  # fixed: the old click runs nothing
+    no_exceptions(app)
+    assert not app.error and not app.dataframe
+    assert any("Press **Run grid**" in info.value for info in app.info)

@@ -5,12 +5,27 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
+
 from engine.evaluation.evalset import DEFAULT_EVAL_SET
 from tests.app.conftest import no_exceptions, open_page
+from ui.cache import session_models
 from ui.pages import methods as methods_view
 
 
-def test_methods_lab_runs_two_methods_and_keeps_them(app, tmp_path, monkeypatch):
+@pytest.fixture(autouse=True)
+def model_store(monkeypatch) -> session_models.BudgetedStore:
+    """A store of the lab's models for this test alone: none outlives it in the process-wide one."""
+    store = session_models.BudgetedStore(session_models.budget_bytes())
+    monkeypatch.setattr(session_models, "_STORE", store)
+    return store
+
+
+def _stop_buttons(app) -> list:
+    return [button for button in app.button if button.label == "Stop"]
+
+
+def test_methods_lab_runs_two_methods_and_keeps_them(app, tmp_path, monkeypatch, model_store):
     from ui.pages import methods_export
 
     monkeypatch.setattr(methods_export, "exports_root", lambda: tmp_path)  # not the user's cache
@@ -22,6 +37,7 @@ def test_methods_lab_runs_two_methods_and_keeps_them(app, tmp_path, monkeypatch)
     app.select_slider(key="methods_calib_tokens").set_value(128).run()
     app.button(key="methods_run").click().run()
     no_exceptions(app)
+    assert not _stop_buttons(app)  # shown while it ran, gone once it ended
     table = app.dataframe[0].value
     assert len(table) == 2
     scored = [c.value for c in app.caption if c.value.startswith("Scored on 1 window × 256 tokens")]
@@ -54,6 +70,7 @@ def test_methods_lab_runs_two_methods_and_keeps_them(app, tmp_path, monkeypatch)
     app.button(key="methods_clear").click().run()
     no_exceptions(app)
     assert not app.dataframe
+    assert not model_store.lru_keys()  # Clear results frees the models too
 
 
 def test_the_evaluation_windows_default_to_evaluates_set_and_q4_1_is_one_line(app):
@@ -105,6 +122,66 @@ def test_methods_lab_runs_qat_at_3_bits_and_draws_its_training_curve(app):
     app.run()  # kept in the session: no retraining
     no_exceptions(app)
     assert len(app.dataframe[0].value) == 1
+
+
+@pytest.mark.parametrize(
+    ("pick", "key", "value", "message"),
+    [
+        (["RTN"], "methods_calib_windows", 0, "Calibration windows must be from 1 to 128 (it is 0)."),
+        (["RTN"], "methods_eval_windows", 99, "Evaluation windows must be from 1 to 16 (it is 99)."),
+        (
+            ["LLM.int8()"],
+            "methods_llmint8_threshold",
+            0.0,
+            "LLM.int8() outlier threshold must be from 0.5 to 1,000.0 (it is 0.0).",
+        ),
+        (["GPTQ"], "methods_gptq_damp", 0.0, "GPTQ damping must be from 0.001 to 0.5 (it is 0.0)."),
+        (["QAT"], "methods_qat_steps", 0, "QAT training steps must be from 1 to 500 (it is 0)."),
+    ],
+)
+def test_a_number_out_of_range_is_said_by_the_run_button_and_nothing_runs(app, pick, key, value, message):
+    open_page(app, "methods")
+    app.multiselect(key="methods_pick").set_value(pick).run()
+    app.number_input(key=key).set_value(value)
+    app.button(key="methods_run").click().run()
+    no_exceptions(app)
+    errors = [error.value for error in app.error]
+    assert errors == [message], errors  # said once, with no second complaint from the method's config
+    assert not app.session_state["methods_runs"] and not app.dataframe  # nothing ran
+    assert not any("Press **Run**" in info.value for info in app.info)
+
+
+def test_a_run_over_the_memory_budget_frees_the_older_model_and_keeps_its_results(app, model_store):
+    """Two RTN runs with room for one model: the second frees the first's. Its row and figures stay, the
+    page and its export section say why the model is gone, and Run builds it again (freeing the other)."""
+    open_page(app, "methods")
+    app.multiselect(key="methods_pick").set_value(["RTN"]).run()
+    app.number_input(key="methods_eval_windows").set_value(1).run()
+    app.button(key="methods_run").click().run()
+    no_exceptions(app)
+    assert not _stop_buttons(app)
+    first = app.dataframe[0].value["method"].iloc[0]
+    model_store.budget = int(1.5 * model_store.total)  # room for one quantized copy, not two
+    app.select_slider(key="methods_bits").set_value(8).run()
+    app.button(key="methods_run").click().run()
+    no_exceptions(app)
+    table = app.dataframe[0].value
+    assert list(table["method"]) == [first, "RTN int8 g64"], list(table["method"])
+    assert table["perplexity"].notna().all()  # the freed run's scores are kept
+    assert [name for _, name in model_store.lru_keys()] == ["RTN int8 g64"]
+    budget = session_models.format_bytes(model_store.budget)
+    freed = [i.value for i in app.info if i.value.startswith(f"**{first}**")]
+    assert freed and "was freed to make room" in freed[0] and budget in freed[0], [i.value for i in app.info]
+    assert app.selectbox(key="methods_export_run").value == first  # its export says why, offers nothing
+    assert any(i.value.startswith("This run's quantized model was freed") for i in app.info)
+    assert "methods_export_format" not in [radio.key for radio in app.radio]
+    app.select_slider(key="methods_bits").set_value(4).run()
+    assert any("Press **Run** to quantize with RTN" in i.value for i in app.info)  # it can be run again
+    app.button(key="methods_run").click().run()
+    no_exceptions(app)
+    assert [name for _, name in model_store.lru_keys()] == [first]
+    assert len(app.dataframe[0].value) == 2
+    assert any(i.value.startswith("**RTN int8 g64**") for i in app.info)
 
 
 def test_old_exports_are_pruned(tmp_path):

@@ -3,7 +3,18 @@ with their charts."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.app.conftest import no_exceptions, open_page
+from ui.cache import session_models
+
+
+@pytest.fixture(autouse=True)
+def model_store(monkeypatch) -> session_models.BudgetedStore:
+    """A store of the Methods lab's models for this test alone: none outlives it in the process-wide one."""
+    store = session_models.BudgetedStore(session_models.budget_bytes())
+    monkeypatch.setattr(session_models, "_STORE", store)
+    return store
 
 
 def test_speed_page_runs_a_microbenchmark_and_a_decode(app):
@@ -64,7 +75,7 @@ def test_speed_page_runs_a_microbenchmark_and_a_decode(app):
     assert any(metric.label == "Measured copy bandwidth" for metric in app.metric)
 
 
-def test_speed_page_times_a_methods_lab_model(app):
+def test_speed_page_times_a_methods_lab_model(app, model_store):
     """A model built on the Methods page runs as a variant, packed from its own codes: RTN int4 asym g64
     from the lab is the Speed page's own W4A16 (same grid), so both decode the same words. A model no
     kernel runs (our LLM.int8) is named with the reason instead."""
@@ -80,9 +91,10 @@ def test_speed_page_times_a_methods_lab_model(app):
     del reference
     open_page(app, "speed")
     app.session_state[RUNS] = {
-        "RTN int4 g64 asym": MethodRun("RTN int4 g64 asym", "RTN", rtn, None, 0.0),
-        "LLM.int8()": MethodRun("LLM.int8()", "LLM.int8()", int8, None, 0.0),
+        "RTN int4 g64 asym": MethodRun.keep("RTN int4 g64 asym", "RTN", rtn, None, 0.0, session="lab"),
+        "LLM.int8()": MethodRun.keep("LLM.int8()", "LLM.int8()", int8, None, 0.0, session="lab"),
     }
+    del rtn, int8  # held by the store alone
     app.run()
     no_exceptions(app)
     lab = "RTN int4 g64 asym (Methods lab)"
@@ -105,6 +117,72 @@ def test_speed_page_times_a_methods_lab_model(app):
     no_exceptions(app)
     assert lab not in app.multiselect(key="speed_variants").options
     assert not app.session_state[RUNS]
+    assert not model_store.lru_keys()  # their models are freed with them
+
+
+def test_a_methods_lab_model_freed_for_room_is_named_not_offered(app, model_store):
+    """The store freed the older of two lab models to stay within its budget: the Speed page names it with
+    the reason and offers only the one still held."""
+    from engine.methods import RTNConfig, quantize_model
+    from engine.quant.schemes import QuantScheme
+    from tests.conftest import build_tiny_llama
+    from ui.pages.methods import RUNS, MethodRun
+
+    tiny = build_tiny_llama()
+    first = quantize_model(tiny, RTNConfig(QuantScheme(4, "int", False, "group", 32)))
+    second = quantize_model(tiny, RTNConfig(QuantScheme(4, "int", True, "group", 32)))
+    model_store.budget = int(1.5 * session_models.model_nbytes(first.model))  # room for one
+    open_page(app, "speed")
+    app.session_state[RUNS] = {
+        "RTN int4": MethodRun.keep("RTN int4", "RTN", first, None, 0.0, session="lab"),
+        "RTN int4 sym": MethodRun.keep("RTN int4 sym", "RTN", second, None, 0.0, session="lab"),
+    }
+    app.run()
+    no_exceptions(app)
+    assert model_store.evicted("lab") == ["RTN int4"]
+    options = app.multiselect(key="speed_variants").options
+    assert "RTN int4 sym (Methods lab)" in options and "RTN int4 (Methods lab)" not in options
+    notes = [c.value for c in app.caption if c.value.startswith("**RTN int4** (Methods lab)")]
+    assert notes and "was freed to make room" in notes[0] and "results are kept" in notes[0], notes
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "button", "message", "result"),
+    [
+        (
+            "speed_repeats",
+            1,
+            "speed_run_kernels",
+            "Repeats must be from 3 to 200 (it is 1).",
+            "speed_kernel_run",
+        ),
+        (
+            "speed_prompt_tokens",
+            0,
+            "speed_run_decode",
+            "Prompt tokens must be from 1 to 2,048 (it is 0).",
+            "speed_decode_run",
+        ),
+        (
+            "speed_new_tokens",
+            5000,
+            "speed_run_decode",
+            "New tokens must be from 2 to 1,024 (it is 5,000).",
+            "speed_decode_run",
+        ),
+    ],
+)
+def test_a_number_out_of_range_is_said_and_nothing_runs(app, key, value, button, message, result):
+    open_page(app, "speed")
+    smallest = next(o for o in app.multiselect(key="speed_shapes").options if o.startswith("192×576"))
+    app.multiselect(key="speed_shapes").set_value([smallest])
+    app.multiselect(key="speed_variants").set_value(["fp32"])
+    app.number_input(key=key).set_value(value)
+    app.button(key=button).click().run()
+    no_exceptions(app)
+    errors = [e.value for e in app.error]
+    assert message in errors, errors
+    assert result not in app.session_state and not app.get("plotly_chart")  # nothing was timed
 
 
 def test_speed_page_times_a_synthetic_catalog_config_on_cpu(app):
@@ -146,7 +224,7 @@ def test_a_failing_kernel_is_named_once_and_its_layers_still_run(app, monkeypatc
         smallest = next(o for o in app.multiselect(key="speed_shapes").options if o.startswith("192×576"))
         app.multiselect(key="speed_shapes").set_value([smallest])
         app.multiselect(key="speed_batches").set_value([1])
-        app.number_input(key="speed_repeats").set_value(2)
+        app.number_input(key="speed_repeats").set_value(3)
         app.button(key="speed_run_kernels").click().run()
         no_exceptions(app)
         notes = [w.value for w in app.warning if "broken_int8" in w.value]

@@ -18,7 +18,7 @@ def test_three_sessions_at_once(server_url, browser):
     evaluating, sizing, gridding = (context.new_page() for context in contexts)
     try:
         evaluating.goto(f"{server_url}/evaluate")
-        windows = evaluating.get_by_label("Windows")
+        windows = evaluating.get_by_role("spinbutton", name="Windows")
         windows.fill("1", timeout=90_000)  # 7 cells x 1 window x 256 tokens: long enough to overlap
         windows.press("Enter")
         evaluating.get_by_text("on 1 windows").first.wait_for(timeout=30_000)

@@ -4,10 +4,12 @@
 - models.py: the reference models, loaded once with a progress bar and shared by every session;
 - tensors.py: the Quantization grid page's tensors, scheme table and block view;
 - outliers.py, lessons.py, variants.py: the Outliers page's statistics, the Learn page's experiments,
-  and quantized variants of the loaded model (Compare, Evaluate, Methods lab, Speed).
+  and quantized variants of the loaded model (Compare, Evaluate, Methods lab, Speed);
+- session_models.py: `BudgetedStore`, the Methods lab's per-session quantized models within one
+  server-wide memory budget (least recently used freed first, across sessions).
 
-Cached objects are shared by every browser session and never mutated; work that reports progress runs
-outside `st.cache_*` functions so it can drive a live progress bar.
+Cached objects are shared by every browser session (session_models' belong to one) and never mutated;
+work that reports progress runs outside `st.cache_*` functions so it can drive a live progress bar.
 """
 
 from ui.cache.models import (

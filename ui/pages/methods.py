@@ -1,6 +1,7 @@
 """The Methods lab's pieces: a form per method with the papers' defaults, the runner that quantizes and
 scores each one, and the figures (per-layer error, LLM.int8 kept dims, SmoothQuant maxima, GPTQ loss,
-AWQ search curve, QAT training curve). Runs are kept in the session and offered to the Compare page.
+AWQ search curve, QAT training curve). Runs are kept in the session (ui/cache/method_runs.py, their models
+within the server's memory budget) and offered to the Compare and Speed pages.
 
 Methods are picked by display name only at the multiselect; from there on everything is keyed by type:
 `FORMS` maps a config type to its form, `FIGURES` maps a report-detail type (the registry's
@@ -21,13 +22,12 @@ import streamlit as st
 
 from engine.evaluation.evalset import DEFAULT_EVAL_SET
 from engine.evaluation.perplexity import (
-    ComparisonResult,
     EvaluationError,
     ReferenceCache,
     evaluate_against_reference,
     perplexity_gap,
 )
-from engine.methods import Calibration, QuantizedModel, RTNConfig, method_info, quantize_model
+from engine.methods import Calibration, RTNConfig, method_info, quantize_model
 from engine.methods.awq import AWQConfig, AWQDetail
 from engine.methods.bnb import BnbConfig
 from engine.methods.gptq import GPTQConfig, GPTQDetail
@@ -36,11 +36,12 @@ from engine.methods.qat import QATConfig, QATDetail, QATTrace, qat_trace
 from engine.methods.smoothquant import SmoothQuantConfig, SmoothQuantDetail
 from engine.models.data import DataError, WindowSpec, load_text, token_windows
 from engine.quant.schemes import QuantScheme
-from ui import state
+from ui.cache.method_runs import RUNS, MethodRun, runs  # noqa: F401 (RUNS, runs: also reached from here)
 from ui.errors import show_error
 from ui.pages.evaluate import windows_caption
 from ui.pages.methods_charts import bar, curve, maxima, qat_curve
 from ui.progress import progress_bar
+from ui.widgets import NumberBoxes
 
 LAB_METHODS = (RTNConfig, LLMInt8Config, SmoothQuantConfig, GPTQConfig, AWQConfig, BnbConfig, QATConfig)
 CONFIG_TYPES = {method_info(t).name: t for t in LAB_METHODS}  # display name -> config type (the UI edge)
@@ -50,31 +51,6 @@ NEEDS_CALIBRATION = {
     for name, config_type in CONFIG_TYPES.items()
     if method_info(config_type).calibration in (Calibration.REQUIRED, Calibration.TRAIN_AND_HELD_OUT)
 }
-RUNS = "methods_runs"  # session key: {label: MethodRun}
-RUNS_MODEL = "methods_runs_model"  # session key: the model selection those runs were built from
-
-
-@dataclass
-class MethodRun:
-    label: str
-    method: str  # display name
-    quantized: QuantizedModel
-    comparison: ComparisonResult
-    seconds: float  # time to quantize
-
-    @property
-    def bits_per_weight(self) -> float:
-        return self.quantized.bits_per_weight
-
-
-def runs() -> dict[str, MethodRun]:
-    """This session's Methods-lab runs, for the model loaded now: loading another model (or the same in
-    another device / dtype) starts an empty set, so no page offers a copy of a model no longer loaded."""
-    model = state.selection()
-    if st.session_state.setdefault(RUNS_MODEL, model) != model:
-        st.session_state[RUNS] = {}
-        st.session_state[RUNS_MODEL] = model
-    return st.session_state.setdefault(RUNS, {})
 
 
 # -- forms: one per config type ---------------------------------------------------------------------------
@@ -88,41 +64,53 @@ def _asymmetric(bits: int, group_size: int) -> QuantScheme:
     return QuantScheme(bits, "int", False, "group", group_size)
 
 
-def _rtn_form(bits: int, group_size: int, key: str, where) -> RTNConfig:
+def _rtn_form(bits: int, group_size: int, key: str, where, number: NumberBoxes) -> RTNConfig:
     return RTNConfig(_symmetric(bits, group_size))
 
 
-def _llm_int8_form(bits: int, group_size: int, key: str, where) -> LLMInt8Config:
-    threshold = where.number_input("Outlier threshold", 0.5, 1000.0, 6.0, 0.5, key=f"{key}_threshold")
+def _llm_int8_form(bits: int, group_size: int, key: str, where, number: NumberBoxes) -> LLMInt8Config:
+    threshold = number(
+        where,
+        "Outlier threshold",
+        0.5,
+        1000.0,
+        6.0,
+        0.5,
+        key=f"{key}_threshold",
+        name="LLM.int8() outlier threshold",
+    )
     return LLMInt8Config(threshold=float(threshold))
 
 
-def _smoothquant_form(bits: int, group_size: int, key: str, where) -> SmoothQuantConfig:
+def _smoothquant_form(bits: int, group_size: int, key: str, where, number: NumberBoxes) -> SmoothQuantConfig:
     alpha = where.slider("Migration strength α", 0.0, 1.0, 0.5, 0.05, key=f"{key}_alpha")
     return SmoothQuantConfig(alpha=float(alpha))
 
 
-def _gptq_form(bits: int, group_size: int, key: str, where) -> GPTQConfig:
+def _gptq_form(bits: int, group_size: int, key: str, where, number: NumberBoxes) -> GPTQConfig:
     cols = where.columns(2)
-    damping = cols[0].number_input("Damping", 0.001, 0.5, 0.01, 0.005, format="%.3f", key=f"{key}_damp")
+    damping = number(
+        cols[0], "Damping", 0.001, 0.5, 0.01, 0.005, key=f"{key}_damp", name="GPTQ damping", format="%.3f"
+    )
     act_order = cols[1].checkbox("Act order", key=f"{key}_actorder")
     return GPTQConfig(_symmetric(bits, group_size), damping=float(damping), act_order=act_order)
 
 
-def _awq_form(bits: int, group_size: int, key: str, where) -> AWQConfig:
+def _awq_form(bits: int, group_size: int, key: str, where, number: NumberBoxes) -> AWQConfig:
     grid = where.slider("Scale search points", 2, 40, 20, key=f"{key}_grid")
     return AWQConfig(_asymmetric(bits, group_size), grid=int(grid))
 
 
-def _bnb_form(bits: int, group_size: int, key: str, where) -> BnbConfig:
+def _bnb_form(bits: int, group_size: int, key: str, where, number: NumberBoxes) -> BnbConfig:
     mode = where.radio("Format", ["nf4", "fp4", "int8"], horizontal=True, key=f"{key}_mode")
     double = where.checkbox("Double quantization", key=f"{key}_dq", disabled=mode == "int8")
     return BnbConfig(mode=mode, double_quant=bool(double and mode != "int8"))
 
 
-def _qat_form(bits: int, group_size: int, key: str, where) -> QATConfig:
+def _qat_form(bits: int, group_size: int, key: str, where, number: NumberBoxes) -> QATConfig:
     cols = where.columns(2)
-    steps = cols[0].number_input(
+    steps = number(
+        cols[0],
         "Training steps",
         1,
         500,
@@ -130,6 +118,7 @@ def _qat_form(bits: int, group_size: int, key: str, where) -> QATConfig:
         key=f"{key}_steps",
         help="One forward and backward of one calibration window each: 4-7 s a step on two CPU cores "
         "for SmolLM2-135M with 256-token windows, so the default 10 take about a minute.",
+        name="QAT training steps",
     )
     lr = cols[1].select_slider(
         "Learning rate",
@@ -153,10 +142,11 @@ FORMS: dict[type, Callable] = {
 }
 
 
-def config_form(config_type: type, bits: int, group_size: int, where=st):
-    """The method's knobs with the papers' defaults; returns its config (raises ValueError if impossible)."""
+def config_form(config_type: type, bits: int, group_size: int, number: NumberBoxes, where=st):
+    """The method's knobs with the papers' defaults; returns its config (raises ValueError if impossible).
+    A number out of range is added to `number.problems`, for the page to say next to its Run button."""
     key = "methods_" + re.sub(r"\W", "", method_info(config_type).name.lower())  # e.g. methods_llmint8
-    return FORMS[config_type](bits, group_size, key, where)
+    return FORMS[config_type](bits, group_size, key, where, number)
 
 
 def label_of(config) -> str:
@@ -165,6 +155,16 @@ def label_of(config) -> str:
 
 
 # -- running ----------------------------------------------------------------------------------------------
+
+
+def to_run(configs: dict[str, object], done: dict[str, MethodRun]) -> dict[str, object]:
+    """The configs with no run yet, or whose run's model was freed for room (run again, it is kept again)."""
+    todo = {}
+    for method, config in configs.items():
+        run = done.get(label_of(config))
+        if run is None or (run.kept and run.missing is not None):
+            todo[method] = config
+    return todo
 
 
 def calibration_for(config, calibration, evaluation):
@@ -196,7 +196,7 @@ def run_method(
         reference_cache,
         progress=lambda f, m: progress(0.8 + 0.2 * f, m),
     )
-    return MethodRun(label_of(config), method_info(config).name, quantized, comparison, seconds)
+    return MethodRun.keep(label_of(config), method_info(config).name, quantized, comparison, seconds)
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,8 @@ class TextSettings:
 def run_methods(todo: dict[str, object], loaded, text: TextSettings, into: dict[str, MethodRun]) -> bool:
     """Quantize and score each {method name: config} in turn, with a progress bar each, into `into`.
 
-    One method failing leaves the others' results; a Stop button ends the run after the current step.
+    One method failing leaves the others' results; a Stop button, shown while it runs, ends the run after
+    the current step.
     False (after saying why) when the text to calibrate and evaluate on could not be read."""
     try:  # calibrate on the first half of the default evaluation text, score its held-out second half
         corpus = load_text(DEFAULT_EVAL_SET.corpus)
@@ -223,22 +224,26 @@ def run_methods(todo: dict[str, object], loaded, text: TextSettings, into: dict[
     except DataError as exc:
         show_error(exc)
         return False
-    st.button("Stop", key="methods_stop", help="Stops after the current step; finished methods are kept.")
+    stop = st.empty()  # only while the run goes on: cleared when it ends, fails or is stopped
+    stop.button("Stop", key="methods_stop", help="Stops after the current step; finished methods are kept.")
     reference_cache = ReferenceCache()
-    for index, config in enumerate(todo.values()):
-        name = method_info(config).name
-        update, clear = progress_bar()
+    try:
+        for index, config in enumerate(todo.values()):
+            name = method_info(config).name
+            update, clear = progress_bar()
 
-        def progress(f, m, index=index, name=name, update=update):
-            update(f, f"{name} ({index + 1}/{len(todo)}): {m}")
+            def progress(f, m, index=index, name=name, update=update):
+                update(f, f"{name} ({index + 1}/{len(todo)}): {m}")
 
-        try:
-            run = run_method(config, loaded.model, calibration, evaluation, reference_cache, progress)
-            into[run.label] = run
-        except Exception as exc:  # one method failing leaves the others' results
-            show_error(exc, prefix=f"{name} failed: ")
-        finally:
-            clear()
+            try:
+                run = run_method(config, loaded.model, calibration, evaluation, reference_cache, progress)
+                into[run.label] = run
+            except Exception as exc:  # one method failing leaves the others' results
+                show_error(exc, prefix=f"{name} failed: ")
+            finally:
+                clear()
+    finally:
+        stop.empty()
     return True
 
 
@@ -317,11 +322,11 @@ RESULTS_COLUMNS = {
 
 def details(run: MethodRun, keep: Callable[[object], bool] = lambda detail: True) -> list[tuple[str, object]]:
     """[(layer name, its report detail)] for the layers whose detail passes `keep`."""
-    return [(r.name, r.detail) for r in run.quantized.layers if r.detail is not None and keep(r.detail)]
+    return [(r.name, r.detail) for r in run.layers if r.detail is not None and keep(r.detail)]
 
 
 def trace_of(run: MethodRun) -> QATTrace | None:
-    return qat_trace(run.quantized.layers)
+    return qat_trace(run.layers)
 
 
 def qat_takeaway(trace: QATTrace, run: MethodRun) -> str:
@@ -414,6 +419,6 @@ FIGURES: dict[type, Callable[[MethodRun], None]] = {
 
 def method_figure(run: MethodRun) -> None:
     """Draw the run's own diagnostics, if its method's report detail has a figure."""
-    draw = FIGURES.get(method_info(run.quantized.config).detail_type)
+    draw = FIGURES.get(method_info(run.config).detail_type)
     if draw is not None:
         draw(run)

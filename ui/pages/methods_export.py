@@ -53,7 +53,11 @@ def render(runs: dict, tokenizer) -> None:
     left, right = st.columns([3, 2])
     label = left.selectbox("Model to save", labels, key="methods_export_run")
     run = runs[label]
-    allowed = available_formats(run.quantized.model)
+    quantized, why = run.held()  # held for this script run, even if the store frees it meanwhile
+    if quantized is None:
+        st.info(why, icon=":material/memory:")
+        return
+    allowed = available_formats(quantized.model)
     choices = [fmt for fmt in FORMATS if allowed.get(fmt, "unknown") is None]
     if not choices:
         reasons = dict.fromkeys(w for w in allowed.values() if w)  # distinct, in order
@@ -79,7 +83,7 @@ def render(runs: dict, tokenizer) -> None:
         folder = Path(tempfile.mkdtemp(prefix=f"{_slug(label)}-{fmt}-", dir=root))
         update, clear = progress_bar()
         try:
-            result = export_model(run.quantized.model, folder, fmt, tokenizer=tokenizer, progress=update)
+            result = export_model(quantized.model, folder, fmt, tokenizer=tokenizer, progress=update)
             saved[key] = str(result.folder)
             _prune(root)
         except (ExportError, OSError) as exc:

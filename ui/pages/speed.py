@@ -159,26 +159,37 @@ def default_variants(on_gpu: bool, options: list[str]) -> list[str]:
     return defaults
 
 
-def methods_lab_variants() -> tuple[dict, dict[str, str]]:
+def methods_lab_variants() -> tuple[dict, dict[str, str], dict[str, str]]:
     """This session's Methods-lab models: ({variant name: MethodRun} that run real kernels, {label: why
-    not} for the rest). Checked from the layers' schemes; nothing is built here."""
-    runnable, refused = {}, {}
+    not} for the rest, {label: why its model is gone} for runs whose model was freed or never kept).
+    Checked from the layers' schemes; nothing is built here."""
+    runnable, refused, missing = {}, {}, {}
     for run in methods_view.runs().values():
-        reason = speed.runnable_refusal(run.quantized.model)
+        quantized, why = run.held()
+        if quantized is None:
+            missing[run.label] = why
+            continue
+        reason = speed.runnable_refusal(quantized.model)
         if reason is None:
             runnable[f"{run.label} (Methods lab)"] = run
         else:
             refused[run.label] = reason
-    return runnable, refused
+    return runnable, refused, missing
 
 
-def lab_builders(lab_runs: dict, variants: list[str]) -> dict:
-    """Builders for the picked Methods-lab variants: a packed (or bitsandbytes) copy, built when timed."""
-    return {
-        name: (lambda run=run: speed.runnable_copy(run.quantized.model))
-        for name, run in lab_runs.items()
-        if name in variants
-    }
+def lab_builders(lab_runs: dict, variants: list[str]) -> tuple[dict, dict[str, str]]:
+    """Builders for the picked Methods-lab variants (a packed or bitsandbytes copy, built when timed), and
+    {variant name: why not} for those whose model was freed since the form was drawn."""
+    builders, missing = {}, {}
+    for name, run in lab_runs.items():
+        if name not in variants:
+            continue
+        quantized, why = run.held()  # held until the benchmark ends, even if the store frees it meanwhile
+        if quantized is None:
+            missing[name] = why
+        else:
+            builders[name] = lambda model=quantized.model: speed.runnable_copy(model)
+    return builders, missing
 
 
 def device_note(device: str) -> None:
@@ -315,16 +326,22 @@ def run_decode_request(request: DecodeRequest, loaded, lab_runs: dict) -> None:
     device = loaded.device
     if request.synthetic is None:
         names = [v for v in request.variants if isinstance(v, str)]
+        builders, missing = lab_builders(lab_runs, names)
+        for name, why in missing.items():
+            st.info(f"**{name}** was left out: {why}", icon=":material/memory:")
+        variants = [v for v in request.variants if not (isinstance(v, str) and v in missing)]
+        if not variants:
+            return
         run_decode(
             loaded.model,
             loaded.tokenizer,
-            request.variants,
+            variants,
             request.prompt_tokens,
             request.new_tokens,
             loaded.source.label,
             False,
             request.loops,
-            builders=lab_builders(lab_runs, names),
+            builders=builders,
         )
         return
     entry = request.synthetic
