@@ -101,20 +101,26 @@ def settings_form(options: dict[str, view.VariantSpec]) -> Request:
     return Request(prompt, picked, settings, clicked, problems)
 
 
-def stop_and_shade() -> bool:
-    """The Stop button (any click reruns the page and so stops a run) and whether to shade by KL."""
+def stop_and_shade():
+    """Where the Stop button goes while a run generates (an empty slot otherwise), and whether to shade
+    tokens by KL."""
     left, right = st.columns([1, 3], vertical_alignment="center")
-    left.button(
+    shade = right.checkbox(
+        "Underline tokens by KL",
+        key="compare_shade_kl",
+        help=f"A red underline as strong as the token's KL(reference ‖ variant), full at {view.KL_FULL_SHADE} nats.",
+    )
+    return left.empty(), shade
+
+
+def stop_button(slot) -> None:
+    """Shown only while generating: any click reruns the page, which stops the run (`mark_interrupted`)."""
+    slot.button(
         "Stop",
         icon=":material/stop:",
         key="compare_stop",
         help="Stop the running generation; the tokens generated so far are kept. (Any other click while "
         "generating stops it too: Streamlit reruns the page.)",
-    )
-    return right.checkbox(
-        "Underline tokens by KL",
-        key="compare_shade_kl",
-        help=f"A red underline as strong as the token's KL(reference ‖ variant), full at {view.KL_FULL_SHADE} nats.",
     )
 
 
@@ -197,13 +203,17 @@ def main() -> None:
     view.origin_note(loaded)
     options, built_in_lab = variant_options(loaded)
     request = settings_form(options)
-    shade_kl = stop_and_shade()
+    stop_slot, shade_kl = stop_and_shade()
     previous = st.session_state.get(RUN_KEY)
     if previous is not None and not previous.finished:  # a click (Stop or any widget) interrupted that run
         view.mark_interrupted(previous, loaded.tokenizer)
     run = new_run(loaded, options, request) if request.clicked else None
     if run is not None:
-        generate_run(run, loaded, built_in_lab, shade_kl)
+        stop_button(stop_slot)
+        try:
+            generate_run(run, loaded, built_in_lab, shade_kl)
+        finally:
+            stop_slot.empty()  # the run ended (or failed): nothing left to stop
     elif previous is not None:
         run = previous
         redraw_run(run, shade_kl)

@@ -113,9 +113,10 @@ def headline_ui(stats: Stats, summary: Summary) -> None:
     metrics[1].metric("Its largest |x|", f"{top['max |x|']:,.0f}", help=f"at layer {top['at layer']}")
     metrics[2].metric("× median channel", f"{top['× median']:,.0f}×", help="at that layer")
     metrics[3].metric(
-        "Key vs value spread",
-        f"{summary.key_ratio:.1f}× vs {summary.value_ratio:.1f}×",
-        help="Largest channel's abs-max over the median channel's, within a head; median over layers.",
+        "Key / value spread",
+        f"{summary.key_ratio:.1f} / {summary.value_ratio:.1f}",
+        help="Keys' spread, then values': the largest channel's abs-max over the median channel's within a "
+        "head, median over layers (×; keys spread more, which is why KIVI quantizes keys per channel).",
     )
     metrics[4].metric("Tokens measured", f"{stats.tokens:,}", help=f"collected in {stats.seconds:.1f} s")
     others = ", ".join(

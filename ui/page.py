@@ -38,10 +38,18 @@ def _leave_legacy_multipage_mode() -> None:
         st.rerun()
 
 
-# Streamlit's multiselect cuts a long chip to "…" (1.67: a `[data-tag]` span with a max width of the box
-# less a margin, a fixed height and an ellipsis on its first child; older versions: Base Web's
-# `[data-baseweb="tag"]`). Chips show their whole text here, wrapping onto more lines when wider than the box.
+# Streamlit's multiselect (1.67) lays its chips on one line in a box 40 px high that scrolls sideways,
+# so the chips past the first one or two are cut or hidden (and a long chip is cut to "…"; older versions:
+# Base Web's `[data-baseweb="tag"]`). Here the chips wrap onto as many lines as they need and show their
+# whole text; the box grows to hold them.
 FULL_CHIPS_CSS = """<style>
+[data-testid="stMultiSelectTagsContainer"] {
+  flex-wrap: wrap !important; overflow: visible !important; height: auto !important; max-height: none !important;
+  mask-image: none !important; -webkit-mask-image: none !important;
+}
+[data-testid="stMultiSelectTagsContainer"] > span[role="group"] { flex-wrap: wrap !important; }
+[data-testid="stMultiSelect"] div[role="group"]:has(> [data-testid="stMultiSelectTagsContainer"]),
+[data-testid="stMultiSelect"] .react-aria-ComboBox { height: auto !important; max-height: none !important; }
 [data-testid="stMultiSelect"] [data-tag], [data-testid="stMultiSelect"] [data-baseweb="tag"] {
   max-width: 100%; height: auto; min-height: 1.5rem; padding-top: 0.125rem; padding-bottom: 0.125rem;
   white-space: normal;

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.app.conftest import no_exceptions, open_page
 
 
 def _metric(app, label):
-    return [metric.value for metric in app.metric if metric.label == label]
+    """Each column's value for `label` from its one-line summary ("Agreement **86%** · first divergence ...")."""
+    pattern = re.compile(rf"{label} \*\*([^*]+)\*\*", re.IGNORECASE)
+    return [m.group(1) for md in app.markdown if (m := pattern.search(md.value))]
 
 
 def _token_boxes(app):
@@ -28,6 +32,7 @@ def test_reference_and_int8_side_by_side(app):
     assert "KL(reference" in boxes[1]
     agreement = _metric(app, "Agreement")
     assert agreement[0] == "—" and agreement[1].endswith("%")
+    assert not [button for button in app.button if button.label == "Stop"]  # it leaves with the run
     assert any("tok/s" in caption.value for caption in app.caption)
     # a rerun (toggling a checkbox) redraws the stored run without generating again
     stored = app.session_state["compare_run"]

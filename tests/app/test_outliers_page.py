@@ -35,9 +35,7 @@ def test_collect_reports_residual_outlier_and_kv_contrast(app):
     metrics = _metrics(app)
     assert metrics["Residual outlier channel"] == "#507"
     assert float(metrics["Its largest |x|"].replace(",", "")) > 5_000
-    key_ratio, value_ratio = (
-        float(part.rstrip("×")) for part in metrics["Key vs value spread"].split(" vs ")
-    )
+    key_ratio, value_ratio = (float(part) for part in metrics["Key / value spread"].split(" / "))
     assert key_ratio > 2.5 and key_ratio > 1.5 * value_ratio
     assert metrics["Tokens measured"] == "256"
     assert any("Residual-stream channel **#507**" in markdown.value for markdown in app.markdown)

@@ -31,7 +31,7 @@ def test_a_page_url_as_the_servers_first_request(server_url, browser):
 
 # What a careful reader sees as broken at a given window size (issue 22), measured in the page:
 # horizontal scrolling, a chart title that runs into its legend or past the chart, a table whose
-# columns do not all fit, a multiselect chip whose text is cut.
+# columns do not all fit, a metric or a multiselect chip whose text is cut.
 LAYOUT_DEFECTS = """() => {
   const problems = [];
   const overlap = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
@@ -48,7 +48,13 @@ LAYOUT_DEFECTS = """() => {
   document.querySelectorAll("[data-testid='stDataFrame'] .dvn-scroller").forEach((grid) => {
     if (grid.scrollWidth > grid.clientWidth + 2) problems.push('table columns hidden');
   });
-  document.querySelectorAll("[data-baseweb='tag'] span").forEach((chip) => {
+  document.querySelectorAll("[data-testid='stMetricValue'] > div, [data-testid='stMetricLabel'] p").forEach((m) => {
+    if (m.scrollWidth > m.clientWidth + 1) problems.push(`metric cut: ${m.textContent}`);
+  });
+  document.querySelectorAll("[data-testid='stMultiSelectTagsContainer']").forEach((box) => {
+    if (box.scrollWidth > box.clientWidth + 1 || box.scrollHeight > box.clientHeight + 1) problems.push('chips hidden');
+  });
+  document.querySelectorAll("[data-tag] > span:first-child, [data-baseweb='tag'] span").forEach((chip) => {
     if (chip.scrollWidth > chip.clientWidth + 1) problems.push(`chip cut: ${chip.textContent}`);
   });
   return problems;
