@@ -15,6 +15,13 @@ from ui.errors import show_error
 DEFAULT_SCHEME = QuantScheme(4, "int", True, "group", 64)  # not Q4_1's asym g32 grid: no fake zero error
 INT_BITS = [2, 3, 4, 5, 6, 7, 8]
 SCALE_DTYPES = ["float16", "bfloat16", "float32"]
+# offered for the small float elements only (the scheme refuses them elsewhere)
+MICROSCALING_SCALES = ["e8m0", "e8m0_rceil", "e4m3"]
+SCALE_WORDS = {
+    "e8m0": "e8m0: power of two (MX)",
+    "e8m0_rceil": "e8m0, rounded up (MX RCEIL)",
+    "e4m3": "e4m3 per block × fp32 per tensor (NVFP4)",
+}
 # the picker's widget keys are "<prefix>_<field>"
 PICKER_FIELDS = ("format", "bits", "range", "granularity", "group", "clip", "scale_dtype", "dq")
 RANGE_CHOICES = {
@@ -92,10 +99,19 @@ def prompt_problem(prompt: str) -> str | None:
 FORMAT_HELP = {
     "int": "Uniform integer grid (absmax or min/max with a zero point).",
     "nf4": "QLoRA's NormalFloat4: 16 levels at normal quantiles, scaled by the block absmax.",
-    "fp4": "bitsandbytes' FP4 (e2m1): 16 float levels, dense near zero.",
+    "fp4": "bitsandbytes' FP4 (bnb_fp4): its own 16 levels, largest 12, scaled by the block absmax.",
     "fp8_e4m3": "8-bit float, 4 exponent + 3 mantissa bits (more precision, range ±448).",
     "fp8_e5m2": "8-bit float, 5 exponent + 2 mantissa bits (more range, ±57344).",
+    "fp4_e2m1": "OCP FP4 element of MXFP4 / NVFP4: ±{0, 0.5, 1, 1.5, 2, 3, 4, 6}.",
+    "fp6_e2m3": "OCP FP6 element, 2 exponent + 3 mantissa bits (largest 7.5).",
+    "fp6_e3m2": "OCP FP6 element, 3 exponent + 2 mantissa bits (largest 28).",
 }
+FORMAT_NAMES = {"fp4": "bnb_fp4 (bitsandbytes)"}  # how the picker shows a format name
+SCALE_HELP = (
+    "How each scale is stored. For the float elements also: e8m0, a power of two per block (MX formats: "
+    "fp4_e2m1 with groups of 32 is MXFP4), rounded down as the OCP spec does or up (RCEIL); e4m3, an 8-bit "
+    "float per block times one fp32 per tensor (fp4_e2m1 with groups of 16 is NVFP4)."
+)
 
 
 def _group_size_ui(key: str, where, fit: GroupSizeFit, default: int) -> int:
@@ -132,6 +148,7 @@ def scheme_picker(
     fmt = where.selectbox(
         "Format",
         FORMATS,
+        format_func=lambda name: FORMAT_NAMES.get(name, name),
         key=keys["format"],
         help=" ".join(f"**{name}**: {text}" for name, text in FORMAT_HELP.items()),
     )
@@ -174,8 +191,15 @@ def scheme_picker(
             key=keys["clip"],
             help="Shrink the range before scaling: clips outliers, gains resolution for the rest.",
         )
-        state.seed(keys["scale_dtype"], default.scale_dtype, SCALE_DTYPES)
-        scale_dtype = st.selectbox("Scale dtype", SCALE_DTYPES, key=keys["scale_dtype"])
+        scales = SCALE_DTYPES + (MICROSCALING_SCALES if element(fmt).family == "float" else [])
+        state.seed(keys["scale_dtype"], default.scale_dtype, scales)
+        scale_dtype = st.selectbox(
+            "Scale dtype",
+            scales,
+            format_func=lambda name: SCALE_WORDS.get(name, name),
+            key=keys["scale_dtype"],
+            help=SCALE_HELP,
+        )
         state.seed(keys["dq"], default.double_quant)
         double_quant = st.checkbox("Double quantization of scales (QLoRA)", key=keys["dq"])
     state.keep(*keys.values())

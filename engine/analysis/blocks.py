@@ -74,7 +74,7 @@ def block_picture(
             f"row {row}" if scheme.granularity == "channel" else f"row {row}, group {block} of {blocks}"
         )
         description += f" (elements {start}-{start + size - 1})"
-    scale = float(qt.scale.float().reshape(-1)[flat_index])
+    scale = float(qt.block_scale.reshape(-1)[flat_index])  # both levels for NVFP4
     zero = None if qt.zero_point is None else float(qt.zero_point.float().reshape(-1)[flat_index])
     levels = block_levels(scheme, scale, zero)
     tolerance = 1e-6 * max(abs(float(levels[0])), abs(float(levels[-1])), 1e-12)
@@ -93,6 +93,8 @@ def mapping_curve(picture: BlockPicture, scheme: QuantScheme, points: int = 801)
     high = max(float(picture.values.max()), float(picture.levels[-1]))
     margin = 0.15 * (high - low or 1.0)
     xs = torch.linspace(low - margin, high + margin, points)
+    if scheme.is_microscaling:  # the block's scale is fixed: round onto its element grid
+        return xs, formats.fake(xs, torch.tensor(picture.scale), None, scheme)
     static = dataclasses.replace(scheme, double_quant=False)  # scales are given, nothing to compress
     zero = None if picture.zero_point is None else torch.tensor(picture.zero_point)
     return xs, fake_quantize(xs, static, scale=torch.tensor(picture.scale), zero_point=zero)
@@ -100,7 +102,7 @@ def mapping_curve(picture: BlockPicture, scheme: QuantScheme, points: int = 801)
 
 def standard_schemes() -> list[QuantScheme]:
     """The comparison set of the grid page: int8/4/3/2 x sym/asym x tensor/channel/g32/g64/g128, NF4,
-    FP4 and FP8."""
+    bitsandbytes' FP4, FP8, and the microscaling formats MXFP4, NVFP4, MXFP6 (E2M3) and MXFP8 (E4M3)."""
     schemes = []
     for bits in (8, 4, 3, 2):
         for symmetric in (True, False):
@@ -117,6 +119,7 @@ def standard_schemes() -> list[QuantScheme]:
     schemes.append(QuantScheme(8, "fp8_e4m3", True, "tensor", scale_dtype="float32"))
     schemes.append(QuantScheme(8, "fp8_e4m3", True, "channel", scale_dtype="float32"))
     schemes.append(QuantScheme(8, "fp8_e5m2", True, "channel", scale_dtype="float32"))
+    schemes += [QuantScheme.from_label(label) for label in ("mxfp4", "nvfp4", "mxfp6_e2m3", "mxfp8_e4m3")]
     return schemes
 
 

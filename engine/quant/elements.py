@@ -19,6 +19,8 @@ Three families, all applied to values already grouped into blocks that share one
   codes are the bytes bitsandbytes packs. Values are scaled by the block absmax and rounded to the
   nearest entry with bitsandbytes' midpoint rule (bucketize semantics: a value exactly on a midpoint goes
   to the lower entry), computed with a lookup table instead of a binary search (`nearest_position`).
+  The format named "fp4" is bitsandbytes' FP4 (largest value 12, bias 2, normalised to 1), labelled
+  `bnb_fp4` (`fp4` is still read); the OCP E2M1 element is `fp4_e2m1` (engine.quant.microscaling).
 - float (`FloatElement`: fp8 e4m3, e5m2): torch.float8_e4m3fn / torch.float8_e5m2. The block absmax maps
   to the format's largest finite value (448 / 57344) and torch's cast rounds to nearest-even. We clamp
   before casting because out-of-range casts are not saturating on every torch version.
@@ -122,18 +124,33 @@ class ElementFormat(ABC):
         """float32 values of `codes` (a new tensor)."""
 
     def encode(
-        self, x: Tensor, scale: Tensor, zero: Tensor | None, scheme, out: Tensor | None = None
+        self,
+        x: Tensor,
+        scale: Tensor,
+        zero: Tensor | None,
+        scheme,
+        out: Tensor | None = None,
+        inv: Tensor | None = None,
     ) -> Tensor:
-        """Codes of `x` (dtype `code_dtype(scheme)`, same shape as x), written to `out` when given."""
+        """Codes of `x` (dtype `code_dtype(scheme)`, same shape as x), written to `out` when given.
+
+        `inv`: what x is multiplied by before rounding, when a scale rule computes it apart from 1 / scale
+        (the microscaling formats, as torchao does); 1 / scale otherwise."""
         out = torch.empty(x.shape, dtype=self.code_dtype(scheme)) if out is None else out
-        return self._encode(x, 1.0 / scale, zero, scheme, out)
+        return self._encode(x, 1.0 / scale if inv is None else inv, zero, scheme, out)
 
     def fake(
-        self, x: Tensor, scale: Tensor, zero: Tensor | None, scheme, out: Tensor | None = None
+        self,
+        x: Tensor,
+        scale: Tensor,
+        zero: Tensor | None,
+        scheme,
+        out: Tensor | None = None,
+        inv: Tensor | None = None,
     ) -> Tensor:
         """decode(encode(x)) without materialising codes: float32, written to `out` (not aliasing x)."""
         out = torch.empty(x.shape, dtype=torch.float32) if out is None else out
-        return self._fake(x, 1.0 / scale, scale, zero, scheme, out)
+        return self._fake(x, 1.0 / scale if inv is None else inv, scale, zero, scheme, out)
 
     @abstractmethod
     def _encode(self, x: Tensor, inv: Tensor, zero: Tensor | None, scheme, out: Tensor) -> Tensor: ...
@@ -219,11 +236,18 @@ class Codebook(ElementFormat):
     family = "codebook"
     takes_zero_point = False
 
-    def __init__(self, name: str, values: tuple[float, ...]) -> None:
+    def __init__(self, name: str, values: tuple[float, ...], token: str | None = None) -> None:
         bits = len(values).bit_length() - 1
         if len(values) != 1 << bits or not 1 <= bits <= 8:
             raise ValueError(f"codebook {name} has {len(values)} values; it needs 2, 4, ..., 256 (2**bits)")
         self.name, self.values, self.bits = name, tuple(values), (bits,)
+        self.token = token or name  # the label token; the name is still read as an alias
+
+    def label(self, bits: int) -> str:
+        return self.token
+
+    def parse(self, token: str) -> int | None:
+        return self.bits[0] if token in (self.token, self.name) else None
 
     def check_bits(self, bits: int) -> None:
         if bits != self.bits[0]:
@@ -361,7 +385,7 @@ ELEMENTS: dict[str, ElementFormat] = {
     for fmt in (
         IntGrid("int"),
         Codebook("nf4", NF4_VALUES),
-        Codebook("fp4", FP4_RAW),
+        Codebook("fp4", FP4_RAW, token="bnb_fp4"),  # bitsandbytes' FP4, not the OCP E2M1 element
         FloatElement("fp8_e4m3", torch.float8_e4m3fn),
         FloatElement("fp8_e5m2", torch.float8_e5m2),
     )

@@ -107,10 +107,18 @@ def all_codes(scheme: QuantScheme) -> Tensor:
 
 
 def encode(
-    x: Tensor, scale: Tensor, zero: Tensor | None, scheme: QuantScheme, out: Tensor | None = None
+    x: Tensor,
+    scale: Tensor,
+    zero: Tensor | None,
+    scheme: QuantScheme,
+    out: Tensor | None = None,
+    inv: Tensor | None = None,
 ) -> Tensor:
-    """Codes of `x` (dtype `code_dtype(scheme)`, same shape as x), written to `out` when given."""
-    return element(scheme.format).encode(x, scale, zero, scheme, out)
+    """Codes of `x` (dtype `code_dtype(scheme)`, same shape as x), written to `out` when given.
+
+    `inv` (optional): the multiplier applied before rounding when a scale rule computes it apart from
+    1 / scale (the microscaling scale formats)."""
+    return element(scheme.format).encode(x, scale, zero, scheme, out, inv)
 
 
 def decode(codes: Tensor, scale: Tensor, zero: Tensor | None, scheme: QuantScheme) -> Tensor:
@@ -119,10 +127,15 @@ def decode(codes: Tensor, scale: Tensor, zero: Tensor | None, scheme: QuantSchem
 
 
 def fake(
-    x: Tensor, scale: Tensor, zero: Tensor | None, scheme: QuantScheme, out: Tensor | None = None
+    x: Tensor,
+    scale: Tensor,
+    zero: Tensor | None,
+    scheme: QuantScheme,
+    out: Tensor | None = None,
+    inv: Tensor | None = None,
 ) -> Tensor:
     """decode(encode(x)) without materialising integer codes: the fast path for error studies.
 
     Writes float32 results to `out` when given (it must not alias x).
     """
-    return element(scheme.format).fake(x, scale, zero, scheme, out)
+    return element(scheme.format).fake(x, scale, zero, scheme, out, inv)

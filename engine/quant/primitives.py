@@ -22,6 +22,9 @@ Where we depart from the libraries:
   one fp32 scale per block) but uses a linear symmetric int8 grid where bitsandbytes uses its 8-bit
   dynamic-tree code, and our codes use the reconstructed scales (bitsandbytes codes with the exact
   absmax and compresses it afterwards). Storage cost is identical.
+- The microscaling scale formats (E8M0 power of two, NVFP4's E4M3 x float32) follow torchao's rules to the
+  bit (engine.quant.microscaling): the rule gives the multiplier before rounding apart from the scale, and
+  QTensor keeps the 8-bit block scales in `scale` and NVFP4's float32 tensor scale in `tensor_scale`.
 - `QTensor.nbytes` counts codes densely packed at `bits` bits; `pack_int4` packs two codes per byte
   (bitsandbytes' nibble order: first element in the high nibble), which is exact for bits <= 4.
 
@@ -40,7 +43,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from engine.quant import formats
+from engine.quant import formats, microscaling
 from engine.quant.schemes import DOUBLE_QUANT_BLOCK, QuantScheme, check_shape, storage_bits
 
 
@@ -82,6 +85,13 @@ class QTensor:
     dtype: torch.dtype = torch.float32  # of the original tensor; dequantize() returns it
     scale_quant: ScaleQuant | None = None  # set when scheme.double_quant; `scale` holds its reconstruction
     static: bool = False  # scale / zero_point broadcast against x instead of one per block
+    tensor_scale: Tensor | None = None  # NVFP4's float32 second-level scale; values = codes * scale * this
+
+    @property
+    def block_scale(self) -> Tensor:
+        """The float32 scale each block's codes are multiplied by (both levels for NVFP4), shaped as scale."""
+        scale = self.scale.float()
+        return scale if self.tensor_scale is None else self.tensor_scale * scale
 
     def dequantize(self) -> Tensor:
         return dequantize(self)
@@ -101,7 +111,8 @@ class QTensor:
         zero_bytes = (
             0 if self.zero_point is None else self.zero_point.numel() * self.zero_point.element_size()
         )
-        return code_bytes + scale_bytes + zero_bytes
+        tensor_bytes = 0 if self.tensor_scale is None else 4
+        return code_bytes + scale_bytes + zero_bytes + tensor_bytes
 
     @property
     def bits_per_weight(self) -> float:
@@ -201,8 +212,18 @@ def double_quantize_scales(scale: Tensor) -> ScaleQuant:
     return ScaleQuant(codes.reshape(-1)[:n].to(torch.int8), block_scale, offset)
 
 
+def _microscaling_qparams(xb: Tensor, scheme: QuantScheme) -> microscaling.BlockScales:
+    """Block scales of a microscaling scheme for a (n_blocks, block_size) float32 view."""
+    absmax = xb.abs().amax(dim=-1, keepdim=True)  # (n_blocks, 1)
+    if scheme.clip_ratio != 1.0:
+        absmax = absmax * scheme.clip_ratio
+    return microscaling.block_scales(absmax, scheme.element, scheme.scale_dtype)
+
+
 def _block_qparams(xb: Tensor, scheme: QuantScheme) -> tuple[Tensor, Tensor | None, ScaleQuant | None]:
     """Per-block (scale, zero, double-quant state) for a (n_blocks, block_size) float32 view."""
+    if scheme.is_microscaling:
+        return _microscaling_qparams(xb, scheme).scale, None, None
     # amin + amax: much faster than torch.aminmax along a dim on the CPU build (docs/benchmarks.md)
     lo, hi = xb.amin(dim=-1, keepdim=True), xb.amax(dim=-1, keepdim=True)  # (n_blocks, 1) each
     raw, low = _raw_scale(lo, hi, scheme)
@@ -227,6 +248,11 @@ def choose_qparams(x: Tensor, scheme: QuantScheme) -> QParams:
 def _check_static(x: Tensor, scheme: QuantScheme, scale: Tensor, zero_point: Tensor | None) -> None:
     if scheme.double_quant:
         raise ValueError("double_quant compresses computed per-block scales; drop it for static scales")
+    if scheme.is_microscaling:
+        raise ValueError(
+            f"{scheme.label} computes its scales from each block's values (E8M0 / E4M3 microscaling "
+            "scales); it takes no given scale"
+        )
     if scheme.has_zero_point and zero_point is None:
         raise ValueError(f"scheme {scheme.label} is asymmetric: pass zero_point together with scale")
     if not scheme.has_zero_point and zero_point is not None:
@@ -251,7 +277,13 @@ CHUNK_ELEMENTS = 1 << 18  # ~1 MB of float32 per step: temporaries stay in cache
 
 
 def _in_chunks(
-    kernel, xb: Tensor, scale: Tensor, zero: Tensor | None, scheme: QuantScheme, out: Tensor
+    kernel,
+    xb: Tensor,
+    scale: Tensor,
+    zero: Tensor | None,
+    scheme: QuantScheme,
+    out: Tensor,
+    inv: Tensor | None = None,
 ) -> None:
     """Run formats.encode / formats.fake over row chunks of the (n_blocks, block_size) view into `out`.
 
@@ -261,14 +293,17 @@ def _in_chunks(
         flat_x, flat_out = xb.view(-1), out.view(-1)
         one_scale = scale.view(())
         one_zero = None if zero is None else zero.view(())
+        one_inv = None if inv is None else inv.view(())
         for start in range(0, flat_x.numel(), CHUNK_ELEMENTS):
             part = slice(start, start + CHUNK_ELEMENTS)
-            kernel(flat_x[part], one_scale, one_zero, scheme, out=flat_out[part])
+            kernel(flat_x[part], one_scale, one_zero, scheme, out=flat_out[part], inv=one_inv)
         return
     rows = max(1, CHUNK_ELEMENTS // xb.shape[1])
     for start in range(0, xb.shape[0], rows):
         part = slice(start, start + rows)
-        kernel(xb[part], scale[part], None if zero is None else zero[part], scheme, out=out[part])
+        chunk_zero = None if zero is None else zero[part]
+        chunk_inv = None if inv is None else inv[part]
+        kernel(xb[part], scale[part], chunk_zero, scheme, out=out[part], inv=chunk_inv)
 
 
 def _static_qparams(
@@ -298,6 +333,8 @@ def quantize(
             static=True,
         )
     xb = _blocks(x, scheme)  # (n_blocks, block_size)
+    if scheme.is_microscaling:
+        return _quantize_microscaling(x, xb, scheme)
     block_scale, block_zero, scale_quant = _block_qparams(xb, scheme)  # (n_blocks, 1) each
     codes = torch.empty(xb.shape, dtype=formats.code_dtype(scheme))
     _in_chunks(formats.encode, xb, block_scale, block_zero, scheme, codes)
@@ -315,10 +352,26 @@ def quantize(
     )
 
 
+def _quantize_microscaling(x: Tensor, xb: Tensor, scheme: QuantScheme) -> QTensor:
+    scales = _microscaling_qparams(xb, scheme)
+    codes = torch.empty(xb.shape, dtype=formats.code_dtype(scheme))
+    _in_chunks(formats.encode, xb, scales.scale, None, scheme, codes, scales.inv)
+    shape = scale_shape(scheme, x.shape)
+    return QTensor(
+        codes.view(x.shape),
+        scales.stored.view(shape),
+        None,
+        scheme,
+        x.shape,
+        x.dtype,
+        tensor_scale=scales.tensor_scale,
+    )
+
+
 @torch.no_grad()
 def dequantize(qt: QTensor) -> Tensor:
     """Values of a QTensor, in its original dtype and shape."""
-    scale = qt.scale.float()
+    scale = qt.block_scale
     zero = None if qt.zero_point is None else qt.zero_point.float()
     if qt.static:
         return formats.decode(qt.codes, scale, zero, qt.scheme).to(qt.dtype)
@@ -338,8 +391,12 @@ def fake_quantize(
         stored, zero = _static_qparams(x, scheme, scale, zero_point)
         return formats.fake(x.float(), stored, zero, scheme).to(x.dtype)
     xb = _blocks(x, scheme)  # (n_blocks, block_size)
-    block_scale, block_zero, _ = _block_qparams(xb, scheme)  # (n_blocks, 1)
     out = torch.empty(xb.shape, dtype=torch.float32)
+    if scheme.is_microscaling:
+        scales = _microscaling_qparams(xb, scheme)
+        _in_chunks(formats.fake, xb, scales.scale, None, scheme, out, scales.inv)
+        return out.view(x.shape).to(x.dtype)
+    block_scale, block_zero, _ = _block_qparams(xb, scheme)  # (n_blocks, 1)
     _in_chunks(formats.fake, xb, block_scale, block_zero, scheme, out)
     return out.view(x.shape).to(x.dtype)
 

@@ -6,15 +6,28 @@ combination raises `ValueError` with a message that names the fix.
 Label grammar (`QuantScheme.label` writes it, `QuantScheme.from_label` reads it back), tokens
 separated by spaces, hyphens or commas, in any order when parsing:
 
-    int4 | int8 | ... | nf4 | fp4 | fp8_e4m3 | fp8_e5m2      format (and bits; required)
+    int4 | int8 | ... | nf4 | bnb_fp4 | fp8_e4m3 | fp8_e5m2  format (and bits; required); fp4 is read as
+    fp4_e2m1 | fp6_e2m3 | fp6_e3m2                          bnb_fp4 (bitsandbytes' FP4); the OCP elements
+    mxfp4 | mxfp6_e2m3 | mxfp6_e3m2 | mxfp8_e4m3 | mxfp8_e5m2 | nvfp4   presets: format, group and scale
     sym | asym | asym_min                                   int only; sym is the default and is omitted;
                                                             asym_min = float minimum offset (Q4_1 style)
     tensor | channel | g<N>                                 granularity; g128 = groups of 128
     clip<r>                                                 clip_ratio, omitted when 1.0
     scale_fp32 | scale_bf16 | scale_fp16                    scale dtype, omitted when fp16
+    scale_e8m0 | scale_e8m0_rceil | scale_e4m3              microscaling scales (engine.quant.microscaling)
+    rceil                                                   E8M0 scales rounded up (with a preset: mxfp4 rceil)
     dq                                                      double quantization of the scales
 
 so "int4 asym g128", "nf4 g64 scale_fp32 dq" and "fp8_e4m3 channel" (and "int4-asym-g128").
+
+Presets (`PRESETS`) name a whole microscaling format and are printed whenever a scheme is one:
+
+    mxfp4       fp4_e2m1 g32 scale_e8m0        4.25 bits per weight
+    mxfp6_e2m3  fp6_e2m3 g32 scale_e8m0        6.25  (mxfp6_e3m2 alike)
+    mxfp8_e4m3  fp8_e4m3 g32 scale_e8m0        8.25  (mxfp8_e5m2 alike; "mxfp8" is read as mxfp8_e4m3)
+    nvfp4       fp4_e2m1 g16 scale_e4m3        4.5, plus one float32 per tensor
+
+A preset fixes its format, group and scale, so "nvfp4 g32" is refused with the spelled-out alternative.
 
 Formats come from one registry, `engine.quant.elements.ELEMENTS`: a scheme's format is validated there
 (which bits it allows, whether it takes a zero point, the messages that name the fix), and its label token
@@ -25,7 +38,9 @@ packed; each scale costs its scale dtype; an asymmetric int zero point is an int
 in the scale dtype next to its scale (as torchao / Hugging Face do), so int4 asym g128 with fp16 scales
 is 4 + 32/128 = 4.25 bits per weight. A float minimum offset (`asym_min`) costs the same: llama.cpp's Q4_1
 is int4 asym_min g32 with fp16 scale and min, 5 bits per weight. GPTQ's checkpoints pack zeros at `bits` bits instead (4.156);
-we do not model that. With `double_quant` each scale costs 8 bits plus one fp32 per 256 scales plus one
+we do not model that. E8M0 and E4M3 block scales cost 8 bits; NVFP4's float32 tensor scale adds 32 bits per
+tensor, counted by `storage_bits` (so by `bits_per_weight` given both dims) but not by the large-matrix
+limit `bits_per_weight(scheme)` (4.5 for nvfp4, like one per-tensor scale). With `double_quant` each scale costs 8 bits plus one fp32 per 256 scales plus one
 fp32 mean per tensor: NF4 at blocksize 64 is 4 + 8/64 + 32/(64*256) = 4.127 (QLoRA's figure).
 """
 
@@ -39,8 +54,9 @@ from decimal import Decimal
 
 import torch
 
-from engine.quant import elements
+from engine.quant import elements  # microscaling registers the OCP fp4 / fp6 elements
 from engine.quant.elements import ELEMENTS, ElementFormat
+from engine.quant.microscaling import MX_SCALE_DTYPES, TWO_LEVEL_SCALE_DTYPES
 
 # Snapshots of the registry at import, for importers that list formats (the UI's format picker, the
 # prior-grid matcher). Validation and the properties below read `elements.ELEMENTS` itself.
@@ -48,7 +64,25 @@ FORMATS = tuple(ELEMENTS)
 CODEBOOK_FORMATS = tuple(name for name, fmt in ELEMENTS.items() if fmt.family == "codebook")
 FP8_FORMATS = tuple(name for name, fmt in ELEMENTS.items() if fmt.family == "float")
 GRANULARITIES = ("tensor", "channel", "group")
-SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+SCALE_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "e8m0": torch.float8_e8m0fnu,  # power of two, floor rule (OCP MX, torchao FLOOR)
+    "e8m0_rceil": torch.float8_e8m0fnu,  # power of two, rounded up (torchao RCEIL)
+    "e4m3": torch.float8_e4m3fn,  # NVFP4: E4M3 per block times one float32 per tensor
+}
+MICROSCALING_SCALE_DTYPES = MX_SCALE_DTYPES + TWO_LEVEL_SCALE_DTYPES
+# preset label -> (element, group size, scale dtype); printed whenever a scheme is one (rceil appended)
+PRESETS = {
+    "mxfp4": ("fp4_e2m1", 32, "e8m0"),
+    "mxfp6_e2m3": ("fp6_e2m3", 32, "e8m0"),
+    "mxfp6_e3m2": ("fp6_e3m2", 32, "e8m0"),
+    "mxfp8_e4m3": ("fp8_e4m3", 32, "e8m0"),
+    "mxfp8_e5m2": ("fp8_e5m2", 32, "e8m0"),
+    "nvfp4": ("fp4_e2m1", 16, "e4m3"),
+}
+_PRESET_ALIASES = {"mxfp8": "mxfp8_e4m3"}
 DOUBLE_QUANT_BLOCK = 256  # scales per fp32 block scale when double-quantizing (bitsandbytes)
 DOUBLE_QUANT_BITS = 8
 
@@ -61,8 +95,22 @@ _SCALE_DTYPE_ALIASES = {
     "float32": "float32",
     "fp32": "float32",
     "float": "float32",
+    "e8m0": "e8m0",
+    "ue8m0": "e8m0",
+    "e8m0_floor": "e8m0",
+    "e8m0_rceil": "e8m0_rceil",
+    "e4m3": "e4m3",
+    "ue4m3": "e4m3",
 }
-_SHORT_SCALE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+_SHORT_SCALE = {
+    "float16": "fp16",
+    "bfloat16": "bf16",
+    "float32": "fp32",
+    "e8m0": "e8m0",
+    "e8m0_rceil": "e8m0_rceil",
+    "e4m3": "e4m3",
+}
+_FLOAT_ELEMENTS_WORDS = "fp4_e2m1, fp6_e2m3, fp6_e3m2, fp8_e4m3 or fp8_e5m2"
 
 
 @dataclass(frozen=True)
@@ -73,7 +121,8 @@ class QuantScheme:
     granularity: str = "channel"  # who shares a scale: whole tensor, each row/token, or each group of a row
     group_size: int | None = None  # elements per group along the last (input) dim; only with "group"
     clip_ratio: float = 1.0  # shrink the observed range before scaling: <1 clips outliers for resolution
-    scale_dtype: str = "float16"  # how scales (and zero points) are stored; bnb keeps absmax in float32
+    scale_dtype: str = "float16"  # how scales (and zero points) are stored; bnb keeps absmax in float32;
+    # e8m0 / e8m0_rceil / e4m3: the microscaling scale formats (engine.quant.microscaling)
     double_quant: bool = False  # QLoRA: quantize the scales again to 8 bits in blocks of 256
     zero_kind: str = "int"  # asymmetric only: "int" zero point (torchao, GPTQ: 0 exact) or "float" minimum
     # offset (llama.cpp Q4_1: x ~ q * scale + min, the block's min and max are both exact)
@@ -138,11 +187,29 @@ class QuantScheme:
             )
         if not isinstance(self.double_quant, bool):
             raise ValueError(f"double quantization must be on or off (got {self.double_quant!r})")
+        if self.scale_dtype in MICROSCALING_SCALE_DTYPES:
+            self._check_microscaling(fmt)
         if self.double_quant and self.granularity == "tensor":
             raise ValueError(
                 "double quantization of scales needs per-group or per-channel scales: it compresses many "
                 "scales, and a per-tensor scheme has a single one; pick group or channel granularity, or "
                 "turn double quantization off"
+            )
+
+    def _check_microscaling(self, fmt: ElementFormat) -> None:
+        kind = "an E4M3 block scale (NVFP4)" if self.scale_dtype == "e4m3" else "a power-of-two (E8M0) scale"
+        if not self.symmetric:
+            raise ValueError(
+                f"{kind} has no zero point; pick a symmetric range, or a float16 / bfloat16 / float32 scale"
+            )
+        if fmt.family != "float":
+            raise ValueError(
+                f"{kind} goes with the small float elements; pick {_FLOAT_ELEMENTS_WORDS}, or a float16 / "
+                "bfloat16 / float32 scale for the other formats"
+            )
+        if self.double_quant:
+            raise ValueError(
+                f"{kind} is already 8 bits and is not quantized again; turn double quantization off"
             )
 
     # -- derived facts -------------------------------------------------------------------------
@@ -178,7 +245,31 @@ class QuantScheme:
         return torch.finfo(self.torch_scale_dtype).bits
 
     @property
+    def is_microscaling(self) -> bool:
+        """Scales by a microscaling rule (E8M0 power of two, or NVFP4's E4M3 x float32 tensor scale)."""
+        return self.scale_dtype in MICROSCALING_SCALE_DTYPES
+
+    @property
+    def two_level(self) -> bool:
+        """NVFP4-style: one float32 scale per tensor on top of the E4M3 block scales."""
+        return self.scale_dtype in TWO_LEVEL_SCALE_DTYPES
+
+    @property
+    def preset(self) -> str | None:
+        """The preset label this scheme is ("mxfp4", "nvfp4"), ignoring clip and rceil; else None."""
+        scale = "e8m0" if self.scale_dtype == "e8m0_rceil" else self.scale_dtype
+        for name, (fmt, group, preset_scale) in PRESETS.items():
+            if (self.format, self.granularity, self.group_size, scale) == (fmt, "group", group, preset_scale):
+                return name
+        return None
+
+    @property
     def label(self) -> str:
+        if preset := self.preset:
+            parts = [preset] + (["rceil"] if self.scale_dtype == "e8m0_rceil" else [])
+            if self.clip_ratio != 1.0:
+                parts.append(f"clip{Decimal(repr(self.clip_ratio)):f}")
+            return " ".join(parts)
         parts = [self.element.label(self.bits)]
         if self.has_zero_point:
             parts.append("asym_min" if self.zero_kind == "float" else "asym")
@@ -210,10 +301,11 @@ _FIELD_WORDS = {  # how a label error names a field
     "clip_ratio": "the clip ratio",
     "scale_dtype": "the scale dtype",
     "double_quant": "double quantization",
+    "rceil": "the scale rounding (rceil)",
 }
 _GRAMMAR_HINT = (
-    "expected tokens like int4, nf4, fp4, fp8_e4m3, fp8_e5m2, sym, asym, tensor, channel, g128, "
-    "clip0.9, scale_fp32, dq"
+    "expected tokens like int4, nf4, bnb_fp4, fp4_e2m1, fp8_e4m3, mxfp4, nvfp4, sym, asym, tensor, channel, "
+    "g128, clip0.9, scale_fp32, scale_e8m0, rceil, dq"
 )
 
 
@@ -222,16 +314,33 @@ def parse_label(label: str) -> QuantScheme:
     if not isinstance(label, str) or not label.strip():
         raise ValueError(f"empty scheme label; {_GRAMMAR_HINT}")
     fields: dict[str, object] = {}
+    preset: list[str] = []  # the preset token, once read
 
     def put(key: str, value: object, token: str) -> None:
         if key in fields:
+            if preset and key in ("format", "bits", "granularity", "group_size", "scale_dtype"):
+                fmt, group, scale = PRESETS[preset[0]]
+                raise ValueError(
+                    f"{preset[0]} fixes its format, blocks of {group} and its scale, so {token!r} cannot "
+                    f"change them; for other settings write the element with the usual grammar, e.g. "
+                    f"'{fmt} g64 scale_{scale}'"
+                )
             raise ValueError(f"scheme label {label!r} sets {_FIELD_WORDS[key]} twice (at {token!r})")
         fields[key] = value
 
     for token in re.split(r"[\s,\-]+", label.strip().lower()):
         if not token:
             continue
-        if named := _format_token(token):
+        if (name := _PRESET_ALIASES.get(token, token)) in PRESETS:
+            fmt, group, scale = PRESETS[name]
+            for key, value in (("format", fmt), ("granularity", "group"), ("group_size", group)):
+                put(key, value, token)
+            put("bits", elements.element(fmt).bits[0], token)
+            put("scale_dtype", scale, token)
+            preset.append(name)
+        elif token == "rceil":
+            put("rceil", True, token)
+        elif named := _format_token(token):
             put("format", named[0], token)
             put("bits", named[1], token)
         elif token in ("sym", "asym"):
@@ -254,6 +363,13 @@ def parse_label(label: str) -> QuantScheme:
             raise ValueError(f"cannot read {token!r} in scheme label {label!r}; {_GRAMMAR_HINT}")
     if "format" not in fields:
         raise ValueError(f"scheme label {label!r} names no format; {_GRAMMAR_HINT}")
+    if fields.pop("rceil", False):
+        if _normalize_scale_dtype(fields.get("scale_dtype", "float16")) != "e8m0":
+            raise ValueError(
+                f"rceil (rounding the power-of-two scale up) only applies to E8M0 scales, as in 'mxfp4 rceil' "
+                f"or 'fp4_e2m1 g32 scale_e8m0 rceil' (label {label!r})"
+            )
+        fields["scale_dtype"] = "e8m0_rceil"
     return QuantScheme(**fields)  # type: ignore[arg-type]
 
 
@@ -272,7 +388,10 @@ def _normalize_scale_dtype(value: object) -> str:
                 return name
     elif isinstance(value, str) and value.lower() in _SCALE_DTYPE_ALIASES:
         return _SCALE_DTYPE_ALIASES[value.lower()]
-    raise ValueError(f"the scale dtype must be one of float16, bfloat16, float32 (got {value!r})")
+    raise ValueError(
+        f"the scale dtype must be one of float16, bfloat16, float32, or a microscaling scale: e8m0, "
+        f"e8m0_rceil, e4m3 (got {value!r})"
+    )
 
 
 # -- shapes ----------------------------------------------------------------------------------------
@@ -345,7 +464,8 @@ def storage_bits(scheme: QuantScheme, shape: tuple[int, ...] | torch.Size) -> in
     else:
         scale_bits = n_scales * scheme.scale_bits
     zero_bits = n_scales * scheme.scale_bits if scheme.has_zero_point else 0
-    return code_bits + scale_bits + zero_bits
+    tensor_scale_bits = 32 if scheme.two_level else 0  # NVFP4's float32 per-tensor scale
+    return code_bits + scale_bits + zero_bits + tensor_scale_bits
 
 
 def bits_per_weight(

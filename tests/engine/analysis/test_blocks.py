@@ -118,3 +118,27 @@ def test_synthetic_tensor_statistics(kind):
     assert synthetic_tensor(kind, seed=1).equal(synthetic_tensor(kind, seed=1))
     with pytest.raises(ValueError, match="Unknown synthetic"):
         synthetic_tensor("uniform")
+
+
+def test_scheme_table_ranks_the_microscaling_formats():
+    x = synthetic_tensor(rows=8, cols=256, outliers=1, outlier_scale=20.0)
+    rows = {row["scheme"]: row for row in scheme_table(x, standard_schemes())}
+    for label, bpw in (("mxfp4", 4.25), ("mxfp6_e2m3", 6.25), ("mxfp8_e4m3", 8.25)):
+        assert rows[label]["bits/weight"] == bpw and rows[label]["note"] == ""
+    assert rows["nvfp4"]["bits/weight"] == 4.5 + 32 / x.numel()  # the float32 tensor scale counts
+    # NVFP4's finer E4M3 scale and smaller blocks beat MXFP4's power-of-two scale on the same tensor
+    assert rows["nvfp4"]["sqnr_db"] > rows["mxfp4"]["sqnr_db"]
+    assert rows["mxfp8_e4m3"]["sqnr_db"] > rows["mxfp6_e2m3"]["sqnr_db"] > rows["mxfp4"]["sqnr_db"]
+
+
+@pytest.mark.parametrize("label", ["mxfp4", "nvfp4"])
+def test_microscaling_block_picture_uses_the_block_scale_it_stored(label):
+    x = synthetic_tensor(rows=4, cols=64, outliers=1, outlier_scale=20.0)
+    scheme = QuantScheme.from_label(label)
+    picture = block_picture(x, scheme, row=1, block=1)
+    assert picture.levels.numel() == 15  # E2M1: +-{0.5, 1, 1.5, 2, 3, 4, 6} and 0
+    assert torch.all(torch.isin(picture.dequantized, picture.levels))
+    xs, qs = mapping_curve(picture, scheme)
+    assert torch.equal(torch.unique(qs), picture.levels)
+    if label == "mxfp4":  # a power of two
+        assert math.log2(picture.scale) == int(math.log2(picture.scale))
