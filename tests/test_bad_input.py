@@ -325,11 +325,13 @@ CASES = [
         ValueError,
         "no quantization method registered",
     ),
-    Case(
-        "activations per group",
-        lambda *_: RTNConfig(QuantScheme(8), QuantScheme(8, "int", True, "group", 32)),
+    Case(  # activations in blocks of the input dim (MX / NVFP4) must fit every layer's width
+        "activation blocks that do not divide a layer",
+        lambda *_: quantize_model(
+            build_tiny_llama(), RTNConfig(QuantScheme(8), QuantScheme(8, "int", True, "group", 48))
+        ),
         ValueError,
-        "per token",
+        "group size 48 does not divide the rows of 64 values",
     ),
     Case("no memory for the quantized copy", _no_room, NotEnoughMemoryError, "GiB is free"),
 ]

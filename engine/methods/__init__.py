@@ -8,12 +8,14 @@ smoothquant.py (activation smoothing folded into the norms, then W8A8), gptq.py 
 quantization with inverse-Hessian error compensation), awq.py (activation-aware scale search), bnb.py (bitsandbytes' own
 int8 / NF4 / FP4 layers, as transformers builds them), qat.py (quantization-aware training: a few steps of
 fine-tuning the linears' latent weights through the straight-through estimator of engine/quant/ste.py),
+gguf.py (llama.cpp's GGUF block types, with its per-tensor fallback),
 packed.py (round to nearest, then pack onto engine.kernels' real low-bit kernels; packing a method's result).
 """
 
-from engine.methods import awq, bnb, gptq, llm_int8, packed, qat, rtn, smoothquant  # noqa: F401  (each registers its config)
+from engine.methods import awq, bnb, gguf, gptq, llm_int8, packed, qat, rtn, smoothquant  # noqa: F401  (each registers its config)
 from engine.methods.awq import AWQConfig
 from engine.methods.bnb import BnbConfig
+from engine.methods.gguf import GGUFConfig
 from engine.methods.gptq import GPTQConfig
 from engine.methods.llm_int8 import LLMInt8Config
 from engine.methods.packed import PackedRTNConfig, pack_quantized_model, pack_refusal
@@ -35,6 +37,7 @@ __all__ = [
     "AWQConfig",
     "GPTQConfig",
     "BnbConfig",
+    "GGUFConfig",
     "Calibration",
     "LLMInt8Config",
     "LayerReport",

@@ -20,26 +20,33 @@ from engine.quant.schemes import QuantScheme, check_shape
 @dataclass(frozen=True)
 class RTNConfig:
     weights: QuantScheme | None  # None keeps weights as they are (KV- or activation-only studies)
-    activations: QuantScheme | None = None  # per-token dynamic quantization of every linear's input
-
-    def __post_init__(self) -> None:
-        if self.activations is not None and self.activations.granularity == "group":
-            raise ValueError("activation quantization is per token (channel) or per tensor, not per group")
+    # dynamic quantization of every linear's input, computed on each call: one scale per token row
+    # ("channel"), per call ("tensor"), or per block of the input dim within each token ("group": how
+    # MXFP4 / NVFP4 / MXFP8 hardware quantizes activations, blocks of 32 or 16 with NVFP4's per-call
+    # tensor scale on top)
+    activations: QuantScheme | None = None
 
     @property
     def label(self) -> str:
+        """W4, W8A8, and the format where it is not int: "W4A4 nvfp4", "W8A8 mxfp8_e4m3"."""
         w = f"W{self.weights.bits}" if self.weights else "W16"
-        return f"{w}A{self.activations.bits}" if self.activations else w
+        if self.activations is None:
+            return w
+        fmt = "" if self.activations.format == "int" else f" {self.activations.label.split()[0]}"
+        return f"{w}A{self.activations.bits}{fmt}"
 
 
 @register(RTNConfig, name="RTN", calibration=Calibration.NONE)
 def rtn(model, config: RTNConfig, calib, progress) -> list[LayerReport]:
     for name in linear_names(model):  # check every shape before touching anything: fail fast
-        if config.weights is not None:
-            try:
-                check_shape(config.weights, tuple(model.get_submodule(name).weight.shape))
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from exc
+        shape = tuple(model.get_submodule(name).weight.shape)
+        try:
+            if config.weights is not None:
+                check_shape(config.weights, shape)
+            if config.activations is not None:  # its rows are tokens of in_features values
+                check_shape(config.activations, (1, shape[1]))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from exc
     reports: list[LayerReport] = []
 
     def make(linear, name):

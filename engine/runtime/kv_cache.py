@@ -4,6 +4,13 @@
 (pass it as `past_key_values`). Every layer stores its keys and values as codes plus scales under a
 `QuantScheme` and dequantizes the whole history on every read, the way transformers' own
 `QuantizedCache` does; `nbytes()` is what it stores and `fp16_nbytes()` what a 16-bit cache would.
+Keys and values may be chosen apart (`KVCacheConfig(key_scheme=fp8, value_scheme=mxfp4)`, label
+"K fp8_e4m3 channel / V mxfp4"; a side left None stays 16-bit); `scheme=` sets both.
+
+Formats: any per-token ("channel") or grouped scheme of engine.quant: int, FP8 per token and head
+("fp8_e4m3 channel"), the microscaling presets along head_dim (mxfp4 / mxfp6 / mxfp8: blocks of 32 with an
+E8M0 scale, so head_dim 64 is 2 blocks; nvfp4: blocks of 16 with an E4M3 scale, plus one float32 scale per
+layer and side set by its first update, as NVIDIA's static per-tensor scale: see engine.runtime.kv_store).
 
 Layouts (a layer's states are (batch, kv_heads, tokens, head_dim)):
 - values, and keys with key_axis="token": each token is quantized as it arrives; the scheme's
@@ -35,18 +42,16 @@ for a model on a GPU the codes live in CPU memory and every read copies the hist
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicLayer, get_layer_types_and_kwargs
 
-from engine.quant.primitives import QTensor, dequantize, quantize
 from engine.quant.schemes import QuantScheme, suggest_group_sizes
+from engine.runtime.kv_store import BASELINE_BYTES, make_store, numel, tensor_bytes
 
 KEY_AXES = ("token", "channel")
-BASELINE_BYTES = 2  # an unquantized element is counted at 16 bits, the serving baseline
 
 
 class KVCacheError(ValueError):
@@ -55,9 +60,19 @@ class KVCacheError(ValueError):
 
 @dataclass(frozen=True)
 class KVCacheConfig:
-    scheme: QuantScheme | None = None  # None: keep keys and values as computed (the 16-bit baseline)
+    """How keys and values are stored: one scheme for both (`scheme`), or each its own.
+
+    `scheme` is shorthand: it fills whichever of `key_scheme` / `value_scheme` is not given, so
+    `KVCacheConfig(int4)` is int4 keys and values, and `KVCacheConfig(key_scheme=fp8, value_scheme=mxfp4)`
+    chooses them apart. A side left None stays 16-bit. After construction `scheme` is the common scheme
+    when keys and values share one, else None; read `key_scheme`, `value_scheme` and `quantized`.
+    """
+
+    scheme: QuantScheme | None = None  # both keys and values (None and no key/value scheme: 16-bit cache)
     key_axis: str = "token"  # "token": keys like values; "channel": KIVI's per-channel keys
     token_block: int = 128  # per-channel keys: tokens quantized together (KIVI's residual length R)
+    key_scheme: QuantScheme | None = None  # keys alone (default: scheme)
+    value_scheme: QuantScheme | None = None  # values alone (default: scheme)
 
     def __post_init__(self) -> None:
         if self.key_axis not in KEY_AXES:
@@ -68,33 +83,61 @@ class KVCacheConfig:
             or self.token_block < 1
         ):
             raise KVCacheError(f"token_block must be a positive integer (got {self.token_block!r})")
-        scheme = self.scheme
-        if scheme is None:
-            return
-        if not isinstance(scheme, QuantScheme):
-            raise KVCacheError(f"scheme must be a QuantScheme or None (got {type(scheme).__name__})")
-        if scheme.granularity == "tensor":
+        for field, side in (("scheme", ""), ("key_scheme", "key "), ("value_scheme", "value ")):
+            _check_scheme(getattr(self, field), side)
+        if self.scheme is not None:
+            for field in ("key_scheme", "value_scheme"):
+                if getattr(self, field) is None:
+                    object.__setattr__(self, field, self.scheme)
+        common = self.key_scheme if self.key_scheme == self.value_scheme else None
+        object.__setattr__(self, "scheme", common)
+        keys = self.key_scheme
+        if self.channel_keys and keys.granularity == "group" and self.token_block % keys.group_size:
             raise KVCacheError(
-                "a growing KV cache has no whole tensor to share one scale; use granularity 'channel' "
-                "(one scale per token and head) or 'group'"
-            )
-        if scheme.double_quant:
-            raise KVCacheError(
-                "double_quant compresses the scales of a finished tensor; drop it for the KV cache"
-            )
-        grouped_keys = self.key_axis == "channel" and scheme.granularity == "group"
-        if grouped_keys and self.token_block % scheme.group_size:
-            raise KVCacheError(
-                f"per-channel keys group {scheme.group_size} tokens, which does not divide token_block "
-                f"{self.token_block}; pick a token_block that is a multiple of {scheme.group_size}"
+                f"per-channel keys group {keys.group_size} tokens, which does not divide token_block "
+                f"{self.token_block}; pick a token_block that is a multiple of {keys.group_size}"
             )
 
     @property
+    def quantized(self) -> bool:
+        """Whether keys or values are quantized (False: the 16-bit baseline, transformers' DynamicCache)."""
+        return self.key_scheme is not None or self.value_scheme is not None
+
+    @property
+    def channel_keys(self) -> bool:
+        """Keys quantized per channel in token blocks (KIVI); a 16-bit key side ignores key_axis."""
+        return self.key_axis == "channel" and self.key_scheme is not None
+
+    @property
     def label(self) -> str:
-        if self.scheme is None:
+        """ "KV int4", "K fp8_e4m3 channel / V mxfp4", "KV 16-bit" (plus the per-channel key layout)."""
+        if not self.quantized:
             return "KV 16-bit"
-        keys = f", keys per channel ({self.token_block}-token blocks)" if self.key_axis == "channel" else ""
-        return f"KV {self.scheme.label}{keys}"
+        keys = f", keys per channel ({self.token_block}-token blocks)" if self.channel_keys else ""
+        if self.scheme is not None:
+            return f"KV {self.scheme.label}{keys}"
+        return f"K {_side_label(self.key_scheme)} / V {_side_label(self.value_scheme)}{keys}"
+
+
+def _side_label(scheme: QuantScheme | None) -> str:
+    return "16-bit" if scheme is None else scheme.label
+
+
+def _check_scheme(scheme: QuantScheme | None, side: str) -> None:
+    """Refuse, in words, a scheme a growing cache cannot use (`side`: "", "key " or "value ")."""
+    if scheme is None:
+        return
+    if not isinstance(scheme, QuantScheme):
+        raise KVCacheError(f"{side}scheme must be a QuantScheme or None (got {type(scheme).__name__})")
+    if scheme.granularity == "tensor":
+        raise KVCacheError(
+            "a growing KV cache has no whole tensor to share one scale; use granularity 'channel' "
+            "(one scale per token and head) or 'group'"
+        )
+    if scheme.double_quant:
+        raise KVCacheError(
+            "double_quant compresses the scales of a finished tensor; drop it for the KV cache"
+        )
 
 
 def as_kv_config(kv: QuantScheme | KVCacheConfig | None) -> KVCacheConfig:
@@ -104,59 +147,21 @@ def as_kv_config(kv: QuantScheme | KVCacheConfig | None) -> KVCacheConfig:
     return KVCacheConfig(scheme=kv)
 
 
-# -- storage -----------------------------------------------------------------------------------------
-
-
-class _CodeStore:
-    """Codes, scales and zero points of quantized blocks, appended along one axis.
-
-    Blocks always run along the last dim, so appending rows (dim=-2, per token) or whole blocks along the
-    last dim (per channel) keeps every block contiguous and one `dequantize` reads the lot.
-    """
-
-    def __init__(self, scheme: QuantScheme, dim: int) -> None:
-        self.scheme = scheme
-        self.dim = dim  # -2: per token (rows are tokens); -1: per channel (rows are channels)
-        # (batch, heads, tokens, head_dim) per token, (batch, heads, head_dim, tokens) per channel
-        self.codes: Tensor | None = None
-        self.scale: Tensor | None = None  # like codes, last dim = blocks per row
-        self.zero: Tensor | None = None
-        self.dtype = torch.float32
-
-    def append(self, x: Tensor) -> None:
-        qt = quantize(x.detach().to("cpu"), self.scheme)
-        self.dtype = x.dtype
-        if self.codes is None:
-            self.codes, self.scale, self.zero = qt.codes, qt.scale, qt.zero_point
-            return
-        self.codes = torch.cat([self.codes, qt.codes], dim=self.dim)
-        self.scale = torch.cat([self.scale, qt.scale], dim=self.dim)
-        if self.zero is not None:
-            self.zero = torch.cat([self.zero, qt.zero_point], dim=self.dim)
-
-    def dequantize(self) -> Tensor:
-        qt = QTensor(self.codes, self.scale, self.zero, self.scheme, self.codes.shape, self.dtype)
-        return dequantize(qt)
-
-    @property
-    def numel(self) -> int:
-        return 0 if self.codes is None else self.codes.numel()
-
-    def nbytes(self) -> int:
-        if self.codes is None:
-            return 0
-        extra = self.scale.numel() * self.scale.element_size()
-        if self.zero is not None:
-            extra += self.zero.numel() * self.zero.element_size()
-        return math.ceil(self.codes.numel() * self.scheme.bits / 8) + extra
-
-    def resident_bytes(self) -> int:
-        tensors = [t for t in (self.codes, self.scale, self.zero) if t is not None]
-        return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _tensor_bytes(t: Tensor | None) -> int:
-    return 0 if t is None else t.numel() * t.element_size()
+def _check_head_dim(scheme: QuantScheme | None, head_dim: int, side: str) -> None:
+    """A scheme grouped along head_dim must divide it (`side`: "keys" or "values")."""
+    if scheme is None or scheme.granularity != "group" or head_dim % scheme.group_size == 0:
+        return
+    choices = ", ".join(map(str, suggest_group_sizes(head_dim)))
+    if scheme.preset:
+        raise KVCacheError(
+            f"{scheme.preset} works in fixed blocks of {scheme.group_size} values, which do not divide this "
+            f"model's head width of {head_dim} values (the KV cache for {side} is grouped along it); pick "
+            f"one scale per token and head (e.g. fp8_e4m3 channel) or a group size of {choices}"
+        )
+    raise KVCacheError(
+        f"a group size of {scheme.group_size} does not divide this model's head width of {head_dim} "
+        f"values (the KV cache is grouped along it); pick one of {choices}"
+    )
 
 
 class QuantizedKVLayer(DynamicLayer):
@@ -171,40 +176,34 @@ class QuantizedKVLayer(DynamicLayer):
         self._reset_stores()
 
     def _reset_stores(self) -> None:
-        scheme = self.config.scheme
+        config = self.config
         self.key_store = self.value_store = None
         self.residual: Tensor | None = None  # (batch, heads, < token_block, head_dim) keys not yet in a block
-        if scheme is not None:
-            self.value_store = _CodeStore(scheme, dim=-2)
-            self.key_store = _CodeStore(scheme, dim=-1 if self.config.key_axis == "channel" else -2)
+        if config.quantized:
+            self.value_store = make_store(config.value_scheme)
+            self.key_store = make_store(config.key_scheme, dim=-1 if config.channel_keys else -2)
 
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
-        scheme = self.config.scheme
-        if scheme is None:
-            return
         head_dim = key_states.shape[-1]
-        if scheme.granularity == "group" and head_dim % scheme.group_size:
-            choices = ", ".join(map(str, suggest_group_sizes(head_dim)))
-            raise KVCacheError(
-                f"a group size of {scheme.group_size} does not divide this model's head width of {head_dim} "
-                f"values (the KV cache is grouped along it); pick one of {choices}"
-            )
+        if not self.config.channel_keys:  # per-channel keys group tokens (checked against token_block)
+            _check_head_dim(self.config.key_scheme, head_dim, "keys")
+        _check_head_dim(self.config.value_scheme, head_dim, "values")
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         """Store the new states (batch, heads, new_tokens, head_dim); return every cached token's states."""
-        if self.config.scheme is None:
+        if not self.config.quantized:
             self.cumulative_length += key_states.shape[-2]
             return super().update(key_states, value_states, *args, **kwargs)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self.cumulative_length += key_states.shape[-2]
         self.value_store.append(value_states)
-        if self.config.key_axis == "token":
-            self.key_store.append(key_states)
-        else:
+        if self.config.channel_keys:
             self._append_channel_keys(key_states)
-        return self._read_keys(), self.value_store.dequantize().to(self.device)
+        else:
+            self.key_store.append(key_states)
+        return self._read_keys(), self.value_store.read(self.device)
 
     def _append_channel_keys(self, key_states: Tensor) -> None:
         pending = key_states if self.residual is None else torch.cat([self.residual, key_states], dim=-2)
@@ -219,8 +218,8 @@ class QuantizedKVLayer(DynamicLayer):
     def _read_keys(self) -> Tensor:
         parts = []
         if self.key_store.numel:
-            keys = self.key_store.dequantize().to(self.device)
-            parts.append(keys.transpose(-1, -2) if self.config.key_axis == "channel" else keys)
+            keys = self.key_store.read(self.device)
+            parts.append(keys.transpose(-1, -2) if self.config.channel_keys else keys)
         if self.residual is not None:
             parts.append(self.residual)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
@@ -235,20 +234,20 @@ class QuantizedKVLayer(DynamicLayer):
 
     # -- storage -----------------------------------------------------------------------------------
     def nbytes(self) -> int:
-        if self.config.scheme is None:
-            return BASELINE_BYTES * (_numel(self.keys) + _numel(self.values))
-        return self.key_store.nbytes() + self.value_store.nbytes() + BASELINE_BYTES * _numel(self.residual)
+        if not self.config.quantized:
+            return BASELINE_BYTES * (numel(self.keys) + numel(self.values))
+        return self.key_store.nbytes() + self.value_store.nbytes() + BASELINE_BYTES * numel(self.residual)
 
     def fp16_nbytes(self) -> int:
-        if self.config.scheme is None:
+        if not self.config.quantized:
             return self.nbytes()
-        return BASELINE_BYTES * (self.key_store.numel + _numel(self.residual) + self.value_store.numel)
+        return BASELINE_BYTES * (self.key_store.numel + numel(self.residual) + self.value_store.numel)
 
     def resident_bytes(self) -> int:
-        if self.config.scheme is None:
-            return _tensor_bytes(self.keys) + _tensor_bytes(self.values)
+        if not self.config.quantized:
+            return tensor_bytes(self.keys) + tensor_bytes(self.values)
         stores = self.key_store.resident_bytes() + self.value_store.resident_bytes()
-        return stores + _tensor_bytes(self.residual)
+        return stores + tensor_bytes(self.residual)
 
     # -- operations a quantized history cannot undo ------------------------------------------------
     def _unsupported(self, what: str) -> None:
@@ -276,10 +275,6 @@ class QuantizedKVLayer(DynamicLayer):
         self._unsupported("offloading")
 
 
-def _numel(t: Tensor | None) -> int:
-    return 0 if t is None else t.numel()
-
-
 class QuantizedKVCache(Cache):
     """A transformers Cache of QuantizedKVLayer, one per decoder layer (full attention only)."""
 
@@ -296,7 +291,8 @@ class QuantizedKVCache(Cache):
         self.config = config
 
     def nbytes(self) -> int:
-        """Bytes stored: codes at `bits` bits, scales and zero points, unquantized elements at 16 bits."""
+        """Bytes stored: codes at `bits` bits, scales and zero points (NVFP4: plus 4 bytes per layer and
+        side for its float32 scale), unquantized elements at 16 bits; keys and values each at their own."""
         return sum(layer.nbytes() for layer in self.layers)
 
     def fp16_nbytes(self) -> int:

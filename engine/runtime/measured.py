@@ -95,7 +95,7 @@ def generate_measured(
     memory = MemoryUse(
         weight_bytes=sum(measured_bytes(model).values()),
         kv_bytes=None if cache is None else cache.resident_bytes(),
-        kv_packed_bytes=None if cache is None or kv is None or kv.scheme is None else cache.nbytes(),
+        kv_packed_bytes=None if cache is None or kv is None or not kv.quantized else cache.nbytes(),
         cuda_peak_bytes=peak,
         weight_packed_bytes=packed,
         weight_dtype=str(float_dtype(model)).removeprefix("torch."),

@@ -15,7 +15,7 @@ from functools import singledispatch
 
 from torch import Tensor, nn
 
-from engine.methods.registry import LayerReport, QuantizedModel
+from engine.methods.registry import LayerReport, QuantizedModel, weight_count
 
 
 def _storage_key(tensor: Tensor) -> tuple[int, int]:
@@ -27,13 +27,6 @@ def _nbytes(tensor: Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def _weight_count(module: nn.Module) -> int:
-    """Weights of a (replaced) linear: in x out, whatever its storage holds (packed codes, bnb's params)."""
-    if hasattr(module, "in_features") and hasattr(module, "out_features"):
-        return int(module.in_features) * int(module.out_features)
-    return module.weight.numel()
-
-
 def _packed_bytes(model: nn.Module, layers: Iterable[LayerReport]) -> int:
     """Each reported layer at its bits per weight (plus its bias as held); every other tensor as held,
     shared storage (tied embeddings and head) counted once."""
@@ -41,7 +34,7 @@ def _packed_bytes(model: nn.Module, layers: Iterable[LayerReport]) -> int:
     owned: set[tuple[int, int]] = set()  # storage of the reported layers: replaced by their packed size
     for report in layers:
         module = model.get_submodule(report.name)
-        total += round(report.bits_per_weight * _weight_count(module) / 8)
+        total += round(report.bits_per_weight * weight_count(module) / 8)
         bias = getattr(module, "bias", None)
         if isinstance(bias, Tensor):
             total += _nbytes(bias)
