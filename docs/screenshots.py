@@ -4,7 +4,9 @@ at 1280x720, each page after the interaction that makes it worth a picture.
     .venv/bin/python docs/screenshots.py            # every page
     .venv/bin/python docs/screenshots.py evaluate   # one page
 
-Takes a few minutes on two CPU cores (the Evaluate grid and a Compare generation run for real).
+Takes a few minutes on two CPU cores (the Evaluate grid and a Compare generation run for real). Each page is
+also measured for the layout defects the browser walk fails on (`tests/e2e/test_dashboard.py`), after its
+interaction, so the charts that only appear after a run are checked too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS, _free_port, _wait_healthy  # noqa: E402
+from tests.e2e.test_dashboard import LAYOUT_DEFECTS  # noqa: E402
 
 IMG = ROOT / "docs" / "img"
 WIDTH, HEIGHT = 1280, 1400  # wide as a laptop, tall enough to show the page past its first chart
@@ -72,7 +75,8 @@ def speed(page, url):
 
 def methods(page, url):
     page.goto(f"{url}/methods")
-    page.get_by_role("heading", name="Methods lab").first.wait_for(timeout=120_000)
+    page.get_by_role("button", name="Run", exact=True).click(timeout=120_000)  # RTN and GPTQ, the defaults
+    page.get_by_text("Weight SQNR per linear layer").first.wait_for(timeout=900_000)
 
 
 def learn(page, url):
@@ -103,7 +107,8 @@ def main(names: list[str]) -> None:
                 page.wait_for_timeout(2000)  # charts finish drawing
                 IMG.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(IMG / f"{show.__name__}.png"), full_page=True)
-                print(f"docs/img/{show.__name__}.png")
+                defects = page.evaluate(LAYOUT_DEFECTS)  # after the run: its charts and tables too
+                print(f"docs/img/{show.__name__}.png" + (f"  layout defects: {defects}" if defects else ""))
                 page.close()
             browser.close()
     finally:

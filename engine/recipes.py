@@ -31,6 +31,16 @@ What each name means, and why (the catalogs this replaced disagreed on "W8" and 
   distributed this way, so on it this recipe reproduces the weights exactly (its best 4-bit scheme);
   W4 (symmetric, the model's group size) is a second rounding there. Its group size stays 32.
 
+- `Q4_0`, `Q4_K`, `Q5_K`, `Q6_K`, `Q8_0` (axis "gguf"): llama.cpp's block formats as llama.cpp quantizes
+  them (`engine.methods.gguf`, its scale searches and byte layouts in `engine.quant.gguf`), every linear
+  weight; a k-quant on rows that are not a multiple of 256 falls back per tensor as llama.cpp does (on
+  SmolLM2, 180 of 210 tensors: Q4_K comes out at 5.25 bits per weight).
+- axis "formats" (W4 g32, W4 MXFP4, W4 NVFP4, W4A4 MXFP4, W4A4 NVFP4, W8A8 MXFP8; KV8 FP8, KV4 MXFP4,
+  KV4 NVFP4 and K FP8 / V MXFP4, keys and values apart): today's formats for
+  Evaluate's "Formats at 4 bits" grid (`engine.evaluation.study.FORMATS_GRID`). MX and NVFP4 fix their
+  block (32, 16) in the format, so their `group_sizes` hold only that; activations are quantized per token
+  in the same blocks along the input dim, dynamically, as the GPUs that run these formats do.
+
 Group sizes depend on the model: a group must divide every quantized layer's in_features (SmolLM2's
 576 takes 64, not 128). Catalog recipes hold their preferred size; `recipe.for_model(*in_features)`
 (or `for_module(model)`) returns the recipe with the largest of `group_sizes` dividing every width.
@@ -46,13 +56,25 @@ from dataclasses import dataclass
 import torch
 
 from engine.methods.bnb import BnbConfig
+from engine.methods.gguf import GGUFConfig
 from engine.methods.rtn import RTNConfig
-from engine.quant.schemes import QuantScheme
+from engine.quant.gguf import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0
+from engine.quant.schemes import QuantScheme, parse_label
 from engine.runtime.kv_cache import KVCacheConfig
 
 GROUP_SIZES = (128, 64, 32)  # preferred group sizes, largest first (Qllm-Eval and AWQ use 128)
-AXES = ("weights", "weight-activation", "kv", "codebook", "bitsandbytes", "packed", "float", "gguf")
-MethodConfig = RTNConfig | BnbConfig
+AXES = (
+    "weights",
+    "weight-activation",
+    "kv",
+    "codebook",
+    "bitsandbytes",
+    "packed",
+    "float",
+    "gguf",
+    "formats",
+)
+MethodConfig = RTNConfig | BnbConfig | GGUFConfig
 
 
 @dataclass(frozen=True)
@@ -197,11 +219,56 @@ def _catalog() -> list[Recipe]:
     q4_1 = QuantScheme(4, "int", False, "group", 32, zero_kind="float")
     text = "llama.cpp's Q4_1: int4 asymmetric, groups of 32, an fp16 scale and float minimum per group"
     recipes.append(Recipe("W4 Q4_1", "gguf", text, RTNConfig(q4_1), group_sizes=(32,)))
+    fallback = "rows that are not a multiple of 256 fall back to {}, as llama.cpp does"
+    recipes += [
+        Recipe("Q4_0", "gguf", "llama.cpp's Q4_0: 4-bit codes, an fp16 scale per 32 weights (4.5 bits)",
+               GGUFConfig(Q4_0)),
+        Recipe("Q4_K", "gguf", "llama.cpp's Q4_K: 4-bit super-blocks of 256 with 6-bit sub-block scales and "
+               "minimums (4.5 bits); " + fallback.format("Q5_0"), GGUFConfig(Q4_K)),
+        Recipe("Q5_K", "gguf", "llama.cpp's Q5_K: 5-bit super-blocks of 256 (5.5 bits); " + fallback.format("Q5_1"),
+               GGUFConfig(Q5_K)),
+        Recipe("Q6_K", "gguf", "llama.cpp's Q6_K: 6-bit super-blocks of 256 (6.5625 bits); "
+               + fallback.format("Q8_0"), GGUFConfig(Q6_K)),
+        Recipe("Q8_0", "gguf", "llama.cpp's Q8_0: 8-bit codes, an fp16 scale per 32 weights (8.5 bits)",
+               GGUFConfig(Q8_0)),
+    ]  # fmt: skip
+    recipes += _format_recipes()
     recipes += [
         Recipe(name, "float", f"the model recast to {dtype}, nothing quantized", dtype=dtype)
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16))
     ]
     return recipes
+
+
+def _format_recipes() -> list[Recipe]:
+    """Today's formats (axis "formats"): the OCP microscaling and NVIDIA formats on weights and on
+    activations, beside int4 with groups of 32. Their block sizes are part of the format (MX: 32, NVFP4:
+    16), so `group_sizes` holds only that size and for_model never changes it."""
+    mxfp4, nvfp4, mxfp8 = parse_label("mxfp4"), parse_label("nvfp4"), parse_label("mxfp8_e4m3")
+    fp8 = parse_label("fp8_e4m3 channel")
+    return [
+        Recipe("W4 g32", "formats", "int4 symmetric weights, groups of 32, fp16 scales",
+               RTNConfig(_int(4, "group", 32)), group_sizes=(32,)),
+        Recipe("W4 MXFP4", "formats", "MXFP4 weights: FP4 (E2M1) elements, blocks of 32, power-of-two "
+               "(E8M0) scales", RTNConfig(mxfp4), group_sizes=(32,)),
+        Recipe("W4 NVFP4", "formats", "NVFP4 weights: FP4 (E2M1) elements, blocks of 16, FP8 (E4M3) scales "
+               "times one FP32 scale per tensor", RTNConfig(nvfp4), group_sizes=(16,)),
+        Recipe("W4A4 MXFP4", "formats", "MXFP4 weights and activations (activations per token, dynamic "
+               "blocks of 32 along the input, as Blackwell GPUs run them)", RTNConfig(mxfp4, mxfp4),
+               group_sizes=(32,)),
+        Recipe("W4A4 NVFP4", "formats", "NVFP4 weights and activations (activations per token, dynamic "
+               "blocks of 16 with a per-call tensor scale)", RTNConfig(nvfp4, nvfp4), group_sizes=(16,)),
+        Recipe("W8A8 MXFP8", "formats", "MXFP8 (E4M3) weights and activations, blocks of 32 with E8M0 "
+               "scales", RTNConfig(mxfp8, mxfp8), group_sizes=(32,)),
+        Recipe("KV8 FP8", "formats", "FP8 (E4M3) KV cache, one fp16 scale per token and head",
+               kv=KVCacheConfig(fp8)),
+        Recipe("KV4 MXFP4", "formats", "MXFP4 KV cache: E2M1 in blocks of 32 along each head, power-of-two "
+               "scales", kv=KVCacheConfig(mxfp4)),
+        Recipe("KV4 NVFP4", "formats", "NVFP4 KV cache: E2M1 in blocks of 16, E4M3 block scales, one FP32 "
+               "scale per layer and side, set by the prompt", kv=KVCacheConfig(nvfp4)),
+        Recipe("K FP8 / V MXFP4", "formats", "keys FP8 (E4M3) per token and head, values MXFP4",
+               kv=KVCacheConfig(key_scheme=fp8, value_scheme=mxfp4)),
+    ]  # fmt: skip
 
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in _catalog()}

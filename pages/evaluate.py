@@ -8,7 +8,7 @@ import streamlit as st
 from torch import Tensor
 
 from engine.evaluation.evalset import DEFAULT_EVAL_SET
-from engine.evaluation.study import FULL_GRID, MODEL_GRID, QUICK_GRID, pick_group_size, run_grid
+from engine.evaluation.study import FORMATS_GRID, FULL_GRID, MODEL_GRID, QUICK_GRID, pick_group_size, run_grid
 from engine.models.data import (
     CORPORA,
     DataError,
@@ -29,8 +29,10 @@ from ui.widgets import NumberBoxes
 GRIDS = {
     f"Quick ({len(QUICK_GRID)} cells)": QUICK_GRID,
     f"Full ({len(FULL_GRID)} cells)": FULL_GRID,
+    f"Formats at 4 bits ({len(FORMATS_GRID)} cells)": FORMATS_GRID,
     "Pick cells": None,
 }
+PICKABLE = tuple({c.name: c for c in (*FULL_GRID, *FORMATS_GRID)}.values())  # every cell of both grids, once
 CORPUS_CHOICES = [*CORPORA, "upload"]
 REQUESTED = "evaluate_run_requested"  # set by the button's callback, so no rerun can lose the click
 SECONDS_PER_1K_TOKENS = 4  # per cell, for the "roughly N s" hint (see docs/benchmarks.md for the machine)
@@ -73,13 +75,14 @@ def settings_ui() -> Choice:
         st.stop()
     cells = GRIDS[grid_name]
     if cells is None:
+        offered = PICKABLE
         names = st.multiselect(
             "Cells",
-            [c.name for c in FULL_GRID],
+            [c.name for c in offered],
             default=["W8", "W4", MODEL_GRID, "KV4"],
             key="evaluate_cells",
         )
-        cells = tuple(c for c in FULL_GRID if c.name in names)
+        cells = tuple(c for c in offered if c.name in names)
     if not cells:
         st.info("Pick at least one cell.", icon=":material/tune:")
         st.stop()

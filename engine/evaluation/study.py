@@ -79,6 +79,14 @@ FULL_GRID: tuple[Recipe, ...] = (
 QUICK_GRID: tuple[Recipe, ...] = tuple(
     recipes.get(name) for name in ("W8", "W4", MODEL_GRID, "W2", "W4A4", "KV4", "KV2")
 )
+# "Formats at 4 bits": today's 4-bit weight formats side by side (the W4 cells and llama.cpp's), the same
+# formats on activations too (W4A4) and 8-bit microscaling (W8A8 MXFP8), then the KV cache in int4, FP8,
+# MXFP4, NVFP4 and FP8 keys with MXFP4 values; quality against bits per weight in one chart
+FORMATS_GRID: tuple[Recipe, ...] = tuple(
+    recipes.get(name)
+    for name in ("W4", "W4 g32", "NF4", MODEL_GRID, "Q4_0", "Q4_K", "W4 MXFP4", "W4 NVFP4", "W4A4", "W4A4 MXFP4", "W4A4 NVFP4",
+                 "W8A8", "W8A8 MXFP8", "KV4", "KV8 FP8", "KV4 MXFP4", "KV4 NVFP4", "K FP8 / V MXFP4")
+)  # fmt: skip
 REFERENCE_ROWS = ("W16", "KV16")  # the reference itself, shown on the weight and KV axes
 FOUR_BIT_WEIGHTS = ("W4", MODEL_GRID)  # the 4-bit weight cells the "tolerates 4 bits" finding weighs
 
@@ -94,6 +102,7 @@ class CellResult:
     top1_agreement: float  # share of positions with the same argmax
     tokens: int
     seconds: float
+    bits_per_weight: float | None = None  # of the quantized linears, scales included; None: weights kept
 
     @property
     def relative_change(self) -> float:
@@ -127,7 +136,10 @@ def evaluate_cell(
         cell = cell.for_model(group_size=group_size)
     else:  # ... unless the recipe fixes its own (W4 Q4_1: 32)
         cell = cell.for_module(reference)
-    candidate = reference if cell.method is None else quantize_model(reference, cell.method).model
+    quantized = None if cell.method is None else quantize_model(reference, cell.method)
+    candidate = reference if quantized is None else quantized.model
+    bits = None if quantized is None else quantized.bits_per_weight
+    del quantized
     try:
         result = evaluate_against_reference(
             reference, candidate, windows, reference_cache, kv_scheme=cell.kv, progress=progress
@@ -144,6 +156,7 @@ def evaluate_cell(
         result.agreement.top1_agreement,
         result.agreement.token_count,
         time.perf_counter() - start,
+        bits,
     )
 
 

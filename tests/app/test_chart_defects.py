@@ -4,6 +4,7 @@ column, and the Outliers token heatmap without token names."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -124,6 +125,14 @@ def _log_figures(lesson_inputs) -> dict[str, go.Figure]:
         "maxima": methods_charts.maxima([0.4, 1.2, 2.3, 0.8], [0.5, 0.9, 1.1, 0.7], "layer 0"),
         "perplexity_bars": evaluate_charts.perplexity_bars(
             [_cell("W8", "weights", 12.1), _cell("W4", "weights", 14.0), _cell("KV4", "kv", 13.2)], 12.0
+        ),
+        "quality_vs_bits": evaluate_charts.quality_vs_bits(
+            [
+                dataclasses.replace(_cell("W4 MXFP4", "formats", 14.0), mean_kl=0.21, bits_per_weight=4.25),
+                dataclasses.replace(_cell("W4 NVFP4", "formats", 13.1), mean_kl=0.08, bits_per_weight=4.5),
+                dataclasses.replace(_cell("W4A4 NVFP4", "formats", 30.0), mean_kl=1.9, bits_per_weight=4.5),
+                dataclasses.replace(_cell("W4 Q4_1", "gguf", 12.0), mean_kl=0.0, bits_per_weight=5.0),
+            ]
         ),
         "channel_profile": outlier_charts.channel_profile(
             absmax,

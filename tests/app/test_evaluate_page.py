@@ -83,3 +83,21 @@ def test_a_window_count_out_of_range_is_said_by_the_run_button_and_nothing_runs(
     no_exceptions(app)
     assert not app.error and not app.dataframe
     assert any("Press **Run grid**" in info.value for info in app.info)
+
+
+def test_todays_formats_show_their_bits_and_quality_against_size(app):
+    open_page(app, "evaluate")
+    grids = app.selectbox(key="evaluate_grid").options
+    assert any(option.startswith("Formats at 4 bits") for option in grids)
+    app.selectbox(key="evaluate_grid").set_value("Pick cells").run()
+    app.multiselect(key="evaluate_cells").set_value(["W4 MXFP4", "W4 NVFP4", "KV4 NVFP4"]).run()
+    app.number_input(key="evaluate_windows").set_value(1).run()
+    app.select_slider(key="evaluate_window").set_value(128).run()
+    app.button(key="evaluate_run").click().run()
+    no_exceptions(app)
+    table = app.dataframe[0].value
+    bits = dict(zip(table["cell"], table["bits_per_weight"], strict=True))
+    assert bits["W4 MXFP4"] == 4.25 and abs(bits["W4 NVFP4"] - 4.5) < 1e-4
+    assert bits["KV4 NVFP4"] != bits["KV4 NVFP4"]  # NaN: the KV-cache cell keeps the weights
+    charts = [chart.proto.spec for chart in app.get("plotly_chart")]
+    assert any("Quality vs size: mean KL" in spec for spec in charts)

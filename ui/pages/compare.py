@@ -74,7 +74,10 @@ class VariantSpec:
     kv: KVCacheConfig | None = None  # None: the model's usual 16-bit cache
 
 
-QUICK_RECIPES = ("W8", "W4", MODEL_GRID, "W3", "W2", "W8A8", "W4A4", "KV8", "KV4", "KV2")  # catalog names
+QUICK_RECIPES = (  # catalog names
+    *("W8", "W4", MODEL_GRID, "Q4_K", "W4 MXFP4", "W4 NVFP4", "W3", "W2"),
+    *("W8A8", "W4A4", "W4A4 NVFP4", "KV8", "KV4", "KV2"),
+)
 
 
 def _weights_label(recipe: Recipe) -> str:
@@ -86,15 +89,20 @@ def _weights_label(recipe: Recipe) -> str:
 
 def _label(recipe: Recipe) -> str:
     """The column header of a catalog recipe fitted to the model."""
-    if recipe.axis == "kv":
-        bits = recipe.kv.scheme.bits
-        return f"{recipe.name} cache (int{bits} per token and head)"
+    if recipe.kv is not None:
+        scheme = recipe.kv.scheme  # None when keys and values differ
+        if scheme is not None and scheme.format == "int" and scheme.granularity == "channel":
+            return f"{recipe.name} cache (int{scheme.bits} per token and head)"
+        return f"{recipe.name} cache ({recipe.kv.label})"  # "K fp8_e4m3 channel / V mxfp4"
     if recipe.axis == "gguf":  # W4 Q4_1: name the layout, whose asymmetry and float minimum matter
-        return f"{recipe.name} ({recipe.weights.label})"
+        return f"{recipe.name} ({recipe.weights.label})" if recipe.weights else f"{recipe.name} (llama.cpp)"
+    if recipe.axis == "formats":  # W4 MXFP4 (mxfp4), W4A4 NVFP4 (nvfp4 weights and activations)
+        both = " weights and activations" if recipe.method.activations is not None else ""
+        return f"{recipe.name} ({recipe.weights.label}{both})"
     if recipe.axis == "weight-activation":
         weights = "int8" if recipe.weights.bits == 8 else _weights_label(recipe)
-        act_bits = recipe.method.activations.bits
-        return f"{recipe.name} ({weights} weights, int{act_bits} per-token activations)"
+        activations = recipe.method.activations
+        return f"{recipe.name} ({weights} weights, int{activations.bits} per-token activations)"
     return f"{_weights_label(recipe)} ({recipe.name})"
 
 

@@ -52,6 +52,7 @@ def table_rows(results: list[CellResult]) -> list[dict]:
         top1_agreement=1.0,
         tokens=first.tokens,
         seconds=0.0,
+        bits_per_weight=None,
     )
     fields = (
         "axis",
@@ -62,6 +63,7 @@ def table_rows(results: list[CellResult]) -> list[dict]:
         "top1_agreement",
         "tokens",
         "seconds",
+        "bits_per_weight",
     )
     return [reference] + [dict(cell=r.cell, **{f: getattr(r, f) for f in fields}) for r in results]
 
@@ -81,6 +83,12 @@ def results_ui(rows: list[dict], results: list[CellResult]) -> None:
             "max_kl": st.column_config.NumberColumn("max KL", format="%.2f"),
             "top1_agreement": st.column_config.NumberColumn("top-1 agreement", format="percent"),
             "seconds": st.column_config.NumberColumn(format="%.1f"),
+            "bits_per_weight": st.column_config.NumberColumn(
+                "bits/weight",
+                format="%.3f",
+                help="Of the quantized linear layers, scales included; empty: "
+                "the weights are kept as they are (KV-cache cells).",
+            ),
         },
     )
     st.download_button(
@@ -92,6 +100,14 @@ def results_ui(rows: list[dict], results: list[CellResult]) -> None:
     )
     reference = rows[0]["perplexity"]
     st.plotly_chart(evaluate_charts.perplexity_bars(results, reference), width="stretch", key="evaluate_bars")
+    if len({r.bits_per_weight for r in results if r.bits_per_weight is not None}) > 1:
+        st.plotly_chart(
+            evaluate_charts.quality_vs_bits(results), width="stretch", key="evaluate_quality_bits"
+        )
+        st.caption(
+            "Down and to the left is better: less KL divergence to the reference for fewer bits per weight. "
+            "Cells that also quantize activations (W…A…) pay for them in quality, not in weight bits."
+        )
 
 
 def findings_ui(results: dict[str, CellResult]) -> None:

@@ -7,7 +7,7 @@ import math
 import plotly.graph_objects as go
 
 from engine.evaluation.study import BAND_LIMITS, BANDS, CellResult, band
-from ui.charts import decade_ticks
+from ui.charts import decade_ticks, layout
 
 AXIS_COLORS = {
     "reference": "#7f7f7f",
@@ -15,6 +15,7 @@ AXIS_COLORS = {
     "gguf": "#17becf",  # W4 Q4_1: a 4-bit weight cell in llama.cpp's layout
     "weight-activation": "#9467bd",
     "kv": "#ff7f0e",
+    "formats": "#2ca02c",  # today's formats: MXFP4, NVFP4, MXFP8, int4 g32
 }
 BAND_COLORS = ("#1a9850", "#fee08b", "#f46d43", "#a50026")  # close, noticeable, bad, broken
 METRICS = (  # (row label, BAND_LIMITS key, value from a table row)
@@ -138,3 +139,41 @@ def perplexity_bars(results: list[CellResult], reference: float) -> go.Figure:
         showlegend=False,
     )
     return decade_ticks(figure)
+
+
+def _quantizes_activations(result: CellResult) -> bool:
+    """W4A4, W8A8 MXFP8, ...: the recipe's name carries an activation width after its weight width."""
+    head = result.cell.split()[0]
+    return head.startswith("W") and "A" in head[1:]
+
+
+def quality_vs_bits(results: list[CellResult]) -> go.Figure:
+    """Mean KL to the reference (log) against bits per weight: one labelled point per cell that quantizes
+    weights, weight-only cells and cells that quantize activations too in their own colours."""
+    shown = [r for r in results if r.bits_per_weight is not None]
+    figure = go.Figure()
+    for name, activations, color in (
+        ("weights only", False, AXIS_COLORS["weights"]),
+        ("weights and activations", True, AXIS_COLORS["weight-activation"]),
+    ):
+        rows = [r for r in shown if _quantizes_activations(r) == activations]
+        if rows:
+            figure.add_scatter(
+                x=[r.bits_per_weight for r in rows],
+                y=[max(r.mean_kl, 1e-5) for r in rows],  # an exact cell (KL 0) sits on the floor
+                mode="markers+text",
+                text=[r.cell for r in rows],
+                textposition="top center",
+                name=name,
+                marker=dict(size=10, color=color),
+                hovertemplate="%{text}: %{x:.3f} bits/weight, mean KL %{y:.4f} nats<extra></extra>",
+            )
+    figure.update_yaxes(type="log")
+    return layout(
+        figure,
+        "Quality vs size: mean KL to the reference against bits per weight",
+        "bits per weight (quantized linears, scales included)",
+        "mean KL (nats, log scale; 0 drawn at 10⁻⁵)",
+        height=400,
+        bargap=None,
+    )

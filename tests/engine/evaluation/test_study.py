@@ -10,6 +10,7 @@ import torch
 from engine import recipes
 from engine.evaluation.study import (
     BANDS,
+    FORMATS_GRID,
     FULL_GRID,
     MODEL_GRID,
     QUICK_GRID,
@@ -107,3 +108,39 @@ def test_the_q4_1_cell_reproduces_the_default_model(default_loaded, single_threa
     windows = token_windows(default_loaded.tokenizer, text, WindowSpec(128, 1, split="evaluation"))
     result = run_grid(default_loaded.model, windows, [recipes.get(MODEL_GRID)], group_size=64)[MODEL_GRID]
     assert result.relative_change == 0.0 and result.mean_kl == 0.0 and result.top1_agreement == 1.0
+
+
+def test_the_formats_grid_holds_todays_formats_at_their_own_block_sizes():
+    names = [cell.name for cell in FORMATS_GRID]
+    for name in (
+        "W4 MXFP4",
+        "W4 NVFP4",
+        "Q4_0",
+        "Q4_K",
+        "W4A4 MXFP4",
+        "W4A4 NVFP4",
+        "W8A8 MXFP8",
+        "KV4 NVFP4",
+    ):
+        assert name in names
+    widths = (576, 1536)  # SmolLM2: the model's W4 group size is 64, the formats keep their own blocks
+    assert recipes.get("W4 MXFP4").for_model(*widths).weights.label == "mxfp4"
+    assert recipes.get("W4 NVFP4").for_model(*widths).weights.label == "nvfp4"
+    assert recipes.get("W4A4 NVFP4").for_model(*widths).method.label == "W4A4 nvfp4"
+    split = recipes.get("K FP8 / V MXFP4").kv
+    assert split.scheme is None and split.label == "K fp8_e4m3 channel / V mxfp4"
+
+
+@pytest.mark.slow
+def test_default_model_formats_at_4_bits(default_loaded, single_thread):
+    """Bits per weight come out of the model (Q4_K's 5.25 is tests/engine/methods/test_gguf_method.py's), and
+    NVFP4's finer scales beat MXFP4's power-of-two ones, as published (e.g. NVIDIA's NVFP4 notes)."""
+    text = load_text("britannica")
+    windows = token_windows(default_loaded.tokenizer, text, WindowSpec(128, 1, split="evaluation"))
+    names = ("W4 MXFP4", "W4 NVFP4", "KV4 NVFP4", "K FP8 / V MXFP4")
+    results = run_grid(default_loaded.model, windows, [recipes.get(name) for name in names])
+    bits = {name: result.bits_per_weight for name, result in results.items()}
+    assert bits["W4 MXFP4"] == 4.25 and bits["W4 NVFP4"] == pytest.approx(4.5, abs=1e-4)
+    assert bits["KV4 NVFP4"] is None and bits["K FP8 / V MXFP4"] is None  # weights kept
+    assert results["W4 NVFP4"].mean_kl < 0.7 * results["W4 MXFP4"].mean_kl
+    assert results["K FP8 / V MXFP4"].relative_change < 0.05  # FP8 keys, MXFP4 values: nearly free
