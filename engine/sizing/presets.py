@@ -139,6 +139,26 @@ PRESETS: dict[str, WeightPreset] = {
         WeightPreset(
             "fp4", "FP4 (bitsandbytes)", scheme=_scheme("fp4 g64 scale_fp32"), note="Same layout as NF4."
         ),
+        WeightPreset(
+            "mxfp8",
+            "MXFP8 e4m3 (OCP microscaling)",
+            scheme=_scheme("mxfp8_e4m3"),
+            note="FP8 elements in blocks of 32 sharing one power-of-two (E8M0) scale: 8 + 8/32 = 8.25 bpw.",
+        ),
+        WeightPreset(
+            "mxfp4",
+            "MXFP4 (OCP microscaling)",
+            scheme=_scheme("mxfp4"),
+            note="FP4 (E2M1) elements in blocks of 32 sharing one E8M0 scale: 4.25 bpw; how gpt-oss ships "
+            "its experts.",
+        ),
+        WeightPreset(
+            "nvfp4",
+            "NVFP4 (NVIDIA)",
+            scheme=_scheme("nvfp4"),
+            note="FP4 (E2M1) in blocks of 16 with an FP8 (E4M3) scale each, times one FP32 scale per "
+            "tensor: 4.5 bpw plus 32 bits per tensor.",
+        ),
         _gguf("Q8_0", 8.5, "int8 with an fp16 scale per 32: 8.5 bpw."),
         _gguf("Q6_K", 6.5625, "Super-blocks of 256: 6.5625 bpw."),
         _gguf("Q5_K_M", 5.69, "Mixed Q5_K / Q6_K; about 5.69 bpw on average."),
@@ -149,6 +169,10 @@ PRESETS: dict[str, WeightPreset] = {
             "int4 with fp16 scale and min per 32: 5 bpw (how the default SmolLM2 was distributed).",
         ),
         _gguf("Q4_0", 4.5, "int4 with an fp16 scale per 32: 4.5 bpw."),
+        _gguf("Q5_K", 5.5, "5-bit super-blocks of 256, 6-bit sub-block scales and mins: 5.5 bpw."),
+        _gguf("Q4_K", 4.5, "4-bit super-blocks of 256, 6-bit sub-block scales and mins: 4.5 bpw."),
+        _gguf("Q3_K", 3.4375, "3-bit super-blocks of 256, 6-bit sub-block scales: 3.4375 bpw."),
+        _gguf("Q2_K", 2.625, "2-bit super-blocks of 256, 4-bit sub-block scales and mins: 2.625 bpw."),
     )
 }
 

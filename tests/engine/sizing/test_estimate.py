@@ -44,10 +44,25 @@ def llama_31_8b():
         ("int8", 8 + 16 / 4096),
         ("fp8", 8 + 32 / 4096),
         ("bf16", 16),
+        ("mxfp4", 4.25),
+        ("mxfp8", 8.25),
+        ("nvfp4", 4.5),
+        ("Q2_K", 2.625),
+        ("Q3_K", 3.4375),
+        ("Q4_K", 4.5),
+        ("Q5_K", 5.5),
     ],
 )
 def test_linear_bits_per_weight_of_presets(name, bits):
     assert PRESETS[name].linear_bits_for(4096) == pytest.approx(bits)
+
+
+def test_gguf_presets_price_the_blocks_as_packed():
+    """The k-quant presets' bits are the real block sizes (engine.quant.gguf packs and measures them)."""
+    from engine.quant.gguf import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
+
+    for t in (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K):
+        assert PRESETS[t.name].linear_bits_for(4096) == t.type_size * 8 / t.block_size
 
 
 def test_presets_keep_embeddings_16_bit_except_gguf():
