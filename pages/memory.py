@@ -57,13 +57,14 @@ def breakdown_chart_and_table(config, breakdowns: list[MemoryBreakdown], inputs:
         key="memory_stacked",
     )
     st.dataframe(
-        pd.DataFrame(memory_ui.summary_rows(config, breakdowns, device)),
+        pd.DataFrame(memory_ui.summary_rows(config, breakdowns, inputs.presets, device)),
         hide_index=True,
         width="stretch",
         column_config=memory_ui.summary_columns(device),
     )
     st.caption(
-        f"Sizes in GiB; 1 GPU?: whether one {device.name} holds it. Overhead is a typical CUDA context plus "
+        f"Sizes in GiB; 1 GPU?: whether one {device.name} holds it; runs: whether its tensor cores take the "
+        "format natively, only as weight-only kernels, or not at all (emulated). Overhead is a typical CUDA context plus "
         "allocator slack (0.6 GiB), not a measurement. Decode tok/s is the bandwidth roofline (bytes read per "
         "token ÷ datasheet bandwidth, on the fewest GPUs that fit); real engines reach 60–90% of it — the Speed "
         "page measures."

@@ -9,6 +9,11 @@ Tensor parallelism: weights, activations and the KV cache are split n ways, exce
 fewer KV heads than GPUs replicates them (each GPU keeps at least one whole KV head), and every GPU
 pays its own framework overhead. Decode speed is the bandwidth roofline: bytes read per token divided
 by bandwidth; real engines reach 60-90% of it and the Speed page measures the rest.
+
+Native formats: each GPU names its architecture, and `NATIVE_FORMATS` lists the number formats that
+architecture's tensor cores (matrix units) take as inputs. `native_support` says whether a weight format
+runs natively there, as weight-only kernels (low-bit weights dequantized to 16-bit inside the matmul
+kernel: int4, NF4, GGUF), or emulated (a float format the hardware has no type for, converted first).
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.quant.microscaling import MX_SCALE_DTYPES, TWO_LEVEL_SCALE_DTYPES
+from engine.quant.schemes import QuantScheme
 from engine.sizing.estimate import ConfigError, MemoryBreakdown, _text_config, key_value_heads
+from engine.sizing.presets import WeightPreset, weight_preset
 
 GPU_CATALOG = Path(__file__).resolve().parents[2] / "assets" / "catalog" / "gpus.json"
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -36,6 +44,7 @@ class GPU:
     bf16_flops: float  # dense FLOP/s, datasheet peak
     usable_fraction: float = 1.0  # share of memory_bytes one process can allocate
     source: str = ""
+    architecture: str = ""  # a key of NATIVE_FORMATS: which number formats run natively
 
     @property
     def usable_bytes(self) -> float:
@@ -54,6 +63,7 @@ def gpu_catalog() -> tuple[GPU, ...]:
             bf16_flops=row["bf16_tflops"] * 1e12,
             usable_fraction=row.get("usable_fraction", 1.0),
             source=row.get("source", ""),
+            architecture=row["architecture"],
         )
         for row in data["gpus"]
     )
@@ -63,7 +73,9 @@ def this_machine() -> GPU:
     """This computer's RAM as a device (bandwidth unknown: roughly DDR speed, left at 20 GB/s)."""
     import psutil
 
-    return GPU("This machine (CPU RAM)", "CPU", psutil.virtual_memory().total, 20e9, 1e12, 1.0, "psutil")
+    return GPU(
+        "This machine (CPU RAM)", "CPU", psutil.virtual_memory().total, 20e9, 1e12, 1.0, "psutil", "CPU"
+    )
 
 
 def all_devices() -> list[GPU]:
@@ -170,3 +182,79 @@ def serving_what_if(
     per_token = breakdown.kv_cache / (breakdown.batch * breakdown.context)
     tokens = int(capacity // per_token) if per_token else 0
     return ServingWhatIf(reserved, capacity, tokens, tokens / breakdown.context)
+
+
+# Tensor-core input formats: "16/32-bit" (fp16/bf16, and fp32 or TF32), "int8", "fp8" (e4m3 and e5m2),
+# plain "fp6"/"fp4" elements (E2M3/E3M2, E2M1), OCP microscaling "mxfp8"/"mxfp6"/"mxfp4" (E8M0 scale per
+# 32) and "nvfp4" (E4M3 scale per 16). int4 tensor cores (Turing, Ampere) are left out: int4 weights run
+# against 16-bit activations, so kernels dequantize them anyway.
+_WIDE = frozenset({"16/32-bit"})
+_INT8 = _WIDE | {"int8"}
+_FP8 = _INT8 | {"fp8"}
+_APPLE = _WIDE  # Metal's simdgroup matrices take half / float (bfloat on M3+): no int8, FP8 or FP4 type
+NATIVE_FORMATS: dict[str, frozenset[str]] = {
+    # Turing whitepaper (2018): 2nd-gen tensor cores, FP16, INT8 and INT4 (no bf16); PTX mma .s8 from sm_75
+    "Turing": _INT8,
+    # NVIDIA A100 (GA100) and GA102 whitepapers: 3rd-gen tensor cores, FP16, BF16, TF32, INT8, INT4; no FP8
+    "Ampere": _INT8,
+    # Ada Lovelace (AD102) whitepaper: 4th-gen tensor cores add FP8 E4M3/E5M2; PTX ISA mma .e4m3/.e5m2, sm_89
+    "Ada": _FP8,
+    # H100 (Hopper) whitepaper: FP8 E4M3/E5M2 Transformer Engine; PTX ISA wgmma .e4m3/.e5m2, sm_90a
+    "Hopper": _FP8,
+    # Blackwell whitepaper; PTX ISA 8.7+: tcgen05.mma kind::f8f6f4 / mxf8f6f4 / mxf4nvf4 (sm_100a, B200)
+    # and mma.sync kind::f8f6f4 / mxf8f6f4 / mxf4nvf4 (sm_120a, RTX 50xx): FP6, FP4, MX block scales, NVFP4
+    "Blackwell": _FP8 | {"fp6", "fp4", "mxfp8", "mxfp6", "mxfp4", "nvfp4"},
+    "Apple M2": _APPLE,  # Apple Metal Shading Language spec: simdgroup_matrix<half|float>
+    "Apple M3": _APPLE,  # Metal 3.1 adds bfloat
+    "Apple M4": _APPLE,
+    # PyTorch CPU: fp32 / bf16 GEMMs, int8 through fbgemm / oneDNN (VNNI, AMX); FP8 and FP4 are converted
+    "CPU": _INT8,
+}
+# Not in the catalog, so not listed: AMD CDNA3 (MI300X) runs FP8 (the FNUZ variants) and int8; CDNA4
+# (MI355X) adds OCP FP8, MXFP8, MXFP6 and MXFP4 (AMD CDNA3 / CDNA4 architecture whitepapers).
+
+NATIVE, WEIGHT_ONLY, EMULATED = "native", "weight-only (dequantized in the kernel)", "emulated"
+
+
+@functools.singledispatch
+def tensor_core_format(weights) -> str | None:
+    """The tensor-core input type a weight format needs to run natively, a key of NATIVE_FORMATS' sets;
+    None for formats that every GPU runs through weight-only kernels (int2-int7, NF4, GGUF blocks)."""
+    raise TypeError(
+        f"no number format for {type(weights).__name__}; pass a WeightPreset, QuantScheme or name"
+    )
+
+
+@tensor_core_format.register
+def _(weights: QuantScheme) -> str | None:
+    family, bits = weights.element.family, weights.bits
+    if family == "float":
+        if weights.scale_dtype in TWO_LEVEL_SCALE_DTYPES and bits == 4:
+            return "nvfp4"
+        if weights.scale_dtype in MX_SCALE_DTYPES:
+            return f"mxfp{bits}"
+        return f"fp{bits}"
+    if family == "int" and bits == 8:
+        return "int8"
+    return None  # int below 8 bits, codebooks (NF4, bitsandbytes FP4)
+
+
+@tensor_core_format.register
+def _(weights: WeightPreset) -> str | None:
+    if weights.scheme is not None:
+        return tensor_core_format(weights.scheme)
+    return "16/32-bit" if weights.linear_bits >= 16 else None  # GGUF blocks: llama.cpp dequantizes
+
+
+@tensor_core_format.register
+def _(weights: str) -> str | None:
+    return tensor_core_format(weight_preset(weights))
+
+
+def native_support(device: GPU, weights: WeightPreset | QuantScheme | str) -> str:
+    """Whether `device` runs `weights` natively on its tensor cores, with weight-only kernels, or emulated."""
+    needed = tensor_core_format(weights)
+    if needed is not None and needed in NATIVE_FORMATS.get(device.architecture, _WIDE):
+        return NATIVE
+    # integer weights without int8 units (Apple) run like int4: dequantized inside the matmul kernel
+    return WEIGHT_ONLY if needed in (None, "int8") else EMULATED

@@ -17,6 +17,7 @@ from engine.sizing.gpus import (
     decode_estimate,
     fits,
     min_tensor_parallel,
+    native_support,
     serving_what_if,
 )
 from engine.sizing.measure import measure_generation_peak, peak_vs_estimate, weights_vs_real_bytes
@@ -180,8 +181,11 @@ SIZE_COLUMNS = {  # the summary table's GiB columns: their short headers and wid
 }
 
 
-def summary_rows(config, breakdowns: list[MemoryBreakdown], device: GPU) -> list[dict]:
-    """One row per format: bytes by component, whether one GPU holds it, the decode roofline."""
+def summary_rows(
+    config, breakdowns: list[MemoryBreakdown], presets: list[WeightPreset], device: GPU
+) -> list[dict]:
+    """One row per format: bytes by component, whether one GPU holds it and runs it natively, the decode
+    roofline."""
     return [
         {
             "weights": b.weights_label,
@@ -192,29 +196,37 @@ def summary_rows(config, breakdowns: list[MemoryBreakdown], device: GPU) -> list
             "overhead GiB": b.overhead / GIB,
             "total GiB": b.total / GIB,
             "fits one GPU": "yes" if fits(b, config, device) else "no",
+            "runs": native_support(device, preset).split(" (")[0],  # the column's tooltip says the rest
             "decode tok/s": decode_estimate(
                 b, device, min_tensor_parallel(b, config, device) or 1
             ).tokens_per_s,
         }
-        for b in breakdowns
+        for b, preset in zip(breakdowns, presets, strict=True)
     ]
 
 
 def summary_columns(device: GPU) -> dict:
     """The summary table's columns: short headers (unit and meaning in each header's tooltip) and fixed
-    widths, 760 px in all, so the nine columns fit a 1280-pixel window beside the sidebar: with headers
+    widths, 800 px in all, so the ten columns fit a 1280-pixel window beside the sidebar: with headers
     sized to their text the last one, decode tok/s, sat past the right edge."""
     sizes = {
         key: st.column_config.NumberColumn(label, width=width, format="%.2f", help=f"{label}, in GiB")
         for key, (label, width) in SIZE_COLUMNS.items()
     }
     return {
-        "weights": st.column_config.TextColumn("format", width=236, help="Weight format"),
+        "weights": st.column_config.TextColumn("format", width=200, help="Weight format"),
         "bits/weight": st.column_config.NumberColumn(
             "bits/w", width=52, format="%.3f", help="Bits per weight, scales included"
         ),
         **sizes,
         "fits one GPU": st.column_config.TextColumn("1 GPU?", width=56, help=f"Fits on one {device.name}"),
+        "runs": st.column_config.TextColumn(
+            "runs",
+            width=76,
+            help=f"How the {device.name} runs this format — native: its tensor cores take it as is; weight-only: "
+            "low-bit weights are dequantized to 16-bit inside the matmul kernel; emulated: the GPU has no such "
+            "number type, so kernels convert it first (memory saved, no faster math).",
+        ),
         "decode tok/s": st.column_config.NumberColumn(
             "decode tok/s",
             width=90,
