@@ -214,7 +214,7 @@ def summary_columns(device: GPU) -> dict:
         for key, (label, width) in SIZE_COLUMNS.items()
     }
     return {
-        "weights": st.column_config.TextColumn("format", width=200, help="Weight format"),
+        "weights": st.column_config.TextColumn("format", width=234, help="Weight format"),
         "bits/weight": st.column_config.NumberColumn(
             "bits/w", width=52, format="%.3f", help="Bits per weight, scales included"
         ),
@@ -228,10 +228,10 @@ def summary_columns(device: GPU) -> dict:
             "number type, so kernels convert it first (memory saved, no faster math).",
         ),
         "decode tok/s": st.column_config.NumberColumn(
-            "decode tok/s",
-            width=90,
+            "tok/s",
+            width=56,
             format="%.0f",
-            help="Tokens per second at batch 1 if memory-bound: bytes read per token ÷ datasheet bandwidth, "
+            help="Decode tokens per second at batch 1 if memory-bound: bytes read per token ÷ datasheet bandwidth, "
             "on the fewest GPUs that fit",
         ),
     }
