@@ -6,18 +6,17 @@ live in session state (ui.pages.compare.CompareRun), so reruns redraw them witho
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import streamlit as st
 
 from engine.runtime.generation import MAX_NEW_TOKENS_CAP, GenerationError, GenerationSettings
-from ui import cache, page, state
-from ui.cache.variants import model_key, variant
+from ui import cache, page
+from ui.cache.variants import model_key
 from ui.errors import show_error
 from ui.pages import compare as view
 from ui.pages import compare_figures as figures
-from ui.pages import methods as methods_view
+from ui.pages import compare_variants as variants_view
 from ui.widgets import NumberBoxes, prompt_area, prompt_problem
 
 RUN_KEY = "compare_run"  # the CompareRun shown on this page
@@ -36,36 +35,6 @@ class Request:
     settings: tuple  # GenerationSettings' arguments: max new tokens, temperature, top-p, seed, chat
     clicked: bool  # Generate was pressed on this run
     problems: list[str]  # why it cannot run, in words (a number out of range, a prompt too long)
-
-
-def variant_options(loaded) -> tuple[dict[str, view.VariantSpec], dict]:
-    """Option key -> VariantSpec (quick schemes and the Methods lab's models still held); lab configs ->
-    their QuantizedModel, or why it is gone (freed under the server's memory budget) in words."""
-    options = view.quick_variants(loaded.model, state.scheme())
-    lab: dict = {}
-    for run in methods_view.runs().values():  # every model built on the Methods lab page from this model
-        quantized, why = run.held()
-        lab[run.config] = quantized if quantized is not None else why
-        if quantized is None:
-            st.caption(f"**{run.label}** (Methods lab) is not offered: {why}")
-            continue
-        options[f"lab:{run.label}"] = view.VariantSpec(
-            f"lab:{run.label}", f"{run.label} (Methods lab)", run.config
-        )
-    return options, lab
-
-
-def lab_or_catalog(loaded, lab: dict, where) -> Callable:
-    """`build(config)` for prepare_models: a Methods-lab model as the lab built it (never rebuilt here:
-    GPTQ / AWQ need their calibration), otherwise the shared cached variant."""
-
-    def build(config):
-        held = lab.get(config)
-        if isinstance(held, str):
-            raise GenerationError(held)
-        return held if held is not None else variant(loaded, config, where=where)
-
-    return build
 
 
 def settings_form(options: dict[str, view.VariantSpec]) -> Request:
@@ -144,7 +113,7 @@ def new_run(loaded, options: dict[str, view.VariantSpec], request: Request) -> v
 def generate_run(run: view.CompareRun, loaded, built_in_lab: dict, shade_kl: bool) -> None:
     st.session_state[RUN_KEY] = run  # before any work: a Stop click finds the run and keeps what it made
     building = st.container()
-    models = view.prepare_models(run, loaded, lab_or_catalog(loaded, built_in_lab, building))
+    models = view.prepare_models(run, loaded, variants_view.lab_or_catalog(loaded, built_in_lab, building))
     st.caption(f"Model: {run.model_label} · {LEGEND}")
     bodies = []
     for col, column in zip(st.columns(len(run.columns), border=True), run.columns, strict=True):
@@ -201,7 +170,7 @@ def main() -> None:
     )
     loaded = cache.current_model_or_stop()
     view.origin_note(loaded)
-    options, built_in_lab = variant_options(loaded)
+    options, built_in_lab = variants_view.variant_options(loaded)
     request = settings_form(options)
     stop_slot, shade_kl = stop_and_shade()
     previous = st.session_state.get(RUN_KEY)

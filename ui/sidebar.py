@@ -8,7 +8,7 @@ import streamlit as st
 from engine.models.loading import DTYPES, available_devices, default_dtype
 from engine.models.sources import DEFAULT_MODEL_NAME, ModelSource, ModelSourceError
 from engine.quant.group_sizes import GroupSizeFit, group_size_fit
-from engine.quant.schemes import CANDIDATE_GROUP_SIZES
+from engine.quant.shapes import CANDIDATE_GROUP_SIZES
 from ui import cache, glossary, state
 from ui.errors import show_error
 from ui.widgets import scheme_picker

@@ -8,7 +8,8 @@ import streamlit as st
 
 from engine.quant.elements import element
 from engine.quant.group_sizes import GroupSizeFit
-from engine.quant.schemes import CANDIDATE_GROUP_SIZES, FORMATS, GRANULARITIES, QuantScheme
+from engine.quant.schemes import FORMATS, GRANULARITIES, QuantScheme
+from engine.quant.shapes import CANDIDATE_GROUP_SIZES
 from ui import state
 from ui.errors import show_error
 

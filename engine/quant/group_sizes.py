@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from engine.quant.linear import default_filter, linear_names
-from engine.quant.schemes import CANDIDATE_GROUP_SIZES, group_sizes_dividing, or_list
+from engine.quant.shapes import CANDIDATE_GROUP_SIZES, group_sizes_dividing, or_list
 
 MAX_NAMED = 6  # linears named in a note before "and N more"
 

@@ -48,7 +48,8 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicLayer, get_layer_types_and_kwargs
 
-from engine.quant.schemes import QuantScheme, suggest_group_sizes
+from engine.quant.schemes import QuantScheme
+from engine.quant.shapes import suggest_group_sizes
 from engine.runtime.kv_store import BASELINE_BYTES, make_store, numel, tensor_bytes
 
 KEY_AXES = ("token", "channel")

@@ -9,7 +9,7 @@ from torch import nn
 
 from engine.models.loading import available_devices, default_dtype
 from engine.models.sources import ModelSource
-from engine.quant.schemes import CANDIDATE_GROUP_SIZES
+from engine.quant.shapes import CANDIDATE_GROUP_SIZES
 from tests.app.conftest import PAGES, no_exceptions, open_page
 from ui import glossary
 

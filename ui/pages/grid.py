@@ -14,7 +14,8 @@ import streamlit as st
 
 from engine.analysis.priorgrid import PriorGrid
 from engine.analysis.tensors import SYNTHETIC_KINDS
-from engine.quant.schemes import CANDIDATE_GROUP_SIZES, QuantScheme, or_list
+from engine.quant.schemes import QuantScheme
+from engine.quant.shapes import CANDIDATE_GROUP_SIZES, or_list
 from ui import cache, charts, state
 from ui.cache import outliers as outlier_cache
 from ui.widgets import NumberBoxes

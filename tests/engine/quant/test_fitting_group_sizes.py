@@ -8,12 +8,8 @@ import pytest
 from torch import nn
 
 from engine.quant.group_sizes import fitting_group_sizes, group_size_fit, linear_widths
-from engine.quant.schemes import (
-    CANDIDATE_GROUP_SIZES,
-    QuantScheme,
-    check_shape,
-    group_sizes_dividing,
-)
+from engine.quant.schemes import QuantScheme, check_shape
+from engine.quant.shapes import CANDIDATE_GROUP_SIZES, group_sizes_dividing
 from tests.conftest import build_tiny_llama
 
 

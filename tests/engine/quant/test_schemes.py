@@ -15,8 +15,8 @@ from engine.quant.schemes import (
     check_shape,
     parse_label,
     storage_bits,
-    suggest_group_sizes,
 )
+from engine.quant.shapes import suggest_group_sizes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

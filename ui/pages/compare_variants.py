@@ -1,0 +1,44 @@
+"""The Compare page's variant choices: the catalog's quick recipes, the sidebar's scheme, and this session's
+Methods-lab models while the server's memory budget still holds them; and how each is built for a run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import streamlit as st
+
+from engine.runtime.generation import GenerationError
+from ui import state
+from ui.cache.variants import variant
+from ui.pages import compare as compare_view
+from ui.pages import methods as methods_view
+
+
+def variant_options(loaded) -> tuple[dict[str, compare_view.VariantSpec], dict]:
+    """Option key -> VariantSpec (quick schemes and the Methods lab's models still held); lab configs ->
+    their QuantizedModel, or why it is gone (freed under the server's memory budget) in words."""
+    options = compare_view.quick_variants(loaded.model, state.scheme())
+    lab: dict = {}
+    for run in methods_view.runs().values():  # every model built on the Methods lab page from this model
+        quantized, why = run.held()
+        lab[run.config] = quantized if quantized is not None else why
+        if quantized is None:
+            st.caption(f"**{run.label}** (Methods lab) is not offered: {why}")
+            continue
+        options[f"lab:{run.label}"] = compare_view.VariantSpec(
+            f"lab:{run.label}", f"{run.label} (Methods lab)", run.config
+        )
+    return options, lab
+
+
+def lab_or_catalog(loaded, lab: dict, where) -> Callable:
+    """`build(config)` for prepare_models: a Methods-lab model as the lab built it (never rebuilt here:
+    GPTQ / AWQ need their calibration), otherwise the shared cached variant."""
+
+    def build(config):
+        held = lab.get(config)
+        if isinstance(held, str):
+            raise GenerationError(held)
+        return held if held is not None else variant(loaded, config, where=where)
+
+    return build
