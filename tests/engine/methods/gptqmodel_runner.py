@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -45,3 +47,29 @@ def crosscheck_windows(tokenizer):
     calibration = token_windows(tokenizer, text, WindowSpec(window=256, count=8))
     evaluation = token_windows(tokenizer, text, WindowSpec(window=256, count=4, split="evaluation"))
     return calibration, evaluation
+
+
+KEPT_LAYERS = (*range(6), *range(24, 30))  # of the default model's 30: the first and last six
+
+
+def truncated_default(loaded, folder: Path, keep: tuple[int, ...] = KEPT_LAYERS):
+    """The default model with only the decoder layers `keep` (norm and tied head kept), saved as a
+    safetensors folder gptqmodel can load; returns (model, folder).
+
+    Both pipelines quantize the same smaller llama, so the end-to-end comparison is as strict as on the full
+    model (each side's KL to the same float model) on 40% of the layers. The first layers make the
+    massive activations and the last ones the predictions: without the last six the model's perplexity is
+    ~1e9 and every quantization looks alike; with them it stays a language model.
+    """
+    import copy
+
+    model = copy.deepcopy(loaded.model)
+    model.model.layers = torch.nn.ModuleList([model.model.layers[i] for i in keep])
+    for index, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = index
+    model.config.num_hidden_layers = len(keep)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return model, folder
