@@ -35,6 +35,8 @@ What each name means, and why (the catalogs this replaced disagreed on "W8" and 
   them (`engine.methods.gguf`, its scale searches and byte layouts in `engine.quant.gguf`), every linear
   weight; a k-quant on rows that are not a multiple of 256 falls back per tensor as llama.cpp does (on
   SmolLM2, 180 of 210 tensors: Q4_K comes out at 5.25 bits per weight).
+- `Q4_K_M`, `Q5_K_M` (axis "gguf"): llama.cpp's file-level mixes (`engine.quant.gguf.mixes`), a type per
+  tensor by llama.cpp's rules, the token embedding and head included, as `llama-quantize` writes the file.
 - axis "formats" (W4 g32, W4 MXFP4, W4 NVFP4, W4A4 MXFP4, W4A4 NVFP4, W8A8 MXFP8; KV8 FP8, KV4 MXFP4,
   KV4 NVFP4 and K FP8 / V MXFP4, keys and values apart): today's formats for
   Evaluate's "Formats at 4 bits" grid (`engine.evaluation.study.FORMATS_GRID`). MX and NVFP4 fix their
@@ -59,6 +61,7 @@ from engine.methods.bnb import BnbConfig
 from engine.methods.gguf import GGUFConfig
 from engine.methods.rtn import RTNConfig
 from engine.quant.gguf import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0
+from engine.quant.gguf.mixes import Q4_K_M, Q5_K_M
 from engine.quant.schemes import QuantScheme, parse_label
 from engine.runtime.kv_cache import KVCacheConfig
 
@@ -231,6 +234,12 @@ def _catalog() -> list[Recipe]:
                + fallback.format("Q8_0"), GGUFConfig(Q6_K)),
         Recipe("Q8_0", "gguf", "llama.cpp's Q8_0: 8-bit codes, an fp16 scale per 32 weights (8.5 bits)",
                GGUFConfig(Q8_0)),
+        Recipe("Q4_K_M", "gguf", "llama.cpp's Q4_K_M file: Q4_K, with attention v and down projections Q6_K "
+               "on half the layers and the head (or tied embedding) Q6_K, embeddings included; "
+               + fallback.format("Q5_0 / Q8_0"), GGUFConfig(Q4_K_M, include_embeddings=True)),
+        Recipe("Q5_K_M", "gguf", "llama.cpp's Q5_K_M file: Q5_K, with attention v and down projections Q6_K "
+               "on half the layers and the head (or tied embedding) Q6_K, embeddings included; "
+               + fallback.format("Q5_1 / Q8_0"), GGUFConfig(Q5_K_M, include_embeddings=True)),
     ]  # fmt: skip
     recipes += _format_recipes()
     recipes += [

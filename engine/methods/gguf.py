@@ -6,48 +6,56 @@ k-quants' scale searches included, no importance matrix), rows along the input d
 stores them. Norms and biases stay as they are (llama.cpp keeps 1-D tensors in F32). The layers stay
 plain `nn.Linear`s holding the dequantized values, so the model runs anywhere.
 
-Per-tensor fallback (llama.cpp's src/llama-quant.cpp, `convert_incompatible_tensor`): a k-quant packs
-rows in super-blocks of 256, so a tensor whose rows are not a multiple of 256 gets a type with blocks of
-32 instead (`FALLBACK` below); if even blocks of 32 do not fit, it is stored F16 (here: rounded to
-float16). Current llama.cpp sends Q2_K and Q3_K to IQ4_NL, a 4.5-bit non-linear type not implemented
-here; we use Q4_0 (same 4.5 bits, blocks of 32), which is what llama.cpp used before IQ4_NL existed.
+Per-tensor fallback (llama.cpp's src/llama-quant.cpp, `tensor_type_fallback`): a k-quant packs rows in
+super-blocks of 256, so a tensor whose rows are not a multiple of 256 gets a type with blocks of 32
+instead (`FALLBACK`, kept with the mixes in engine.quant.gguf.mixes); if even blocks of 32 do not fit,
+it is stored F16 (here: rounded to float16). Q2_K and Q3_K fall back to Q4_0, as current llama.cpp does
+(some versions used IQ4_NL, same 4.5 bits, not implemented here).
 The legacy types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) have no fallback: llama.cpp refuses such a tensor, and
 so do we, before touching anything. On SmolLM2 (hidden size 576, 576 = 2.25 x 256) this means a "Q4_K"
 model is mostly Q5_0: only the down projections (rows of 1536) are Q4_K. Each LayerReport says which
 type its tensor really got and its exact bits per weight; `QuantizedModel.bits_per_weight` weighs them by size.
 
-Embeddings are left as the model holds them unless `include_embeddings` is set: llama.cpp quantizes
-token_embd and output too, but with its own type rules (Q6_K output, for instance), which `--pure` and
-this method do not reproduce. A tied head shares the embedding's storage: it is quantized (and
-reported) once, as token_embd.
+Embeddings are left as the model holds them unless `include_embeddings` is set. A tied head shares the
+embedding's storage: it is quantized (and reported) once, as token_embd.
+
+File-level mixes (`GGUFConfig(Q4_K_M)`, engine.quant.gguf.mixes): the type of each tensor comes from
+llama.cpp's per-tensor rules for that file type (attn_v and ffn_down raised on some layers, the head or
+a tied embedding Q6_K or Q8_0, ...), then the same fallback; routers stay as they are. With
+`include_embeddings` the model is the one `llama-quantize model.gguf Q4_K_M` writes, tensor by tensor,
+and its bits per weight come out of those types.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import singledispatch
 
 import torch
 from torch import Tensor, nn
 
 from engine.methods.registry import Calibration, LayerReport, register
-from engine.quant.gguf import Q2_K, Q3_K, Q4_0, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, GGUFType, fake_quantize
+from engine.quant.gguf import GGUFType, fake_quantize
+from engine.quant.gguf.mixes import FALLBACK, GGUFMix, expert_count, tensor_type  # noqa: F401 (re-exported)
 from engine.quant.linear import linear_names
 from engine.quant.metrics import sqnr_db
 
-# llama.cpp's per-tensor fallback when a row is not a multiple of the type's block (llama-quant.cpp).
-FALLBACK: dict[GGUFType, GGUFType] = {Q2_K: Q4_0, Q3_K: Q4_0, Q4_K: Q5_0, Q5_K: Q5_1, Q6_K: Q8_0}
 F16_BITS = 16.0  # what llama.cpp stores when not even the fallback's blocks fit
 
 
 @dataclass(frozen=True)
 class GGUFConfig:
-    type: GGUFType  # the block type asked for (engine.quant.gguf: Q4_K, ...; gguf_type("q4_k") from text)
+    # the block type asked for (engine.quant.gguf: Q4_K, ...; gguf_type("q4_k") from text), or a file-level
+    # mix whose rules pick a type per tensor (engine.quant.gguf.mixes: GGUF_MIXES["Q4_K_M"], gguf_mix(...))
+    type: GGUFType | GGUFMix
     include_embeddings: bool = False  # also the token embedding and an untied output head
 
     def __post_init__(self) -> None:
-        if not isinstance(self.type, GGUFType):
-            raise ValueError(f"type must be a GGUF block type such as Q4_K (got {self.type!r})")
+        if not isinstance(self.type, GGUFType | GGUFMix):
+            raise ValueError(
+                f"type must be a GGUF block type such as Q4_K or a mix such as Q4_K_M (got {self.type!r})"
+            )
         if not isinstance(self.include_embeddings, bool):
             raise ValueError(f"include_embeddings must be True or False (got {self.include_embeddings!r})")
 
@@ -58,7 +66,8 @@ class GGUFConfig:
 
 @dataclass(frozen=True)
 class GGUFDetail:
-    """What a tensor got (LayerReport.detail): the type asked for and the one used (None: stored F16)."""
+    """What a tensor got (LayerReport.detail): the type asked for (a mix: its rule's type for this tensor)
+    and the one used (None: stored F16)."""
 
     requested: GGUFType
     used: GGUFType | None
@@ -70,21 +79,6 @@ class GGUFDetail:
     @property
     def fell_back(self) -> bool:
         return self.used != self.requested
-
-
-def tensor_type(requested: GGUFType, row_length: int) -> GGUFType | None:
-    """The type llama.cpp stores a tensor with rows of `row_length` in when asked for `requested`:
-    requested if its blocks fit, else its fallback, else None (F16). ValueError for a legacy type that
-    does not fit (llama.cpp has no fallback for those)."""
-    if row_length % requested.block_size == 0:
-        return requested
-    fallback = FALLBACK.get(requested)
-    if fallback is None:
-        raise ValueError(
-            f"{requested.name} packs rows in blocks of {requested.block_size} values and llama.cpp has no "
-            f"fallback for it; rows of {row_length} values do not fit. Choose another type."
-        )
-    return fallback if row_length % fallback.block_size == 0 else None
 
 
 def _targets(model: nn.Module, include_embeddings: bool) -> list[tuple[str, nn.Module]]:
@@ -99,6 +93,32 @@ def _targets(model: nn.Module, include_embeddings: bool) -> list[tuple[str, nn.M
     return targets
 
 
+@singledispatch
+def _plan(requested, model: nn.Module, targets) -> dict[str, tuple[GGUFType, GGUFType | None]]:
+    """{name: (type asked for, type used)} for the targets (a mix may leave some out: routers)."""
+    raise TypeError(f"not a GGUF type or mix: {requested!r}")
+
+
+@_plan.register
+def _(requested: GGUFType, model, targets):
+    plans = {}
+    for name, module in targets:  # every tensor's type first: refuse before touching anything
+        try:
+            plans[name] = (requested, tensor_type(requested, module.weight.shape[-1]))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from exc
+    return plans
+
+
+@_plan.register
+def _(requested: GGUFMix, model, targets):
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and head.weight is embedding.weight
+    rows = [(name, module.weight.shape[-1]) for name, module in targets]
+    return requested.plan(rows, int(config.num_hidden_layers), n_expert=expert_count(config), tied=tied)
+
+
 def _quantized(weight: Tensor, t: GGUFType | None) -> Tensor:
     if t is None:
         return weight.to(torch.float16).to(weight.dtype)
@@ -108,21 +128,17 @@ def _quantized(weight: Tensor, t: GGUFType | None) -> Tensor:
 @register(GGUFConfig, name="GGUF (llama.cpp)", calibration=Calibration.NONE, detail_type=GGUFDetail)
 def gguf(model, config: GGUFConfig, calib, progress) -> list[LayerReport]:
     targets = _targets(model, config.include_embeddings)
-    plans = []
-    for name, module in targets:  # every tensor's type first: refuse before touching anything
-        try:
-            plans.append((name, module, tensor_type(config.type, module.weight.shape[-1])))
-        except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from exc
+    types = _plan(config.type, model, targets)  # every tensor's type first: refuse before touching anything
+    plans = [(name, module, *types[name]) for name, module in targets if name in types]
     reports: list[LayerReport] = []
-    for index, (name, module, used) in enumerate(plans):
+    for index, (name, module, requested, used) in enumerate(plans):
         start = time.perf_counter()
         with torch.no_grad():
             original = module.weight.detach().clone()
             module.weight.copy_(_quantized(original, used))  # in place: a tied head follows its embedding
             sqnr = sqnr_db(original.float(), module.weight.float())
         bits = used.bits_per_weight if used is not None else F16_BITS
-        detail = GGUFDetail(config.type, used)
+        detail = GGUFDetail(requested, used)
         reports.append(LayerReport(name, bits, sqnr, seconds=time.perf_counter() - start, detail=detail))
         if progress:
             progress((index + 1) / len(plans), f"{name}: {detail.used_name} ({index + 1}/{len(plans)})")

@@ -32,7 +32,7 @@ from engine.sizing.parameters import (  # noqa: F401  (parameters_by_kind re-exp
     moe_fields,
     parameters_by_kind,
 )
-from engine.sizing.presets import WeightPreset, weight_preset
+from engine.sizing.presets import WeightPreset, mix_bytes_by_kind, weight_preset
 
 CUDA_OVERHEAD_BYTES = 600 * 1024**2  # CUDA context + cuBLAS workspace + allocator slack (assumed, typical)
 LOGITS_BYTES = 4  # logits are upcast to fp32 before softmax / sampling
@@ -139,6 +139,17 @@ class KVFormat:
             return f"KV{self.bits} ({self.name})"
         return f"KV {self.name} ({self.bits_per_value(head_dim_):.3g} bits/value)"
 
+    def side_label(self, head_dim_: int) -> str:
+        """One side of a cache whose keys and values differ: "fp8 (8 bits/value)"."""
+        return f"{self.name} ({self.bits_per_value(head_dim_):.3g} bits/value)"
+
+
+def kv_label(keys: KVFormat, values: KVFormat, head_dim_: int) -> str:
+    """The cache's label: one format, or keys and values apart ("K fp8 (8 bits/value), V int4 (...)")."""
+    if keys == values:
+        return keys.label(head_dim_)
+    return f"K {keys.side_label(head_dim_)}, V {values.side_label(head_dim_)}"
+
 
 KV_FORMATS = {
     "fp32": KVFormat("fp32", 32),  # CPU models in float32 cache in float32 too
@@ -178,6 +189,15 @@ def weight_bytes(
     """Bytes of the weights under a preset (a scheme means weight-only on linears; None: 16-bit)."""
     preset = weight_preset("bf16" if weights is None else weights)
     by_kind = {kind: count * preset.bits_for(kind, in_features) / 8 for kind, count in counts.items()}
+    total_params = sum(counts.values())
+    return WeightBytes(by_kind, 8 * sum(by_kind.values()) / total_params if total_params else 0.0)
+
+
+def _weights(config, counts: dict[str, int], preset: WeightPreset, in_features: int) -> WeightBytes:
+    """A llama.cpp mix priced tensor by tensor from the config; any other preset by kind."""
+    if preset.mix is None:
+        return weight_bytes(counts, preset, in_features)
+    by_kind = mix_bytes_by_kind(config, preset.mix)
     total_params = sum(counts.values())
     return WeightBytes(by_kind, 8 * sum(by_kind.values()) / total_params if total_params else 0.0)
 
@@ -292,8 +312,11 @@ def estimate(
     overhead: float = CUDA_OVERHEAD_BYTES,
     all_logits: bool = False,
     prefill_chunk: int | None = None,
+    kv_values: KVFormat | str | int | None = None,
 ) -> MemoryBreakdown:
-    """Memory for serving `batch` sequences of `context` tokens, from the config alone."""
+    """Memory for serving `batch` sequences of `context` tokens, from the config alone. `kv` is the
+    keys' format and the values' too unless `kv_values` gives theirs (each half of the cache at its own
+    bits; an MLA latent, which is keys and values at once, takes `kv`)."""
     if isinstance(context, bool) or not isinstance(context, int) or context < 1:
         raise ConfigError(f"context must be a positive number of tokens (got {context!r})")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -301,10 +324,16 @@ def estimate(
     text = _text_config(config)
     preset = weight_preset(weights)
     kv_fmt = kv_format(kv)
-    dim = head_dim(text) if not getattr(text, "kv_lora_rank", None) else kv_values_per_token_per_layer(text)
-    kv_bits = kv_fmt.bits_per_value(dim)
-    counts = count_parameters(config)
+    values_fmt = kv_fmt if kv_values is None else kv_format(kv_values)
+    mla = bool(getattr(text, "kv_lora_rank", None))
+    dim = head_dim(text) if not mla else kv_values_per_token_per_layer(text)
     notes = []
+    if mla and values_fmt != kv_fmt:
+        notes.append("MLA caches one latent for keys and values: it takes the K cache's format")
+        values_fmt = kv_fmt
+    # keys and values are half the cached values each: the mean of their bits prices the sum exactly
+    kv_bits = (kv_fmt.bits_per_value(dim) + values_fmt.bits_per_value(dim)) / 2
+    counts = count_parameters(config)
     max_positions = getattr(text, "max_position_embeddings", None)
     if isinstance(max_positions, int) and context > max_positions:
         notes.append(f"context {context:,} is beyond the model's max_position_embeddings {max_positions:,}")
@@ -313,13 +342,13 @@ def estimate(
     if getattr(text, "kv_lora_rank", None):
         notes.append("MLA: the cache holds one compressed latent per token and layer")
     return MemoryBreakdown(
-        weights=weight_bytes(counts.by_kind, preset, _positive_int(text, "hidden_size")),
+        weights=_weights(config, counts.by_kind, preset, _positive_int(text, "hidden_size")),
         kv_cache=kv_cache_bytes(text, context, batch, kv_bits),
         activations=activations(text, context, batch, activation_bytes, attention, all_logits, prefill_chunk),
         overhead=float(overhead),
         parameters=counts,
         weights_label=preset.label,
-        kv_label=kv_fmt.label(dim),
+        kv_label=kv_label(kv_fmt, values_fmt, dim),
         context=context,
         batch=batch,
         kv_bytes_per_token=kv_bytes_per_token(text, kv_bits),

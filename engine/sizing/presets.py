@@ -5,15 +5,24 @@ A preset says what happens to each kind of parameter (see `engine.models.loading
 head and norms usually stay 16-bit under weight-only methods (GPTQ, AWQ, bitsandbytes), while
 llama.cpp's formats quantize the embeddings and head too and keep norms in fp32.
 
-Where we simplify: llama.cpp's K-quant mixes (Q4_K_M, Q5_K_M) use a different type per tensor; we apply
-their published whole-model average to every 2-D weight. GPTQ checkpoints also store a `g_idx` of one
-int32 per input feature (32 / out_features bits per weight, under 0.01 bpw at 4096 rows); we leave it out.
+llama.cpp's file-level mixes (Q3_K_M, Q4_K_M, Q5_K_M) use a different type per tensor: their presets carry
+the mix (`engine.quant.gguf.mixes`), and `mix_bytes_by_kind` prices every tensor of the config (built on
+the meta device, no weights read) at the type llama.cpp's rules give it for its role, layer and row
+length, fallback included; 1-D tensors (norms, biases) at F32 as llama.cpp keeps them. On SmolLM2-135M
+this gives 103,668,480 bytes of tensors for Q4_K_M (the published file, with its tokenizer, is about
+105 MB); on Llama-3.1-8B 4.92 GB, the published Q4_K_M file's size.
+
+Where we simplify: GPTQ checkpoints also store a `g_idx` of one int32 per input feature (32 / out_features
+bits per weight, under 0.01 bpw at 4096 rows); we leave it out.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 
+from engine.quant.gguf.mixes import GGUF_MIXES, GGUFMix, expert_count
 from engine.quant.schemes import QuantScheme, bits_per_weight
 
 LINEAR_KINDS = ("attention", "mlp")
@@ -30,6 +39,10 @@ class WeightPreset:
     norm_bits: float = 16.0  # norms and other small vectors
     outlier_fraction: float = 0.0  # share of linear weights kept in 16-bit (LLM.int8 outlier columns)
     note: str = ""
+    mix: GGUFMix | None = (
+        None  # a llama.cpp file type: priced per tensor from the config (mix_bytes_by_kind);
+    )
+    # linear_bits / embedding_bits then hold its base type's bits, for where no config is at hand
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.outlier_fraction < 1.0:
@@ -67,6 +80,13 @@ class WeightPreset:
 def _gguf(name: str, bits: float, note: str) -> WeightPreset:
     """llama.cpp formats quantize embeddings and head too, and keep norms in fp32."""
     return WeightPreset(name, f"GGUF {name}", linear_bits=bits, embedding_bits=bits, norm_bits=32, note=note)
+
+
+def _gguf_mix(mix: GGUFMix, note: str) -> WeightPreset:
+    bits = mix.base.bits_per_weight
+    return WeightPreset(
+        mix.name, f"GGUF {mix.name}", linear_bits=bits, embedding_bits=bits, norm_bits=32, note=note, mix=mix
+    )
 
 
 def _scheme(label: str) -> QuantScheme:
@@ -161,8 +181,16 @@ PRESETS: dict[str, WeightPreset] = {
         ),
         _gguf("Q8_0", 8.5, "int8 with an fp16 scale per 32: 8.5 bpw."),
         _gguf("Q6_K", 6.5625, "Super-blocks of 256: 6.5625 bpw."),
-        _gguf("Q5_K_M", 5.69, "Mixed Q5_K / Q6_K; about 5.69 bpw on average."),
-        _gguf("Q4_K_M", 4.89, "Mixed Q4_K / Q6_K; about 4.89 bpw on average."),
+        _gguf_mix(
+            GGUF_MIXES["Q5_K_M"],
+            "Q5_K, attention v and down projections Q6_K on half the layers, "
+            "head Q6_K: a type per tensor by llama.cpp's rules.",
+        ),
+        _gguf_mix(
+            GGUF_MIXES["Q4_K_M"],
+            "Q4_K, attention v and down projections Q6_K on half the layers, "
+            "head Q6_K: a type per tensor by llama.cpp's rules.",
+        ),
         _gguf(
             "Q4_1",
             5.0,
@@ -171,6 +199,11 @@ PRESETS: dict[str, WeightPreset] = {
         _gguf("Q4_0", 4.5, "int4 with an fp16 scale per 32: 4.5 bpw."),
         _gguf("Q5_K", 5.5, "5-bit super-blocks of 256, 6-bit sub-block scales and mins: 5.5 bpw."),
         _gguf("Q4_K", 4.5, "4-bit super-blocks of 256, 6-bit sub-block scales and mins: 4.5 bpw."),
+        _gguf_mix(
+            GGUF_MIXES["Q3_K_M"],
+            "Q3_K, attention v Q5_K / Q4_K, attention output Q4_K, down "
+            "projections Q5_K / Q4_K, head Q6_K: a type per tensor by llama.cpp's rules.",
+        ),
         _gguf("Q3_K", 3.4375, "3-bit super-blocks of 256, 6-bit sub-block scales: 3.4375 bpw."),
         _gguf("Q2_K", 2.625, "2-bit super-blocks of 256, 4-bit sub-block scales and mins: 2.625 bpw."),
     )
@@ -193,3 +226,42 @@ def weight_preset(name: str | WeightPreset | QuantScheme) -> WeightPreset:
             f"unknown weight format {name!r}: use one of {', '.join(PRESETS)} or a scheme label such as "
             f"'int4 asym g64' ({exc})"
         ) from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _tensors(config_json: str) -> tuple[tuple[tuple[str, tuple[int, ...]], ...], bool]:
+    """((name, shape) of every parameter, tied weights once), and whether the head is the embedding."""
+    from transformers import AutoConfig
+
+    from engine.models.loading import build_on_meta
+
+    fields = json.loads(config_json)
+    model = build_on_meta(AutoConfig.for_model(fields.pop("model_type"), **fields))
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = head is None or (embedding is not None and head.weight is embedding.weight)
+    return tuple((name, tuple(p.shape)) for name, p in model.named_parameters()), tied
+
+
+def mix_bytes_by_kind(config, mix: GGUFMix) -> dict[str, float]:
+    """Bytes per parameter kind of `config`'s weights stored as llama.cpp's `mix`: each 2-D (or 3-D expert)
+    weight at the type the mix's rules and fallback give it (F16 where none fits, routers F32), 1-D at F32."""
+    from engine.models.loading import parameter_kind
+
+    fields = config.to_dict()
+    for key in ("transformers_version", "auto_map"):
+        fields.pop(key, None)
+    tensors, tied = _tensors(json.dumps(fields, sort_keys=True, default=str))
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    weights = [(name.removesuffix(".weight"), shape[-1]) for name, shape in tensors if len(shape) >= 2]
+    plan = mix.plan(weights, int(text.num_hidden_layers), n_expert=expert_count(text), tied=tied)
+    by_kind: dict[str, float] = {}
+    for name, shape in tensors:
+        count = functools.reduce(lambda a, b: a * b, shape, 1)
+        planned = plan.get(name.removesuffix(".weight"), (None, None)) if len(shape) >= 2 else None
+        if planned is None or planned[0] is None:  # 1-D, or a router llama.cpp keeps: F32
+            bits = 32.0
+        else:
+            bits = planned[1].bits_per_weight if planned[1] is not None else 16.0
+        kind = parameter_kind(name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + count * bits / 8
+    return by_kind

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.app.conftest import no_exceptions, open_page
 
 
@@ -75,4 +77,21 @@ def test_gguf_and_sidebar_scheme_formats(app):
     labels = list(_table(app)["weights"])
     assert labels == ["bf16 / fp16", "GGUF Q4_K_M", "GGUF Q8_0", "int4 g64 (your scheme)"]
     bits = list(_table(app)["bits/weight"])
-    assert abs(bits[1] - 4.89) < 0.05
+    assert bits[1] == 4.894  # Llama-3.1-8B's tensors at llama.cpp's Q4_K_M types (was a 4.89 constant)
+
+
+def test_values_in_their_own_kv_format(app):
+    """K fp8 and V int4 at 131,072 tokens: keys are 8 of the 16 fp16 GiB, at 8 bits 4 GiB; values at 4.5
+    bits 2.25 GiB; the headline, the breakdown table and the total all take the sum."""
+    open_page(app, "memory")
+    app.select_slider(key="memory_context").set_value(131072).run()
+    assert app.selectbox(key="memory_kv_values").value is None  # same as K by default
+    total_fp16 = _table(app)["total GiB"][0]
+    app.selectbox(key="memory_kv").set_value("fp8").run()
+    app.selectbox(key="memory_kv_values").set_value("int4").run()
+    no_exceptions(app)
+    assert _metric(app, "KV cache") == "6.25 GiB"
+    table = _table(app)
+    assert table["KV GiB"][0] == 6.25 and table["total GiB"][0] == pytest.approx(total_fp16 - 9.75)
+    per_token = next(metric for metric in app.metric if metric.label == "KV per token")
+    assert per_token.value == "50.0 KiB" and "V int4" in per_token.help  # 128 KiB x 6.25 / 16

@@ -39,13 +39,14 @@ class SizingInputs:
     """What the form asks: the formats to compare and the workload to size them for."""
 
     presets: list[WeightPreset]  # one bar each; the sidebar's scheme last when asked for
-    kv_name: str  # a key of engine.sizing.estimate.KV_FORMATS
+    kv_name: str  # a key of engine.sizing.estimate.KV_FORMATS: the keys' format (and the values')
     attention: str  # "sdpa" or "eager" (eager materialises the score matrix)
     prefill_chunk: int | None  # None: the whole prompt at once
     context: int  # tokens per sequence
     batch: int  # sequences at once
     device: GPU  # the GPU the page sizes for
     devices: list[GPU]  # every GPU the catalog knows
+    kv_values_name: str | None = None  # the values' format when it differs; None: same as the keys
 
     def estimate(self, config, preset: WeightPreset, context: int | None = None, batch: int | None = None):
         """The estimate for one format at this form's workload (or another context / batch)."""
@@ -57,6 +58,7 @@ class SizingInputs:
             self.batch if batch is None else batch,
             attention=self.attention,
             prefill_chunk=self.prefill_chunk,
+            kv_values=self.kv_values_name,
         )
 
 
@@ -122,12 +124,22 @@ def sizing_inputs() -> SizingInputs | None:
         help="Each becomes a bar. Embeddings and head stay 16-bit except in llama.cpp (GGUF) formats.",
     )
     add_sidebar = left.checkbox("Add the sidebar's scheme", key="memory_add_sidebar")
-    kv_name = middle.selectbox(
+    keys, values = middle.columns(2)
+    kv_name = keys.selectbox(
         "KV cache",
         list(KV_FORMATS),
         index=list(KV_FORMATS).index("fp16"),
         key="memory_kv",
-        help="int formats store an fp16 scale and zero per head (int8) or per 64 values (int4 and below).",
+        help="The keys' format, and the values' unless V cache says otherwise. int formats store an fp16 "
+        "scale and zero per head (int8) or per 64 values (int4 and below).",
+    )
+    kv_values_name = values.selectbox(
+        "V cache",
+        [None, *KV_FORMATS],
+        format_func=lambda name: "same as K" if name is None else name,
+        key="memory_kv_values",
+        help="The values' format, if not the keys' (e.g. keys fp8, values int4): each half of the cache is "
+        "priced at its own bits.",
     )
     attention = middle.radio(
         "Attention kernel",
@@ -169,7 +181,9 @@ def sizing_inputs() -> SizingInputs | None:
     if not presets:
         st.info("Pick at least one weight format.", icon=":material/tune:")
         return None
-    return SizingInputs(presets, kv_name, attention, prefill_chunk, int(context), int(batch), device, devices)
+    return SizingInputs(
+        presets, kv_name, attention, prefill_chunk, int(context), int(batch), device, devices, kv_values_name
+    )
 
 
 SIZE_COLUMNS = {  # the summary table's GiB columns: their short headers and widths in pixels

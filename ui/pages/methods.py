@@ -30,11 +30,14 @@ from engine.evaluation.perplexity import (
 from engine.methods import Calibration, RTNConfig, method_info, quantize_model
 from engine.methods.awq import AWQConfig, AWQDetail
 from engine.methods.bnb import BnbConfig
+from engine.methods.gguf import GGUFConfig
 from engine.methods.gptq import GPTQConfig, GPTQDetail
 from engine.methods.llm_int8 import LLMInt8Config, LLMInt8Detail
 from engine.methods.qat import QATConfig, QATDetail, QATTrace, qat_trace
 from engine.methods.smoothquant import SmoothQuantConfig, SmoothQuantDetail
 from engine.models.data import DataError, WindowSpec, load_text, token_windows
+from engine.quant.gguf import K_QUANTS, LEGACY
+from engine.quant.gguf.mixes import GGUF_MIXES
 from engine.quant.schemes import QuantScheme
 from ui.cache.method_runs import RUNS, MethodRun, runs  # noqa: F401 (RUNS, runs: also reached from here)
 from ui.errors import show_error
@@ -43,7 +46,8 @@ from ui.pages.methods_charts import bar, curve, maxima, qat_curve
 from ui.progress import progress_bar
 from ui.widgets import NumberBoxes
 
-LAB_METHODS = (RTNConfig, LLMInt8Config, SmoothQuantConfig, GPTQConfig, AWQConfig, BnbConfig, QATConfig)
+LAB_METHODS = (RTNConfig, LLMInt8Config, SmoothQuantConfig, GPTQConfig, AWQConfig, BnbConfig, QATConfig, GGUFConfig)  # fmt: skip
+GGUF_CHOICES = {**GGUF_MIXES, **{t.name: t for t in (*K_QUANTS, *LEGACY)}}  # llama.cpp's files, then one type
 CONFIG_TYPES = {method_info(t).name: t for t in LAB_METHODS}  # display name -> config type (the UI edge)
 METHODS = list(CONFIG_TYPES)
 NEEDS_CALIBRATION = {
@@ -131,6 +135,11 @@ def _qat_form(bits: int, group_size: int, key: str, where, number: NumberBoxes) 
     return QATConfig(_asymmetric(bits, group_size), steps=int(steps), lr=float(lr))
 
 
+def _gguf_form(bits: int, group_size: int, key: str, where, number: NumberBoxes) -> GGUFConfig:
+    name = where.selectbox("llama.cpp type", list(GGUF_CHOICES), index=list(GGUF_CHOICES).index("Q4_K_M"), key=f"{key}_type", help="Q4_K_M…: a type per tensor by llama.cpp's rules; Q4_K…: one type throughout (--pure)")  # fmt: skip
+    return GGUFConfig(GGUF_CHOICES[name], include_embeddings=where.checkbox("Embeddings and head too", True, key=f"{key}_emb"))  # fmt: skip
+
+
 FORMS: dict[type, Callable] = {
     RTNConfig: _rtn_form,
     LLMInt8Config: _llm_int8_form,
@@ -139,6 +148,7 @@ FORMS: dict[type, Callable] = {
     AWQConfig: _awq_form,
     BnbConfig: _bnb_form,
     QATConfig: _qat_form,
+    GGUFConfig: _gguf_form,
 }
 
 

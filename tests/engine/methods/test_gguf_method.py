@@ -6,6 +6,9 @@
   Q4_1, so a Q4_1 model is the reference itself (weights and perplexity).
 - Tiny random Llamas for the rules: fallback to F16 when not even blocks of 32 fit, a legacy type refused with
   the tensor's name, embeddings (tied and untied).
+- File-level mixes (Q4_K_M): each tensor at its rule's type (engine.quant.gguf.mixes, whose own tests check
+  the rules by hand), the model's bits per weight the sum over its tensors, and its packed bytes the Memory
+  page's Q4_K_M estimate for the same config, to the byte.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from engine.quant.gguf import (
     fake_quantize,
     gguf_type,
 )
+from engine.quant.gguf.mixes import Q4_K_M, gguf_mix
 from engine.quant.linear import linear_names
 from engine.sizing.packed import packed_weight_bytes
 from tests.conftest import build_tiny_llama
@@ -67,6 +71,51 @@ def test_config_label_validation_and_registry():
     info = method_info(GGUFConfig(Q4_K))
     assert (info.name, info.detail_type) == ("GGUF (llama.cpp)", GGUFDetail)
     assert hash(GGUFConfig(Q4_K)) == hash(GGUFConfig(gguf_type("Q4_K")))  # a cache key
+
+
+def test_mix_config_label_and_validation():
+    assert GGUFConfig(Q4_K_M).label == "GGUF Q4_K_M"
+    assert GGUFConfig(gguf_mix("q5_k_m"), include_embeddings=True).label == "GGUF Q5_K_M + embeddings"
+    assert hash(GGUFConfig(Q4_K_M)) == hash(GGUFConfig(gguf_mix("Q4_K_M")))  # a cache key
+    with pytest.raises(ValueError, match="or a mix such as Q4_K_M"):
+        GGUFConfig("Q4_K_M")
+
+
+def test_tiny_model_q4_k_m_types_bits_and_bytes_match_the_memory_estimate():
+    """4 layers of 256 (every row fits 256, so no fallback): use_more_bits(i, 4) picks layers 2 and 3
+    (4 // 8 = 0, 7 * 4 // 8 = 3, (i - 0) % 3 == 2), so v and down are Q6_K there and Q4_K on 0-1; the
+    untied head is Q6_K and the embedding Q4_K. Each weight is that type's fake quantization."""
+    from engine.sizing.estimate import estimate
+
+    model = build_tiny_llama(
+        hidden_size=256, intermediate_size=256, num_hidden_layers=4, num_key_value_heads=1
+    )
+    quantized = quantize_model(model, GGUFConfig(Q4_K_M, include_embeddings=True))
+    types = used(quantized)
+    expected = {"model.embed_tokens": Q4_K, "lm_head": Q6_K}
+    for i in range(4):
+        for name in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+        ):
+            expected[f"model.layers.{i}.{name}"] = Q4_K
+        for name in ("self_attn.v_proj", "mlp.down_proj"):
+            expected[f"model.layers.{i}.{name}"] = Q6_K if i >= 2 else Q4_K
+    assert types == {name: t.name for name, t in expected.items()}
+    for name in ("model.layers.2.self_attn.v_proj", "model.layers.0.mlp.down_proj", "lm_head"):
+        original, t = model.get_submodule(name).weight, expected[name]  # one of each kind of rule
+        assert torch.equal(quantized.model.get_submodule(name).weight, fake_quantize(original, t)), name
+    # Bits per weight come out of the model: the size-weighted sum over its tensors, by hand.
+    counts = {name: model.get_submodule(name).weight.numel() for name in expected}
+    by_hand = sum(expected[n].bits_per_weight * c for n, c in counts.items()) / sum(counts.values())
+    assert quantized.bits_per_weight == pytest.approx(by_hand) and 4.5 < by_hand < 6.5625
+    # The Memory page's Q4_K_M preset prices the same tensors from the config alone (norms F32, as held
+    # here in float32); the model also holds its rotary buffer, which is not a weight.
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    assert packed_weight_bytes(quantized) == estimate(model.config, "Q4_K_M").weights.total + buffers
 
 
 def test_tiny_model_k_quant_types_per_tensor():

@@ -40,7 +40,6 @@ def llama_31_8b():
         ("nf4", 4.5),
         ("nf4-dq", 4 + 8 / 64 + 32 / (64 * 256)),
         ("Q8_0", 8.5),
-        ("Q4_K_M", 4.89),
         ("int8", 8 + 16 / 4096),
         ("fp8", 8 + 32 / 4096),
         ("bf16", 16),
@@ -67,8 +66,42 @@ def test_gguf_presets_price_the_blocks_as_packed():
 
 def test_presets_keep_embeddings_16_bit_except_gguf():
     assert PRESETS["int4-g128"].bits_for("embeddings", 4096) == 16
-    assert PRESETS["Q4_K_M"].bits_for("head", 4096) == 4.89
+    assert PRESETS["Q8_0"].bits_for("head", 4096) == 8.5
     assert PRESETS["Q4_K_M"].bits_for("norms", 4096) == 32
+
+
+def test_gguf_mixes_are_priced_tensor_by_tensor_on_the_default_model():
+    """SmolLM2-135M as Q4_K_M, by hand (engine.quant.gguf.mixes' tests list each tensor's type): the tied
+    embedding Q8_0; v_proj Q6_K -> Q8_0 on the 14 use_more_bits layers, Q4_K -> Q5_0 on 16; down_proj Q6_K
+    on 14, Q4_K on 16; q, k, o, gate, up Q4_K -> Q5_0; norms F32. The published file
+    (SmolLM2-135M-Instruct-Q4_K_M.gguf, bartowski / Hugging Face) is about 105 MB: these tensors plus the
+    tokenizer (49,152 tokens and 48,900 merges, under 2 MB). The 4.89-bit whole-model average this replaced gave about 82 MB."""
+    from engine.sizing.catalog import catalog_model
+
+    config = catalog_model("SmolLM2-135M-Instruct").config()
+    q, kv, mlp, vocab, layers = 576 * 576, 192 * 576, 1536 * 576, 49152 * 576, 30
+    by_hand = (
+        vocab * 8.5 / 8
+        + layers * (2 * q + kv + 2 * mlp) * 5.5 / 8  # q, o, k, gate, up: Q5_0
+        + 14 * kv * 8.5 / 8 + 16 * kv * 5.5 / 8  # v
+        + 14 * mlp * 6.5625 / 8 + 16 * mlp * 4.5 / 8  # down
+        + (2 * layers + 1) * 576 * 4  # norms, F32
+    )  # fmt: skip
+    q4_k_m = estimate(config, "Q4_K_M", context=1)
+    assert q4_k_m.weights.total == by_hand == 103_668_480
+    assert q4_k_m.weights.total == pytest.approx(105e6, rel=0.03)
+    assert q4_k_m.weights_label == "GGUF Q4_K_M"
+    assert q4_k_m.weights.by_kind["embeddings"] == vocab * 8.5 / 8
+
+
+@pytest.mark.parametrize(("name", "published"), [("Q4_K_M", 4.92e9), ("Q5_K_M", 5.73e9), ("Q3_K_M", 4.02e9)])
+def test_gguf_mixes_on_llama_31_8b_match_the_published_files(name, published):
+    """bartowski's Meta-Llama-3.1-8B-Instruct GGUF files (Hugging Face): 4.92, 5.73 and 4.02 GB; ours
+    counts the tensors only (the file adds a tokenizer of 128,256 tokens, a few MB)."""
+    weights = estimate(llama_31_8b(), name, context=1).weights
+    assert weights.total < published and weights.total == pytest.approx(published, rel=0.005)
+    if name == "Q4_K_M":  # the whole-model average this replaced, now out of the rules
+        assert weights.bits_per_weight == pytest.approx(4.894, abs=0.001)
 
 
 def test_scheme_labels_work_as_presets_and_nonsense_is_explained():
@@ -103,6 +136,21 @@ def test_kv_formats_price_their_scales():
     assert int8.kv_cache / fp16.kv_cache == pytest.approx(8.25 / 16)
     with pytest.raises(ValueError, match="unknown KV-cache format"):
         kv_format("int7")
+
+
+def test_keys_and_values_in_different_formats_cost_the_sum_of_their_halves():
+    """Keys fp8 (8 bits, one scale per tensor), values int4 (4 bits + an fp16 scale and zero per 64 values:
+    4.5 bits): 32 layers x 8 KV heads x 128 values per token for each half."""
+    config = llama_31_8b()
+    apart = estimate(config, "bf16", "fp8", context=4096, kv_values="int4")
+    half = 32 * 8 * 128 * 4096  # cached values per half
+    assert apart.kv_cache == half * 8 / 8 + half * 4.5 / 8
+    fp8, int4 = (estimate(config, "bf16", kv, context=4096) for kv in ("fp8", "int4"))
+    assert apart.kv_cache == (fp8.kv_cache + int4.kv_cache) / 2
+    assert apart.total - fp8.total == apart.kv_cache - fp8.kv_cache
+    assert apart.kv_bytes_per_token == 32 * 8 * 128 * (8 + 4.5) / 8
+    assert apart.kv_label == "K fp8 (8 bits/value), V int4 (4.5 bits/value)"
+    assert estimate(config, "bf16", "fp8", context=4096, kv_values="fp8").kv_label == fp8.kv_label
 
 
 def test_eager_attention_pays_for_the_score_matrix():
