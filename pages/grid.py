@@ -5,10 +5,13 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.analysis.blocks import block_count
+from engine.quant.gguf import GGUFType
 from engine.quant.schemes import QuantScheme
 from ui import cache, charts, page, state
+from ui.cache import grid_formats as format_cache
 from ui.errors import show_error
 from ui.pages import grid as pickers
+from ui.pages import grid_formats
 from ui.pages.grid import TensorChoice
 
 SOURCES = {  # segmented-control label -> the picker that draws its widgets
@@ -18,8 +21,8 @@ SOURCES = {  # segmented-control label -> the picker that draws its widgets
 }
 
 
-def scheme_ui() -> QuantScheme:
-    """The sidebar's scheme; stops the page while the sidebar holds an impossible one."""
+def scheme_ui() -> QuantScheme | GGUFType:
+    """The sidebar's scheme or GGUF block type; stops the page while the sidebar holds an impossible one."""
     scheme = state.scheme()
     if scheme is None:
         st.warning("Pick a valid scheme in the sidebar first.", icon=":material/tune:")
@@ -34,10 +37,13 @@ def tensor_ui() -> TensorChoice:
     return SOURCES.get(source, pickers.model_weight)()
 
 
-def block_ui(choice: TensorChoice, scheme: QuantScheme) -> tuple[int, int]:
+def block_ui(choice: TensorChoice, scheme: QuantScheme | GGUFType) -> tuple[int, int]:
     """(row, block within the row) to draw; stops the page when the scheme does not fit the tensor."""
     shape = cache.tensor_shape(choice.key)
-    pickers.group_size_fits_or_stop(shape, scheme)
+    if isinstance(scheme, GGUFType):
+        grid_formats.gguf_fits_or_stop(shape, scheme)
+    else:
+        pickers.group_size_fits_or_stop(shape, scheme)
     try:
         n_rows, n_blocks = block_count(shape, scheme)
     except ValueError as exc:
@@ -46,7 +52,8 @@ def block_ui(choice: TensorChoice, scheme: QuantScheme) -> tuple[int, int]:
     pickers.prior_grid_warning(choice.prior)
     cols = st.columns(2)
     row = cols[0].slider(choice.row_label, 0, n_rows - 1, 0, key="grid_row") if n_rows > 1 else 0
-    block = cols[1].slider("Group in the row", 0, n_blocks - 1, 0, key="grid_block") if n_blocks > 1 else 0
+    label = grid_formats.block_slider_label(scheme)
+    block = cols[1].slider(label, 0, n_blocks - 1, 0, key="grid_block") if n_blocks > 1 else 0
     if n_rows == 1 and n_blocks == 1:
         cols[0].caption("Per-tensor: every value shares one scale, so there is only one block to show.")
     elif n_blocks == 1:
@@ -54,9 +61,11 @@ def block_ui(choice: TensorChoice, scheme: QuantScheme) -> tuple[int, int]:
     return row, block
 
 
-def block_view_ui(tensor_key, scheme: QuantScheme, row: int, block: int) -> None:
+def block_view_ui(tensor_key, scheme: QuantScheme | GGUFType, row: int, block: int) -> None:
     """Whole-tensor metrics, then one block's values over its levels, its mapping and the errors."""
-    picture, curve, errors, block_errors, summary = cache.grid_view(tensor_key, scheme, row, block)
+    picture, curve, errors, block_errors, summary = format_cache.format_grid_view(
+        tensor_key, scheme, row, block
+    )
     st.markdown(f"**{scheme.label}** on this tensor")
     metrics = st.columns(5)
     metrics[0].metric(
@@ -76,17 +85,19 @@ def block_view_ui(tensor_key, scheme: QuantScheme, row: int, block: int) -> None
         "error; values beyond the outer lines are clipped."
     )
     right.plotly_chart(charts.mapping_staircase(*curve, picture), width="stretch")
-    if picture.zero_point is None:
-        offset = ""
-    elif scheme.zero_kind == "float":
-        offset = f", minimum offset {picture.zero_point:.4g}"
-    else:
-        offset = f", zero point {picture.zero_point:.0f}"
     right.caption(
-        f"Scale {picture.scale:.4g}{offset}. Each step is one code: every value on a step comes back as the "
-        "same number."
+        f"{grid_formats.scale_caption(picture, scheme)} Each step is one code: every value on a step comes "
+        "back as the same number."
     )
     st.plotly_chart(charts.error_histogram(errors, block_errors), width="stretch")
+
+
+def format_details_ui(tensor_key, scheme: QuantScheme | GGUFType, row: int, block: int) -> None:
+    """What a block format stores beyond one scale: a GGUF block's bytes, or a microscaling second level."""
+    if isinstance(scheme, GGUFType):
+        grid_formats.gguf_bytes_section(tensor_key, scheme, row, block)
+    elif scheme.is_microscaling:
+        grid_formats.microscaling_section(tensor_key, scheme, row, block)
 
 
 def main() -> None:
@@ -100,6 +111,7 @@ def main() -> None:
     choice = tensor_ui()
     row, block = block_ui(choice, scheme)
     block_view_ui(choice.key, scheme, row, block)
+    format_details_ui(choice.key, scheme, row, block)
     pickers.scheme_table_section(choice.key, scheme)
 
 

@@ -2,7 +2,8 @@
 
 - registry.py: `LruRegistry`, the thread-safe LRU (with `get`) behind every process-wide cache;
 - models.py: the reference models, loaded once with a progress bar and shared by every session;
-- tensors.py: the Quantization grid page's tensors, scheme table and block view;
+- tensors.py: the Quantization grid page's tensors and scheme table; grid_formats.py its block view for
+  any format (our schemes and GGUF block types), a GGUF block's bytes and a microscaling scheme's scales;
 - outliers.py, lessons.py, variants.py: the Outliers page's statistics, the Learn page's experiments,
   and quantized variants of the loaded model (Compare, Evaluate, Methods lab, Speed);
 - session_models.py: `BudgetedStore`, the Methods lab's per-session quantized models within one
@@ -25,7 +26,6 @@ from ui.cache.tensors import (
     ActivationKey,
     SyntheticKey,
     WeightKey,
-    grid_view,
     prior_grid,
     scheme_table,
     tensor,
@@ -41,7 +41,6 @@ __all__ = [
     "WeightKey",
     "current_model",
     "current_model_or_stop",
-    "grid_view",
     "load",
     "models",
     "prior_grid",

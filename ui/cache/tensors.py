@@ -12,9 +12,6 @@ from engine.analysis import blocks as grid_engine
 from engine.analysis.priorgrid import PriorGrid, detect_prior_grid
 from engine.analysis.tensors import WeightInfo, get_weight, synthetic_tensor, weight_tensors
 from engine.models.sources import ModelSource
-from engine.quant.metrics import error_summary
-from engine.quant.primitives import fake_quantize
-from engine.quant.schemes import QuantScheme, bits_per_weight
 from ui import state
 from ui.cache.models import load
 
@@ -98,21 +95,3 @@ def scheme_table(key: WeightKey | SyntheticKey | ActivationKey) -> list[dict]:
                 row["note"] + " " if row["note"] else ""
             ) + f"measured on {x.shape[0]} sampled rows"
     return rows
-
-
-@st.cache_data(show_spinner="Quantizing", max_entries=32)
-def grid_view(key: WeightKey | SyntheticKey | ActivationKey, scheme: QuantScheme, row: int, block: int):
-    """(block picture, staircase curve, sampled errors, block errors, summary) for the grid page."""
-    x = tensor(key)
-    picture = grid_engine.block_picture(x, scheme, row, block)
-    curve = grid_engine.mapping_curve(picture, scheme)
-    sample, _ = _row_sample(x)
-    quantized = fake_quantize(sample, scheme)
-    summary = error_summary(sample, quantized)
-    summary["bits/weight"] = bits_per_weight(scheme, x.shape[-1], x.numel() // x.shape[-1])
-    errors = (sample - quantized).reshape(-1)
-    if errors.numel() > ERROR_SAMPLE:
-        errors = errors[
-            torch.randperm(errors.numel(), generator=torch.Generator().manual_seed(0))[:ERROR_SAMPLE]
-        ]
-    return picture, curve, errors.numpy(), (picture.values - picture.dequantized).numpy(), summary

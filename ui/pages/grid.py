@@ -14,6 +14,7 @@ import streamlit as st
 
 from engine.analysis.priorgrid import PriorGrid
 from engine.analysis.tensors import SYNTHETIC_KINDS
+from engine.quant.gguf import GGUFType
 from engine.quant.schemes import QuantScheme
 from engine.quant.shapes import CANDIDATE_GROUP_SIZES, or_list
 from ui import cache, charts, state
@@ -145,7 +146,7 @@ def group_size_fits_or_stop(shape: tuple[int, ...], scheme: QuantScheme) -> None
     st.stop()
 
 
-def scheme_table_section(tensor_key, scheme: QuantScheme) -> None:
+def scheme_table_section(tensor_key, scheme: QuantScheme | GGUFType) -> None:
     """Every standard scheme on this tensor: a Pareto chart of SQNR vs bits and the table behind it."""
     st.subheader("All schemes on this tensor")
     table = pd.DataFrame(cache.scheme_table(tensor_key))

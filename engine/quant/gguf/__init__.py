@@ -40,6 +40,11 @@ class GGUFType:
     decode: Codec = field(repr=False, compare=False)  # and back
 
     @property
+    def label(self) -> str:
+        """The name a user types and reads ("Q4_K"), as QuantScheme.label is for our own schemes."""
+        return self.name
+
+    @property
     def bits_per_weight(self) -> float:
         """Exact bits per weight, scales and mins included."""
         return self.type_size * 8 / self.block_size

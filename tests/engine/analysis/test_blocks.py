@@ -7,8 +7,18 @@ import math
 import pytest
 import torch
 
-from engine.analysis.blocks import block_count, block_picture, mapping_curve, scheme_table, standard_schemes
+from engine.analysis.blocks import (
+    block_count,
+    block_picture,
+    gguf_view,
+    mapping_curve,
+    microscaling_view,
+    scheme_table,
+    standard_schemes,
+)
 from engine.analysis.tensors import get_weight, synthetic_tensor, weight_tensors
+from engine.quant import gguf
+from engine.quant.gguf import Q4_0, Q4_K, Q6_K
 from engine.quant.schemes import QuantScheme
 from tests.conftest import build_tiny_llama
 
@@ -142,3 +152,78 @@ def test_microscaling_block_picture_uses_the_block_scale_it_stored(label):
     assert torch.equal(torch.unique(qs), picture.levels)
     if label == "mxfp4":  # a power of two
         assert math.log2(picture.scale) == int(math.log2(picture.scale))
+
+
+# -- GGUF block types and the microscaling second level ------------------------------------------------
+
+
+def test_gguf_block_count_is_in_scale_blocks():
+    assert block_count((8, 512), Q4_0) == (8, 16)
+    assert block_count((8, 512), Q4_K) == (8, 16)  # sub-blocks of 32
+    assert block_count((8, 512), Q6_K) == (8, 32)  # sub-blocks of 16
+    with pytest.raises(ValueError, match="super-blocks of 256 values; this row has 576"):
+        block_count((8, 576), Q4_K)
+
+
+@pytest.mark.parametrize("t", [Q4_0, Q4_K, Q6_K], ids=lambda t: t.name)
+def test_gguf_block_picture_levels_come_from_the_packed_bytes(t):
+    x = synthetic_tensor(rows=4, cols=512, outliers=1, outlier_scale=20.0)
+    view = gguf_view(x, t, row=2, block=9)
+    picture, size = view.picture, view.packed.sub_size
+    first = 9 * size
+    assert picture.values.equal(x[2, first : first + size]) and picture.block_elements == size
+    assert torch.equal(picture.dequantized, gguf.fake_quantize(x, t)[2, first : first + size])
+    assert torch.isin(picture.dequantized, picture.levels).all()
+    xs, qs = mapping_curve(picture, t)
+    assert torch.isin(torch.unique(qs), picture.levels).all() and torch.all(qs[1:] >= qs[:-1])
+    assert block_picture(x, t, 2, 9).levels.equal(picture.levels)
+    if t.is_k_quant:
+        assert "sub-block" in picture.description and view.sub == 9 % (256 // size)
+
+
+def test_scheme_table_ranks_gguf_types_with_the_microscaling_formats():
+    x = synthetic_tensor(rows=8, cols=512, outliers=1, outlier_scale=20.0)
+    rows = {row["scheme"]: row for row in scheme_table(x, standard_schemes())}
+    for label in ("mxfp4", "nvfp4", "int4 g32", "Q4_0", "Q8_0", "Q4_K", "Q6_K", "mxfp8_e4m3"):
+        assert rows[label]["note"] == "" and rows[label]["sqnr_db"] > 0
+    assert rows["Q4_K"]["bits/weight"] == 4.5 and rows["Q6_K"]["bits/weight"] == 6.5625
+    assert (
+        rows["Q6_K"]["sqnr_db"] > rows["Q4_K"]["sqnr_db"] > rows["Q3_K"]["sqnr_db"] > rows["Q2_K"]["sqnr_db"]
+    )
+    assert rows["Q4_K"]["format"] == "GGUF k-quant" and rows["Q4_0"]["format"] == "GGUF legacy"
+
+
+def test_gguf_types_that_do_not_fit_the_row_name_llama_cpp_fallback():
+    rows = {
+        row["scheme"]: row for row in scheme_table(synthetic_tensor(rows=4, cols=576), standard_schemes())
+    }
+    assert math.isnan(rows["Q4_K"]["sqnr_db"])
+    assert "this row has 576" in rows["Q4_K"]["note"] and "as Q5_0 instead" in rows["Q4_K"]["note"]
+    assert rows["Q4_0"]["note"] == ""
+
+
+def test_mxfp4_scales_are_powers_of_two_and_the_top_of_a_block_saturates():
+    x = synthetic_tensor(rows=4, cols=64, outliers=0) * 0.1
+    x[1, 40] = 7.0  # block (1, 1): absmax 7 -> scale 2**(2 - 2) = 1, and 7 > 6 * 1 saturates
+    view = microscaling_view(x, QuantScheme.from_label("mxfp4"), row=1, block=1)
+    census = view.tensor_scales
+    assert int(census.counts.sum()) == 8 and int(view.row_scales.counts.sum()) == 2
+    assert census.steps_per_doubling == 1 and census.tensor_scale is None
+    assert torch.equal(torch.log2(census.grid), torch.log2(census.grid).round())  # every stop a power of two
+    assert torch.isin(census.scales, census.grid).all()
+    assert view.picked_scale == 1.0 and view.block_saturated == 1 and view.block_values == 32
+    assert view.saturated >= 1 and view.values == x.numel()
+    assert view.packed is not None and view.packed.raw[0] == 127  # E8M0 byte of 2**0
+    rceil = microscaling_view(x, QuantScheme.from_label("mxfp4 rceil"), row=1, block=1)
+    assert rceil.saturated == 0 and rceil.picked_scale == 2.0
+
+
+def test_nvfp4_scales_sit_on_the_e4m3_grid_times_the_tensor_scale():
+    x = synthetic_tensor(rows=4, cols=64, outliers=1, outlier_scale=20.0)
+    view = microscaling_view(x, QuantScheme.from_label("nvfp4"), row=0, block=2)
+    census = view.tensor_scales
+    assert census.steps_per_doubling == 8 and census.tensor_scale > 0
+    assert torch.isin(census.scales, census.grid).all() and int(census.counts.sum()) == 16
+    assert census.grid.numel() > census.scales.numel()
+    with pytest.raises(ValueError, match="no microscaling block scales"):
+        microscaling_view(x, QuantScheme(4, "int", True, "group", 32))
