@@ -5,6 +5,7 @@ numbers, so the page never states a claim its own data does not show. One module
 
 - grids.py: linear vs quantile grids (int4 / NF4 / FP4), symmetric vs asymmetric int grids;
 - granularity.py: per-tensor, per-channel and group scales, and what the scales cost in bits;
+- formats.py: today's block formats (MXFP4, NVFP4, llama.cpp's k-quants) on one real weight;
 - calibration.py: PTQ with dynamic vs static scales and the observers that calibrate them;
 - qat_spiral.py: the straight-through estimator's staircase and a QAT demo on a spiral classifier
   (the STE itself is `engine.quant.ste`);
@@ -24,6 +25,15 @@ from engine.lessons.calibration import (
     capture_inputs,
     mlp_output_projections,
     synthetic_activations,
+)
+from engine.lessons.formats import (
+    FormatRow,
+    FormatsLesson,
+    KQuantLesson,
+    ScaleLesson,
+    formats_lesson,
+    formats_table,
+    super_block_layouts,
 )
 from engine.lessons.granularity import (
     GRANULARITY_STEPS,
@@ -64,10 +74,14 @@ __all__ = [
     "WEIGHT_FORMATS",
     "CalibrationLesson",
     "CalibrationRow",
+    "FormatRow",
+    "FormatsLesson",
     "GranularityLesson",
     "GranularityRow",
+    "KQuantLesson",
     "MappingLesson",
     "QatReport",
+    "ScaleLesson",
     "SpeedLesson",
     "SpiralTask",
     "Staircase",
@@ -76,6 +90,8 @@ __all__ = [
     "calibration_lesson",
     "capture_inputs",
     "distribution_tensor",
+    "formats_lesson",
+    "formats_table",
     "granularity_lesson",
     "layer_cost",
     "layer_time",
@@ -84,6 +100,7 @@ __all__ = [
     "qat_step_staircase",
     "run_qat_demo",
     "speed_lesson",
+    "super_block_layouts",
     "symmetry_lesson",
     "synthetic_activations",
 ]

@@ -3,6 +3,8 @@ the QAT button trains, and nothing raises."""
 
 from __future__ import annotations
 
+import ui.cache.lessons
+from engine.models.sources import ModelSourceError
 from tests.app.conftest import no_exceptions, open_page
 
 
@@ -29,6 +31,7 @@ def test_learn_page_opens_with_every_lesson(app):
         "PTQ & calibration",
         "QAT & the STE",
         "Why not faster?",
+        "Today's formats",
     ]
     assert "NF4's MSE is" in _takeaway(app, "On gaussian data in blocks of 64")
     assert "asymmetric int4 has" in _takeaway(app, "On ReLU outputs")
@@ -101,3 +104,44 @@ def test_speed_tab_controls(app):
     assert "ridge 153" in text and "Raise the token count" in text
     app.select_slider(key="learn_speed_tokens").set_value(8192).run()
     assert "At 8,192 tokens it is compute-bound and int4 is" in _takeaway(app, "At 1 token")
+
+
+def test_formats_tab_measures_a_real_weight_and_shows_the_table(app):
+    open_page(app, "learn")
+    assert app.slider(key="learn_fmt_layer").value == 3
+    assert any("model.layers.3.mlp.down_proj.weight, 576 rows of 1,536" in c.value for c in app.caption)
+    assert [h.value for h in app.subheader if h.value[0].isdigit()] == [
+        "1. Why block scales",
+        "2. The E2M1 element",
+        "3. The scale's own format",
+        "4. llama.cpp's k-quants",
+        "5. Bits per weight, and where each format runs natively",
+    ]
+    assert "lower with groups of 32" in _takeaway(app, "sets the per-channel step")
+    assert "E2M1's error is" in _takeaway(app, "of this weight's values sit in the inner half")
+    assert "lower than MXFP4's" in _takeaway(app, "MXFP4's power-of-two scale clips")
+    assert "already stored on a 4-bit grid" in _takeaway(app, "Same 4.5 bits per weight")
+    assert "run natively, on Blackwell" in _takeaway(app, "The 4-bit formats all cost")
+    q4_0, q4_k = (float(_metric(app, f"{name} SQNR, this weight").split()[0]) for name in ("Q4_0", "Q4_K"))
+    assert q4_k > q4_0
+    table = next(frame.value for frame in app.dataframe if "runs natively on" in frame.value.columns)
+    assert table["format"].tolist() == ["int4 g32", "MXFP4", "NVFP4", "Q4_0", "Q4_K", "MXFP8", "Q8_0"]
+    assert table.set_index("format")["bits/weight"].to_dict() == {
+        "int4 g32": "4.5",
+        "MXFP4": "4.25",
+        "NVFP4": "4.5 (+32 per tensor)",
+        "Q4_0": "4.5",
+        "Q4_K": "4.5",
+        "MXFP8": "8.25",
+        "Q8_0": "8.5",
+    }
+
+
+def test_formats_tab_says_why_without_a_model(app, monkeypatch):
+    def unreadable():
+        raise ModelSourceError("no model here")
+
+    monkeypatch.setattr(ui.cache.lessons, "real_projection_names", unreadable)
+    open_page(app, "learn")
+    assert any("This lesson measures a real weight" in error.value for error in app.error)
+    assert not any("The 4-bit formats all cost" in text for text in _takeaways(app))

@@ -11,11 +11,13 @@ from __future__ import annotations
 import streamlit as st
 
 from engine import lessons
+from engine.lessons.formats import FormatsLesson, formats_lesson
 from engine.lessons.qat_spiral import QatReport, Staircase, qat_step_staircase, run_qat_demo
 from engine.models.sources import ModelSource
 from ui import state
 from ui.cache.models import load
 from ui.cache.registry import LruRegistry
+from ui.cache.tensors import WeightKey, tensor
 from ui.progress import progress_bar
 
 QAT_REPORTS_KEPT = 16
@@ -104,3 +106,9 @@ def run_qat(bits: int, steps: int, seed: int, where=st) -> QatReport:
 
 def speed(device: str, in_features: int, out_features: int, tokens: int) -> lessons.SpeedLesson:
     return lessons.speed_lesson(device, in_features, out_features, tokens)
+
+
+@st.cache_data(show_spinner="Measuring each format on this weight", max_entries=8)
+def formats(key: WeightKey) -> FormatsLesson:
+    """The "Today's formats" lesson on one real weight (tensors.WeightKey)."""
+    return formats_lesson(tensor(key), key.name)

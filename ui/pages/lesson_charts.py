@@ -36,7 +36,7 @@ def _style(figure: go.Figure, title: str, x: str, y: str, height: int = 380) -> 
     return figure
 
 
-def _histogram_over_levels(
+def histogram_over_levels(
     values, levels: dict, colors: dict, title: str, x_title: str, log_share: bool = False
 ) -> go.Figure:
     """A histogram of values on top, each grid's levels as a row of ticks below, on one x axis."""
@@ -65,7 +65,7 @@ def _histogram_over_levels(
 
 
 def mapping_levels(lesson: MappingLesson) -> go.Figure:
-    return _histogram_over_levels(
+    return histogram_over_levels(
         lesson.normalized.numpy(),
         lesson.levels,
         FORMAT_COLORS,
@@ -75,7 +75,7 @@ def mapping_levels(lesson: MappingLesson) -> go.Figure:
 
 
 def symmetry_levels(lesson: SymmetryLesson) -> go.Figure:
-    return _histogram_over_levels(
+    return histogram_over_levels(
         lesson.values.numpy(),
         lesson.levels,
         VARIANT_COLORS,
