@@ -55,8 +55,9 @@ def seed(key: str, default, options: Sequence | None = None):
     value = wanted = st.session_state[key] if key in st.session_state else kept.get(key, default)
     if options is not None and value not in options:
         value = _nearest(list(options), value, default)
-    if key not in st.session_state or st.session_state[key] != value:
-        st.session_state[key] = value
+    # written even when it already holds this value: after a page change the value left there belongs to the
+    # other page's widget, and a selectbox drawn on the new page would otherwise start from its first option
+    st.session_state[key] = value
     return wanted if value != wanted else None
 
 

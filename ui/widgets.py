@@ -1,4 +1,5 @@
-"""Reusable widgets. `scheme_picker` turns a handful of controls into a validated QuantScheme;
+"""Reusable widgets. `scheme_picker` turns a handful of controls into a validated QuantScheme (or a named
+format: an MX / NVFP4 preset, one of llama.cpp's GGUF block types);
 `NumberBoxes` and `prompt_area` replace Streamlit's own limits (which the browser enforces silently) with
 limits checked here and said in words."""
 
@@ -7,8 +8,9 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.quant.elements import element
+from engine.quant.gguf import GGUF_TYPES, GGUFType
 from engine.quant.group_sizes import GroupSizeFit
-from engine.quant.schemes import FORMATS, GRANULARITIES, QuantScheme
+from engine.quant.schemes import FORMATS, GRANULARITIES, PRESETS, QuantScheme, bits_per_weight, parse_label
 from engine.quant.shapes import CANDIDATE_GROUP_SIZES
 from ui import state
 from ui.errors import show_error
@@ -24,12 +26,44 @@ SCALE_WORDS = {
     "e4m3": "e4m3 per block × fp32 per tensor (NVFP4)",
 }
 # the picker's widget keys are "<prefix>_<field>"
-PICKER_FIELDS = ("format", "bits", "range", "granularity", "group", "clip", "scale_dtype", "dq")
+PICKER_FIELDS = (
+    "start",
+    "rceil",
+    "format",
+    "bits",
+    "range",
+    "granularity",
+    "group",
+    "clip",
+    "scale_dtype",
+    "dq",
+)
 RANGE_CHOICES = {
     "symmetric": "symmetric (absmax)",
     "asymmetric (int zero)": "asymmetric, integer zero point",
     "asymmetric (float zero)": "asymmetric, float minimum (Q4_1)",
 }
+BUILD = "build"  # "Start from" choice: the fields below
+PRESET_NAMES = {  # schemes.PRESETS label -> how the picker names it
+    "mxfp4": "MXFP4 (E2M1 × E8M0 per 32)",
+    "nvfp4": "NVFP4 (E2M1 × E4M3 per 16 × FP32)",
+    "mxfp6_e2m3": "MXFP6 E2M3",
+    "mxfp6_e3m2": "MXFP6 E3M2",
+    "mxfp8_e4m3": "MXFP8 E4M3",
+    "mxfp8_e5m2": "MXFP8 E5M2",
+}
+GGUF_ORDER = ("Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "Q3_K", "Q2_K")
+START_CHOICES = (BUILD, *PRESET_NAMES, *GGUF_ORDER)
+
+
+def start_name(choice: str) -> str:
+    if choice == BUILD:
+        return "your own (the fields below)"
+    if choice in GGUF_TYPES:
+        return f"GGUF {choice} (llama.cpp, {GGUF_TYPES[choice].bits_per_weight:g} bits)"
+    return PRESET_NAMES.get(choice, choice)
+
+
 MAX_PROMPT_CHARS = 20_000  # a prompt box's limit; longer prompts are refused with a message, never cut
 
 
@@ -137,14 +171,70 @@ def _group_size_ui(key: str, where, fit: GroupSizeFit, default: int) -> int:
 
 def scheme_picker(
     prefix: str, where=st, default: QuantScheme = DEFAULT_SCHEME, fit: GroupSizeFit | None = None
-) -> QuantScheme | None:
-    """Controls for every QuantScheme field; returns the scheme, or None after showing why it is invalid.
+) -> QuantScheme | GGUFType | None:
+    """A named format, or controls for every QuantScheme field; returns the scheme (a GGUFType for
+    llama.cpp's block types), or None after showing why it is invalid.
 
     `fit`: the group sizes to offer (engine.quant.group_sizes for the loaded model; all the usual sizes when
     None). The widgets keep their values through pages that do not draw them (`state.seed` / `state.keep`).
     """
-    fit = fit or GroupSizeFit(CANDIDATE_GROUP_SIZES)
     keys = {name: f"{prefix}_{name}" for name in PICKER_FIELDS}
+    state.seed(keys["start"], BUILD, START_CHOICES)
+    start = where.selectbox(
+        "Start from",
+        START_CHOICES,
+        format_func=start_name,
+        key=keys["start"],
+        help="A named format as the hardware and llama.cpp define it (MX and NVFP4 blocks; llama.cpp's GGUF "
+        "block types, quantized as llama.cpp does), or your own from the fields below.",
+    )
+    if start in GGUF_TYPES:
+        state.keep(*keys.values())
+        return _gguf_choice(GGUF_TYPES[start], where, fit)
+    if start in PRESETS:
+        return _preset_choice(start, keys, where)
+    return _build_scheme(keys, where, default, fit)
+
+
+def _gguf_choice(t: GGUFType, where, fit: GroupSizeFit | None) -> GGUFType:
+    where.caption(f"**{t.name}**: {t.description}; {t.bits_per_weight:g} bits per weight, scales included.")
+    widths = sorted(fit.widths) if fit is not None else []
+    misfits = [width for width in widths if width % t.block_size]
+    if misfits:
+        rows = ", ".join(f"{width:,}" for width in misfits)
+        where.caption(
+            f"Rows of {rows} values are not a multiple of {t.block_size}: llama.cpp stores those tensors in "
+            "a fallback type (the grid page names it)."
+        )
+    return t
+
+
+def _preset_choice(name: str, keys: dict[str, str], where) -> QuantScheme:
+    scheme = parse_label(name)
+    where.caption(
+        f"**{name}**: {scheme.element.name} elements in blocks of {scheme.group_size}, "
+        f"{bits_per_weight_words(scheme)}."
+    )
+    if scheme.scale_dtype == "e8m0":
+        state.seed(keys["rceil"], False)
+        if where.checkbox(
+            "Round the scale up (RCEIL)",
+            key=keys["rceil"],
+            help="The OCP spec rounds the power-of-two scale down (a block's largest values may saturate); "
+            "NVIDIA's MX recipe rounds it up (no saturation, coarser steps).",
+        ):
+            scheme = parse_label(f"{name} rceil")
+    state.keep(*keys.values())
+    return scheme
+
+
+def bits_per_weight_words(scheme: QuantScheme) -> str:
+    extra = " plus 32 per tensor" if scheme.two_level else ""
+    return f"{bits_per_weight(scheme):g} bits per weight{extra}"
+
+
+def _build_scheme(keys: dict[str, str], where, default: QuantScheme, fit: GroupSizeFit | None):
+    fit = fit or GroupSizeFit(CANDIDATE_GROUP_SIZES)
     state.seed(keys["format"], default.format, FORMATS)
     fmt = where.selectbox(
         "Format",

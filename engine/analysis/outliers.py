@@ -30,8 +30,7 @@ from torch import Tensor
 from engine.analysis.site_stats import CHUNK_ELEMENTS, KIVI_BITS, KIVI_LAYOUTS, KV_KINDS, SiteStats, Stats
 from engine.analysis.stats import is_output_projection
 from engine.quant.metrics import sqnr_db
-from engine.quant.primitives import fake_quantize
-from engine.quant.schemes import QuantScheme, check_shape
+from engine.quant.weight_formats import Format, check_fits, chunks_by_row, fake_quantize_any
 
 ACTIVATION_STATISTICS = ("abs-max", "kurtosis", "max/median channel", "outlier channels")
 
@@ -205,19 +204,19 @@ def kivi_summary(stats: Stats, layer: int | None = None) -> list[dict]:
 # -- sensitivity -----------------------------------------------------------------------------------------
 
 
-def _sqnr_under(x: Tensor, scheme: QuantScheme) -> tuple[float, str]:
-    """SQNR of x: (rows, cols) under the scheme, over row chunks (blocks never span rows) when possible."""
+def _sqnr_under(x: Tensor, scheme: Format) -> tuple[float, str]:
+    """SQNR of x: (rows, cols) under the scheme (or GGUF type), over row chunks when blocks never span rows."""
     try:
-        check_shape(scheme, x.shape)
+        check_fits(scheme, x.shape)
     except ValueError as exc:
         return math.nan, str(exc)
-    if scheme.granularity == "tensor" or scheme.double_quant:  # one scale, or scales compressed together
-        return sqnr_db(x, fake_quantize(x, scheme)), ""
+    if not chunks_by_row(scheme):  # one scale, scales compressed together, or NVFP4's tensor scale
+        return sqnr_db(x, fake_quantize_any(x, scheme)), ""
     rows = max(1, CHUNK_ELEMENTS // x.shape[1])
     signal = noise = 0.0
     for start in range(0, x.shape[0], rows):
         chunk = x[start : start + rows]
-        error = fake_quantize(chunk, scheme).sub_(chunk)
+        error = fake_quantize_any(chunk, scheme).sub_(chunk)
         signal += float(torch.sum(chunk * chunk, dtype=torch.float64))
         noise += float(torch.sum(error * error, dtype=torch.float64))
     if noise == 0:
@@ -226,7 +225,7 @@ def _sqnr_under(x: Tensor, scheme: QuantScheme) -> tuple[float, str]:
 
 
 @torch.no_grad()
-def sensitivity(stats: Stats, model: torch.nn.Module, scheme: QuantScheme) -> list[dict]:
+def sensitivity(stats: Stats, model: torch.nn.Module, scheme: Format) -> list[dict]:
     """SQNR the scheme causes on every weight, activation (per token) and K/V (per token and head)."""
     rows = []
     for name, module in model.named_modules():

@@ -72,6 +72,14 @@ def test_sensitivity_follows_the_sidebar_scheme(app):
     app.select_slider(key="qe_scheme_bits").set_value(8).run()
     no_exceptions(app)
     assert app.dataframe[-1].value["SQNR (dB)"].min() > worst_int4 + 10
+    app.selectbox(key="qe_scheme_start").set_value("Q4_K").run()  # a GGUF type: 256-value super-blocks
+    no_exceptions(app)
+    ranking = app.dataframe[-1].value
+    down = ranking[(ranking["kind"] == "weight") & (ranking["tensor"] == "down_proj")]
+    assert len(down) == 30 and down["SQNR (dB)"].notna().all()  # rows of 1536 = 6 super-blocks
+    q_proj = ranking[(ranking["kind"] == "weight") & (ranking["tensor"] == "q_proj")]
+    assert q_proj["SQNR (dB)"].isna().all()  # rows of 576 do not fit; the note says why
+    assert q_proj["note"].str.contains("256").all()
 
 
 def test_other_texts_and_clear_errors(app):

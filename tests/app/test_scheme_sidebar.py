@@ -131,3 +131,34 @@ def test_the_glossary_searches_its_terms(app):
     no_exceptions(app)
     shown = next(md.value for md in app.sidebar.markdown if md.value.startswith("**"))
     assert "**Nats**" in shown and "**KL divergence**" in shown and "**GPTQ**" not in shown
+
+
+def test_named_formats_and_gguf_types_reach_every_page_that_uses_the_scheme(app):
+    """"Start from" MXFP4 / NVFP4 gives that exact scheme; a GGUF type reaches the pages as the type itself."""
+    from engine.quant.gguf import Q4_K
+    from ui import state
+
+    open_page(app, "grid")
+    app.selectbox(key="qe_scheme_start").set_value("nvfp4").run()
+    no_exceptions(app)
+    assert not any(box.key == "qe_scheme_format" for box in app.sidebar.selectbox)  # the fields are the preset's
+    assert app.session_state[state.SCHEME].label == "nvfp4"
+    assert any("4.5 bits per weight plus 32 per tensor" in c.value for c in app.sidebar.caption)
+    app.selectbox(key="qe_scheme_start").set_value("mxfp4").run()
+    app.checkbox(key="qe_scheme_rceil").check().run()
+    assert app.session_state[state.SCHEME].label == "mxfp4 rceil"
+
+    app.selectbox(key="qe_scheme_start").set_value("Q4_K").run()
+    no_exceptions(app)
+    assert app.session_state[state.SCHEME] is Q4_K
+    assert any("not a multiple of 256" in c.value for c in app.sidebar.caption)  # 576-wide rows fall back
+    app.switch_page("pages/compare.py").run()
+    no_exceptions(app)
+    assert app.session_state[state.SCHEME] is Q4_K  # kept through the page change
+    app.switch_page("pages/memory.py").run()
+    no_exceptions(app)
+    assert "Q4_K" in app.session_state[state.SCHEME].label
+    app.switch_page("pages/grid.py").run()
+    no_exceptions(app)
+    app.selectbox(key="qe_scheme_start").set_value("build").run()  # back to the fields, as they were
+    assert app.session_state[state.SCHEME].label == "int4 g64"

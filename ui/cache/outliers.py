@@ -18,11 +18,14 @@ from engine.analysis import outliers
 from engine.analysis.stats import Stats, collect_stats
 from engine.models.data import WindowSpec, load_text, text_fingerprint, token_windows
 from engine.models.sources import ModelSource
-from engine.quant.schemes import QuantScheme
+from engine.quant.gguf import GGUFType
+from engine.quant.weight_formats import Format
 from ui import state
 from ui.cache.models import load
 from ui.cache.registry import LruRegistry
 from ui.progress import progress_bar
+
+FORMAT_HASH = {GGUFType: lambda t: t.name}  # a GGUF type is its name (its codec functions need no hash)
 
 STATS_KEPT = 4  # collections kept in memory at once (~40 MB each for a 135M model)
 
@@ -89,8 +92,10 @@ def weights() -> list[outliers.WeightStats]:
     return _weights(*state.selection())
 
 
-@st.cache_data(show_spinner="Quantizing every tensor with the sidebar scheme", max_entries=16)
-def sensitivity(key: StatsKey, scheme: QuantScheme, _stats: Stats) -> list[dict]:
+@st.cache_data(
+    show_spinner="Quantizing every tensor with the sidebar scheme", max_entries=16, hash_funcs=FORMAT_HASH
+)
+def sensitivity(key: StatsKey, scheme: Format, _stats: Stats) -> list[dict]:
     model = load(key.source, key.device, key.dtype).model
     return outliers.sensitivity(_stats, model, scheme)
 

@@ -33,6 +33,8 @@ from engine.evaluation.token_compare import (
     token_pieces,
 )
 from engine.methods import QuantizedModel, RTNConfig
+from engine.methods.gguf import GGUFConfig
+from engine.quant.gguf import GGUFType
 from engine.quant.schemes import QuantScheme
 from engine.recipes import Recipe
 from engine.runtime.generation import GenerationResult, GenerationSettings, encode_prompt, max_context
@@ -106,7 +108,13 @@ def _label(recipe: Recipe) -> str:
     return f"{_weights_label(recipe)} ({recipe.name})"
 
 
-def quick_variants(model, sidebar_scheme: QuantScheme | None) -> dict[str, VariantSpec]:
+def _method(scheme: QuantScheme | GGUFType):
+    """The sidebar's scheme as a method: round to nearest for our schemes, llama.cpp's quantizer (with its
+    per-tensor fallback) for a GGUF type."""
+    return GGUFConfig(scheme) if isinstance(scheme, GGUFType) else RTNConfig(scheme)
+
+
+def quick_variants(model, sidebar_scheme: QuantScheme | GGUFType | None) -> dict[str, VariantSpec]:
     """The page's quick recipes from `engine.recipes`, with group sizes that divide every layer of `model`
     (576 wide -> 64; odd widths fall back to one scale per output channel)."""
     specs = []
@@ -115,7 +123,7 @@ def quick_variants(model, sidebar_scheme: QuantScheme | None) -> dict[str, Varia
         specs.append(VariantSpec(name, _label(recipe), recipe.method, recipe.kv))
     if sidebar_scheme is not None:
         specs.append(
-            VariantSpec("sidebar", f"sidebar scheme ({sidebar_scheme.label})", RTNConfig(sidebar_scheme))
+            VariantSpec("sidebar", f"sidebar scheme ({sidebar_scheme.label})", _method(sidebar_scheme))
         )
     return {spec.key: spec for spec in specs}
 

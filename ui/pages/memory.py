@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import streamlit as st
 
 from engine.models.sources import MAX_CONFIG_BYTES
+from engine.quant.gguf import GGUFType
+from engine.quant.schemes import QuantScheme
 from engine.sizing.catalog import catalog_models
 from engine.sizing.configs import config_from_hub, config_from_json
 from engine.sizing.estimate import KV_FORMATS, MemoryBreakdown, estimate
@@ -177,13 +179,26 @@ def sizing_inputs() -> SizingInputs | None:
     presets = [PRESETS[name] for name in preset_names]
     sidebar_scheme = state.scheme()
     if add_sidebar and sidebar_scheme is not None:
-        presets.append(WeightPreset.from_scheme(sidebar_scheme))
+        presets.append(sidebar_preset(sidebar_scheme))
     if not presets:
         st.info("Pick at least one weight format.", icon=":material/tune:")
         return None
     return SizingInputs(
         presets, kv_name, attention, prefill_chunk, int(context), int(batch), device, devices, kv_values_name
     )
+
+
+def sidebar_preset(fmt: QuantScheme | GGUFType) -> WeightPreset:
+    """The sidebar's format as a weight preset: a GGUF type as llama.cpp stores it (embeddings and head too,
+    norms fp32; the catalog's preset where it has one), our scheme on the linear layers."""
+    if isinstance(fmt, GGUFType):
+        bits = fmt.bits_per_weight
+        note = f"{fmt.description}: {bits:g} bpw on every 2-D weight."
+        found = PRESETS.get(fmt.name)
+        return found or WeightPreset(
+            fmt.name, f"GGUF {fmt.name}", linear_bits=bits, embedding_bits=bits, norm_bits=32, note=note
+        )
+    return WeightPreset.from_scheme(fmt)
 
 
 SIZE_COLUMNS = {  # the summary table's GiB columns: their short headers and widths in pixels
