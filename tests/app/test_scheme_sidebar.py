@@ -134,14 +134,16 @@ def test_the_glossary_searches_its_terms(app):
 
 
 def test_named_formats_and_gguf_types_reach_every_page_that_uses_the_scheme(app):
-    """"Start from" MXFP4 / NVFP4 gives that exact scheme; a GGUF type reaches the pages as the type itself."""
+    """Starting from MXFP4 / NVFP4 gives that exact scheme; a GGUF type reaches the pages as the type itself."""
     from engine.quant.gguf import Q4_K
     from ui import state
 
     open_page(app, "grid")
     app.selectbox(key="qe_scheme_start").set_value("nvfp4").run()
     no_exceptions(app)
-    assert not any(box.key == "qe_scheme_format" for box in app.sidebar.selectbox)  # the fields are the preset's
+    assert not any(
+        box.key == "qe_scheme_format" for box in app.sidebar.selectbox
+    )  # the fields are the preset's
     assert app.session_state[state.SCHEME].label == "nvfp4"
     assert any("4.5 bits per weight plus 32 per tensor" in c.value for c in app.sidebar.caption)
     app.selectbox(key="qe_scheme_start").set_value("mxfp4").run()
