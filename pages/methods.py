@@ -1,4 +1,5 @@
-"""Methods lab: RTN, LLM.int8(), SmoothQuant, GPTQ, AWQ, bitsandbytes and QAT on the loaded model, side by side.
+"""Methods lab: RTN, LLM.int8(), SmoothQuant, GPTQ, AWQ, bitsandbytes, QAT and llama.cpp's GGUF types
+and mixes on the loaded model, side by side.
 
 Read widgets -> one config per picked method (ui/pages/methods.py: a form per config type) -> quantize and
 score each (`run_methods`) -> draw: the results table, per-layer errors, each method's own figure (a table
