@@ -100,10 +100,19 @@ class MiniFloat(ElementFormat):
         step = exponent.sub_(1).clamp_(min=1 - self.bias).sub_(self.mbits)
         return torch.ldexp(torch.ldexp(v, -step).round_(), step)
 
+    @cached_property
+    def _code_of_multiple(self) -> Tensor:
+        """Code of each magnitude k * (smallest subnormal), k = 0 .. largest / smallest: every grid value is
+        such a multiple, so a rounded value's code is a table lookup (twice as fast as a bucketize)."""
+        unit = 2.0 ** (self.bias - 1 + self.mbits)
+        multiples = torch.arange(int(self.positive[-1] * unit) + 1, dtype=torch.float32)
+        return torch.bucketize(multiples, self.positive * unit).to(torch.uint8)
+
     def _encode(self, x, inv, zero, scheme, out):
         rounded = self._round(x, inv)
-        magnitude = torch.bucketize(rounded.abs(), self.positive)  # exact: rounded is on the grid
-        sign = torch.signbit(rounded).to(magnitude.dtype) << (self.bits[0] - 1)
+        index = torch.ldexp(rounded.abs(), torch.tensor(self.bias - 1 + self.mbits)).to(torch.int64)
+        magnitude = self._code_of_multiple[index]  # exact: rounded is on the grid
+        sign = torch.signbit(rounded).to(torch.uint8) << (self.bits[0] - 1)
         return out.copy_(magnitude | sign)
 
     def decode(self, codes, scale, zero, scheme):

@@ -202,6 +202,34 @@ def test_nvfp4_matches_torchao_on_synthetic_and_default_model_weights(default_lo
         _check_nvfp4(weight)
 
 
+def _torchao_codes_and_scales(x: torch.Tensor, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(element codes, block scale bytes) from torchao's reference: MXFP4 (FLOOR) or NVFP4."""
+    if label == "nvfp4":
+        reference = NVFP4Tensor.to_nvfp4(x, per_tensor_scale=per_tensor_amax_to_scale(x.abs().max()))
+        scale, data = reference.scale, reference.qdata
+    else:
+        scale, data = torchao_mx.to_mx(x, MX[label], 32, MODES[""])
+    return unpack_uint4(data.view(torch.uint8)).reshape(x.shape), scale.view(torch.uint8)
+
+
+@pytest.mark.parametrize("label", ["mxfp4", "nvfp4"])
+def test_every_linear_weight_of_the_default_model_matches_torchao(default_loaded, label):
+    """Codes and block scales of all 210 linear weights, bit for bit (each tensor on its own, so NVFP4
+    gets its per-tensor scale); dequantizing is checked on the four weights above."""
+    linears = [
+        (name, module.weight.detach().float().contiguous())
+        for name, module in default_loaded.model.model.layers.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    ]
+    assert len(linears) == 210  # 30 layers x (q, k, v, o, gate, up, down)
+    scheme = QuantScheme.from_label(label)
+    for name, weight in linears:
+        codes, scale = _torchao_codes_and_scales(weight, label)
+        qt = quantize(weight, scheme)
+        assert torch.equal(qt.scale.view(torch.uint8), scale), name
+        assert torch.equal(qt.codes, codes), name
+
+
 # -- cross-check against gguf (llama.cpp's reference quantizers) ------------------------------------------
 
 
