@@ -2,6 +2,7 @@
 `accelerate estimate-memory`.
 
     python -m engine.sizing --config llama-3.1-8b --weights bf16,int4-g128 --kv int8 --context 32768 --batch 4
+    python -m engine.sizing --config llama-3.1-8b --weights Q4_K_M --kv fp8 --kv-values int4
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--kv", default="fp16", help=f"KV-cache format: {', '.join(KV_FORMATS)} (or 16/8/4/3/2)"
+    )
+    parser.add_argument(
+        "--kv-values",
+        default=None,
+        help="the V cache's format when it differs from the keys' (default: --kv)",
     )
     parser.add_argument("--context", type=int, default=4096, help="tokens per sequence (prompt + output)")
     parser.add_argument("--batch", type=int, default=1, help="sequences served at once")
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.batch,
                 attention=args.attention,
                 prefill_chunk=args.prefill_chunk,
+                kv_values=args.kv_values,
             )
             for w in args.weights.split(",")
         ]
@@ -154,6 +161,7 @@ def _as_dict(b) -> dict:
         "active_parameters": b.parameters.active,
         "weights_bytes": b.weights.total,
         "kv_cache_bytes": b.kv_cache,
+        "kv": b.kv_label,
         "kv_bytes_per_token": b.kv_bytes_per_token,
         "activation_bytes": b.activations.peak,
         "overhead_bytes": b.overhead,
