@@ -37,11 +37,14 @@ What each name means, and why (the catalogs this replaced disagreed on "W8" and 
   SmolLM2, 180 of 210 tensors: Q4_K comes out at 5.25 bits per weight).
 - `Q4_K_M`, `Q5_K_M` (axis "gguf"): llama.cpp's file-level mixes (`engine.quant.gguf.mixes`), a type per
   tensor by llama.cpp's rules, the token embedding and head included, as `llama-quantize` writes the file.
-- axis "formats" (W4 g32, W4 MXFP4, W4 NVFP4, W4A4 MXFP4, W4A4 NVFP4, W8A8 MXFP8; KV8 FP8, KV4 MXFP4,
-  KV4 NVFP4 and K FP8 / V MXFP4, keys and values apart): today's formats for
+- axis "formats" (W4 g32, W4 MXFP4, W4 NVFP4, W4A4 MXFP4, W4A4 NVFP4, W8A8 MXFP8, W8 / W8A8 FP8 block128;
+  KV8 FP8, KV4 MXFP4, KV4 NVFP4 and K FP8 / V MXFP4, keys and values apart): today's formats for
   Evaluate's "Formats at 4 bits" grid (`engine.evaluation.study.FORMATS_GRID`). MX and NVFP4 fix their
   block (32, 16) in the format, so their `group_sizes` hold only that; activations are quantized per token
-  in the same blocks along the input dim, dynamically, as the GPUs that run these formats do.
+  in the same blocks along the input dim, dynamically, as the GPUs that run these formats do. FP8 block128
+  is DeepSeek-V3's: weights in 128 x 128 tiles with a float32 scale each, activations in 1 x 128 groups
+  per token; edge tiles and groups are partial where 128 does not divide (SmolLM2's 576), so it needs
+  no group size from the model.
 
 Group sizes depend on the model: a group must divide every quantized layer's in_features (SmolLM2's
 576 takes 64, not 128). Catalog recipes hold their preferred size; `recipe.for_model(*in_features)`
@@ -254,6 +257,7 @@ def _format_recipes() -> list[Recipe]:
     activations, beside int4 with groups of 32. Their block sizes are part of the format (MX: 32, NVFP4:
     16), so `group_sizes` holds only that size and for_model never changes it."""
     mxfp4, nvfp4, mxfp8 = parse_label("mxfp4"), parse_label("nvfp4"), parse_label("mxfp8_e4m3")
+    fp8_block = parse_label("fp8_e4m3 block128")
     fp8 = parse_label("fp8_e4m3 channel")
     return [
         Recipe("W4 g32", "formats", "int4 symmetric weights, groups of 32, fp16 scales",
@@ -269,6 +273,11 @@ def _format_recipes() -> list[Recipe]:
                "blocks of 16 with a per-call tensor scale)", RTNConfig(nvfp4, nvfp4), group_sizes=(16,)),
         Recipe("W8A8 MXFP8", "formats", "MXFP8 (E4M3) weights and activations, blocks of 32 with E8M0 "
                "scales", RTNConfig(mxfp8, mxfp8), group_sizes=(32,)),
+        Recipe("W8 FP8 block128", "formats", "FP8 (E4M3) weights in 128 x 128 blocks with a float32 scale "
+               "each (DeepSeek-V3)", RTNConfig(fp8_block), group_sizes=(128,)),
+        Recipe("W8A8 FP8 block128", "formats", "FP8 (E4M3) weights in 128 x 128 blocks and activations in "
+               "dynamic 1 x 128 groups per token, float32 scales (DeepSeek-V3)",
+               RTNConfig(fp8_block, fp8_block), group_sizes=(128,)),
         Recipe("KV8 FP8", "formats", "FP8 (E4M3) KV cache, one fp16 scale per token and head",
                kv=KVCacheConfig(fp8)),
         Recipe("KV4 MXFP4", "formats", "MXFP4 KV cache: E2M1 in blocks of 32 along each head, power-of-two "

@@ -51,7 +51,8 @@ def block_ui(choice: TensorChoice, scheme: QuantScheme | GGUFType) -> tuple[int,
         st.stop()
     pickers.prior_grid_warning(choice.prior)
     cols = st.columns(2)
-    row = cols[0].slider(choice.row_label, 0, n_rows - 1, 0, key="grid_row") if n_rows > 1 else 0
+    row_label = "Row of tiles" if getattr(scheme, "granularity", None) == "block" else choice.row_label
+    row = cols[0].slider(row_label, 0, n_rows - 1, 0, key="grid_row") if n_rows > 1 else 0
     label = grid_formats.block_slider_label(scheme)
     block = cols[1].slider(label, 0, n_blocks - 1, 0, key="grid_block") if n_blocks > 1 else 0
     if n_rows == 1 and n_blocks == 1:

@@ -10,7 +10,7 @@ import streamlit as st
 from engine.quant.elements import element
 from engine.quant.gguf import GGUF_TYPES, GGUFType
 from engine.quant.group_sizes import GroupSizeFit
-from engine.quant.schemes import FORMATS, GRANULARITIES, PRESETS, QuantScheme, bits_per_weight, parse_label
+from engine.quant.schemes import FORMATS, GRANULARITIES, QuantScheme, bits_per_weight, parse_label
 from engine.quant.shapes import CANDIDATE_GROUP_SIZES
 from ui import state
 from ui.errors import show_error
@@ -29,6 +29,7 @@ SCALE_WORDS = {
 PICKER_FIELDS = (
     "start",
     "rceil",
+    "tile",
     "format",
     "bits",
     "range",
@@ -43,14 +44,16 @@ RANGE_CHOICES = {
     "asymmetric (int zero)": "asymmetric, integer zero point",
     "asymmetric (float zero)": "asymmetric, float minimum (Q4_1)",
 }
+TILE_SIZES = [64, 128, 256]
 BUILD = "build"  # "Start from" choice: the fields below
-PRESET_NAMES = {  # schemes.PRESETS label -> how the picker names it
+PRESET_NAMES = {  # schemes.PRESETS label (or a named scheme's label) -> how the picker names it
     "mxfp4": "MXFP4 (E2M1 × E8M0 per 32)",
     "nvfp4": "NVFP4 (E2M1 × E4M3 per 16 × FP32)",
     "mxfp6_e2m3": "MXFP6 E2M3",
     "mxfp6_e3m2": "MXFP6 E3M2",
     "mxfp8_e4m3": "MXFP8 E4M3",
     "mxfp8_e5m2": "MXFP8 E5M2",
+    "fp8_e4m3 block128": "FP8 in 128×128 blocks (DeepSeek-V3)",
 }
 GGUF_ORDER = ("Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "Q3_K", "Q2_K")
 START_CHOICES = (BUILD, *PRESET_NAMES, *GGUF_ORDER)
@@ -191,7 +194,7 @@ def scheme_picker(
     if start in GGUF_TYPES:
         state.keep(*keys.values())
         return _gguf_choice(GGUF_TYPES[start], where, fit)
-    if start in PRESETS:
+    if start in PRESET_NAMES:
         return _preset_choice(start, keys, where)
     return _build_scheme(keys, where, default, fit)
 
@@ -211,10 +214,13 @@ def _gguf_choice(t: GGUFType, where, fit: GroupSizeFit | None) -> GGUFType:
 
 def _preset_choice(name: str, keys: dict[str, str], where) -> QuantScheme:
     scheme = parse_label(name)
-    where.caption(
-        f"**{name}**: {scheme.element.name} elements in blocks of {scheme.group_size}, "
-        f"{bits_per_weight_words(scheme)}."
+    size = scheme.group_size
+    blocks = (
+        f"{size}×{size} tiles with a float32 scale each"
+        if scheme.granularity == "block"
+        else f"blocks of {size}"
     )
+    where.caption(f"**{name}**: {scheme.element.name} elements in {blocks}, {bits_per_weight_words(scheme)}.")
     if scheme.scale_dtype == "e8m0":
         state.seed(keys["rceil"], False)
         if where.checkbox(
@@ -267,11 +273,21 @@ def _build_scheme(keys: dict[str, str], where, default: QuantScheme, fit: GroupS
         GRANULARITIES,
         horizontal=True,
         key=keys["granularity"],
-        help="Who shares one scale: the whole tensor, each row (output channel / token), or each group of a row.",
+        help="Who shares one scale: the whole tensor, each row (output channel / token), each group of a row, "
+        "or each 2-D block of a weight (DeepSeek-V3's FP8: 128×128 tiles; activations then take 1×128 groups "
+        "per token).",
     )
     group_size = None
     if granularity == "group":
         group_size = _group_size_ui(keys["group"], where, fit, default.group_size or 64)
+    elif granularity == "block":
+        state.seed(keys["tile"], 128, TILE_SIZES)
+        group_size = where.select_slider(
+            "Tile side",
+            TILE_SIZES,
+            key=keys["tile"],
+            help="Rows and columns of one block; partial edge tiles.",
+        )
     with where.expander("Advanced"):
         state.seed(keys["clip"], default.clip_ratio)
         clip_ratio = st.slider(
@@ -282,7 +298,10 @@ def _build_scheme(keys: dict[str, str], where, default: QuantScheme, fit: GroupS
             key=keys["clip"],
             help="Shrink the range before scaling: clips outliers, gains resolution for the rest.",
         )
-        scales = SCALE_DTYPES + (MICROSCALING_SCALES if element(fmt).family == "float" else [])
+        if granularity == "block":  # one float32 per tile, as DeepSeek-V3 stores them
+            scales = ["float32"]
+        else:
+            scales = SCALE_DTYPES + (MICROSCALING_SCALES if element(fmt).family == "float" else [])
         state.seed(keys["scale_dtype"], default.scale_dtype, scales)
         scale_dtype = st.selectbox(
             "Scale dtype",
@@ -291,8 +310,10 @@ def _build_scheme(keys: dict[str, str], where, default: QuantScheme, fit: GroupS
             key=keys["scale_dtype"],
             help=SCALE_HELP,
         )
-        state.seed(keys["dq"], default.double_quant)
-        double_quant = st.checkbox("Double quantization of scales (QLoRA)", key=keys["dq"])
+        double_quant = False
+        if granularity != "block":
+            state.seed(keys["dq"], default.double_quant)
+            double_quant = st.checkbox("Double quantization of scales (QLoRA)", key=keys["dq"])
     state.keep(*keys.values())
     try:
         return QuantScheme(

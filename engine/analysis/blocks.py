@@ -4,8 +4,8 @@ A format here is a `QuantScheme` or a llama.cpp block type (`engine.quant.gguf.G
 below take either and dispatch on the type.
 
 `block_picture` quantizes the whole tensor (so the scales are exactly the ones the scheme would store)
-and then cuts out one block — a row for per-channel, a group of a row for per-group, the whole tensor
-for per-tensor — with the real values its codes map back to. For a GGUF type the block is one llama.cpp
+and then cuts out one block — a row for per-channel, a group of a row for per-group, one tile for 2-D
+blocks (picked as tile row and tile column), the whole tensor for per-tensor — with the real values its codes map back to. For a GGUF type the block is one llama.cpp
 block (32 values) or one sub-block of a k-quant's super-block of 256, its levels decoded from the packed
 bytes (engine.analysis.packed_blocks). `microscaling_view` adds what a two-level format has on top: the
 scale every block got against the scale format's own grid, what saturated, and one block's bytes.
@@ -28,6 +28,7 @@ from engine.quant.gguf import GGUFType
 from engine.quant.metrics import error_summary
 from engine.quant.primitives import QTensor, block_size, fake_quantize, quantize
 from engine.quant.schemes import QuantScheme, bits_per_weight
+from engine.quant.shapes import tile_counts
 
 Format = QuantScheme | GGUFType
 
@@ -48,13 +49,16 @@ class BlockPicture:
 
 def block_count(shape: tuple[int, ...], scheme: Format) -> tuple[int, int]:
     """(rows, blocks per row) that a user can pick from; validates the shape against the scheme.
-    A GGUF type's blocks are its scales' blocks: a k-quant's sub-blocks of 16 or 32."""
+    A GGUF type's blocks are its scales' blocks: a k-quant's sub-blocks of 16 or 32; 2-D blocks are tiles,
+    so this is (tile rows, tiles per tile row)."""
     if isinstance(scheme, GGUFType):
         scheme.check_row(shape[-1])
         return math.prod(shape[:-1]), shape[-1] // sub_block_size(scheme)
     size = block_size(scheme, shape)
     if scheme.granularity == "tensor":
         return 1, 1
+    if scheme.granularity == "block":
+        return tile_counts(shape, scheme.group_size)
     rows = math.prod(shape[:-1])
     return rows, shape[-1] // size
 
@@ -92,7 +96,10 @@ def block_picture(x: Tensor, scheme: Format, row: int = 0, block: int = 0, seed:
     qt = quantize(x, scheme)
     dequantized = qt.dequantize()
     size = block_size(scheme, tuple(x.shape))
-    if scheme.granularity == "tensor":
+    if scheme.granularity == "block":
+        values, back, description, size = _tile(x, dequantized, scheme.group_size, row, block)
+        flat_index = row * blocks + block
+    elif scheme.granularity == "tensor":
         values, back = x.reshape(-1), dequantized.reshape(-1)
         description = f"the whole tensor ({x.numel():,} values share one scale)"
         flat_index = 0
@@ -116,6 +123,17 @@ def block_picture(x: Tensor, scheme: Format, row: int = 0, block: int = 0, seed:
     return BlockPicture(values, back, levels, clipped, scale, zero, description, size)
 
 
+def _tile(x: Tensor, dequantized: Tensor, g: int, row: int, col: int) -> tuple[Tensor, Tensor, str, int]:
+    """(values, dequantized, description, elements) of tile (row, col) of a block scheme, partial at edges."""
+    rows, cols = slice(row * g, (row + 1) * g), slice(col * g, (col + 1) * g)
+    values, back = x[rows, cols], dequantized[rows, cols]
+    r0, c0 = row * g, col * g
+    description = (
+        f"block ({row}, {col}): rows {r0}-{r0 + values.shape[0] - 1}, columns {c0}-{c0 + values.shape[1] - 1}"
+    )
+    return values.reshape(-1), back.reshape(-1), description, values.numel()
+
+
 def mapping_curve(picture: BlockPicture, scheme: Format, points: int = 801) -> tuple[Tensor, Tensor]:
     """(x, q(x)) over the block's range plus a margin: the real -> code -> real staircase."""
     low = min(float(picture.values.min()), float(picture.levels[0]))
@@ -134,8 +152,9 @@ def mapping_curve(picture: BlockPicture, scheme: Format, points: int = 801) -> t
 
 def standard_schemes() -> list[Format]:
     """The comparison set of the grid page: int8/4/3/2 x sym/asym x tensor/channel/g32/g64/g128, NF4,
-    bitsandbytes' FP4, FP8, the microscaling formats MXFP4, NVFP4, MXFP6 (E2M3) and MXFP8 (E4M3), and
-    llama.cpp's block types (Q8_0 ... Q5_1, Q2_K ... Q6_K)."""
+    bitsandbytes' FP4, FP8 (per tensor, per channel, DeepSeek-V3's 128 x 128 blocks), the microscaling
+    formats MXFP4, NVFP4, MXFP6 (E2M3) and MXFP8 (E4M3), and llama.cpp's block types (Q8_0 ... Q5_1,
+    Q2_K ... Q6_K)."""
     schemes: list[Format] = []
     for bits in (8, 4, 3, 2):
         for symmetric in (True, False):
@@ -152,6 +171,7 @@ def standard_schemes() -> list[Format]:
     schemes.append(QuantScheme(8, "fp8_e4m3", True, "tensor", scale_dtype="float32"))
     schemes.append(QuantScheme(8, "fp8_e4m3", True, "channel", scale_dtype="float32"))
     schemes.append(QuantScheme(8, "fp8_e5m2", True, "channel", scale_dtype="float32"))
+    schemes.append(QuantScheme.from_label("fp8_e4m3 block128"))  # DeepSeek-V3's 128 x 128 blocks
     schemes += [QuantScheme.from_label(label) for label in ("mxfp4", "nvfp4", "mxfp6_e2m3", "mxfp8_e4m3")]
     schemes += [*gguf.LEGACY, *gguf.K_QUANTS]
     return schemes
@@ -189,7 +209,8 @@ def _table_columns(scheme: Format) -> dict:
     if isinstance(scheme, GGUFType):
         kind = "GGUF k-quant" if scheme.is_k_quant else "GGUF legacy"
         return {"scheme": scheme.label, "format": kind, "bits": None, "granularity": f"b{scheme.block_size}"}
-    granularity = f"g{scheme.group_size}" if scheme.granularity == "group" else scheme.granularity
+    grain = {"group": f"g{scheme.group_size}", "block": f"block{scheme.group_size}"}
+    granularity = grain.get(scheme.granularity, scheme.granularity)
     return {"scheme": scheme.label, "format": scheme.format, "bits": scheme.bits, "granularity": granularity}
 
 

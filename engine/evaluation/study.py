@@ -36,6 +36,7 @@ from torch import Tensor
 
 from engine import recipes
 from engine._types import Progress
+from engine.evaluation.drift import DriftStats
 from engine.evaluation.perplexity import ReferenceCache, evaluate_against_reference
 from engine.methods import quantize_model
 from engine.recipes import Recipe
@@ -80,12 +81,13 @@ QUICK_GRID: tuple[Recipe, ...] = tuple(
     recipes.get(name) for name in ("W8", "W4", MODEL_GRID, "W2", "W4A4", "KV4", "KV2")
 )
 # "Formats at 4 bits": today's 4-bit weight formats side by side (the W4 cells and llama.cpp's), the same
-# formats on activations too (W4A4) and 8-bit microscaling (W8A8 MXFP8), then the KV cache in int4, FP8,
-# MXFP4, NVFP4 and FP8 keys with MXFP4 values; quality against bits per weight in one chart
+# formats on activations too (W4A4), 8-bit microscaling and FP8 blocks (W8A8 MXFP8, W8A8 FP8 block128), then
+# the KV cache in int4, FP8, MXFP4, NVFP4 and FP8 keys with MXFP4 values; quality against bits per weight in
+# one chart
 FORMATS_GRID: tuple[Recipe, ...] = tuple(
     recipes.get(name)
     for name in ("W4", "W4 g32", "NF4", MODEL_GRID, "Q4_0", "Q4_K", "W4 MXFP4", "W4 NVFP4", "W4A4", "W4A4 MXFP4", "W4A4 NVFP4",
-                 "W8A8", "W8A8 MXFP8", "KV4", "KV8 FP8", "KV4 MXFP4", "KV4 NVFP4", "K FP8 / V MXFP4")
+                 "W8A8", "W8A8 MXFP8", "W8A8 FP8 block128", "KV4", "KV8 FP8", "KV4 MXFP4", "KV4 NVFP4", "K FP8 / V MXFP4")
 )  # fmt: skip
 REFERENCE_ROWS = ("W16", "KV16")  # the reference itself, shown on the weight and KV axes
 FOUR_BIT_WEIGHTS = ("W4", MODEL_GRID)  # the 4-bit weight cells the "tolerates 4 bits" finding weighs
@@ -103,6 +105,7 @@ class CellResult:
     tokens: int
     seconds: float
     bits_per_weight: float | None = None  # of the quantized linears, scales included; None: weights kept
+    drift: DriftStats | None = None  # llama.cpp's --kl-divergence statistics, per-token values included
 
     @property
     def relative_change(self) -> float:
@@ -157,6 +160,7 @@ def evaluate_cell(
         result.agreement.token_count,
         time.perf_counter() - start,
         bits,
+        result.agreement.drift,
     )
 
 

@@ -23,17 +23,22 @@ class RTNConfig:
     # dynamic quantization of every linear's input, computed on each call: one scale per token row
     # ("channel"), per call ("tensor"), or per block of the input dim within each token ("group": how
     # MXFP4 / NVFP4 / MXFP8 hardware quantizes activations, blocks of 32 or 16 with NVFP4's per-call
-    # tensor scale on top)
+    # tensor scale on top); a "block" scheme runs in 1 x g groups of each token, as DeepSeek-V3's FP8
+    # (engine.quant.primitives.fake_quantize_tokens)
     activations: QuantScheme | None = None
 
     @property
     def label(self) -> str:
-        """W4, W8A8, and the format where it is not int: "W4A4 nvfp4", "W8A8 mxfp8_e4m3"."""
+        """W4, W8A8, and the format where it is not int: "W4A4 nvfp4", "W8A8 mxfp8_e4m3", and its blocks
+        where they are 2-D: "W8A8 fp8_e4m3 block128"."""
         w = f"W{self.weights.bits}" if self.weights else "W16"
         if self.activations is None:
             return w
-        fmt = "" if self.activations.format == "int" else f" {self.activations.label.split()[0]}"
-        return f"{w}A{self.activations.bits}{fmt}"
+        act = self.activations
+        fmt = "" if act.format == "int" else f" {act.label.split()[0]}"
+        if act.granularity == "block":
+            fmt += f" block{act.group_size}"
+        return f"{w}A{act.bits}{fmt}"
 
 
 @register(RTNConfig, name="RTN", calibration=Calibration.NONE)

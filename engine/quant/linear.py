@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from engine._types import Progress
-from engine.quant.primitives import QParams, fake_quantize, quantize
+from engine.quant.primitives import QParams, fake_quantize, fake_quantize_tokens, quantize
 from engine.quant.schemes import QuantScheme, bits_per_weight
 
 
@@ -46,7 +46,8 @@ class FakeQuantLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.act_scheme is not None:
             shape = x.shape
-            x = fake_quantize(x.reshape(-1, shape[-1]), self.act_scheme).view(shape)  # (tokens, in) rows
+            # (tokens, in) rows; a block scheme ("fp8_e4m3 block128") runs in 1 x 128 groups per token
+            x = fake_quantize_tokens(x.reshape(-1, shape[-1]), self.act_scheme).view(shape)
         return nn.functional.linear(x, self.weight, self.bias)
 
     @property
@@ -110,5 +111,12 @@ def quantized_linear(
 
 
 def keeps_scales(scheme: QuantScheme | None) -> bool:
-    """Integer grids with an integer zero point: codes = round(w / scale) + zero recover exactly."""
-    return scheme is not None and scheme.is_int and scheme.zero_kind == "int" and not scheme.double_quant
+    """Integer grids with an integer zero point and scales along rows: codes = round(w / scale) + zero
+    recover exactly (2-D block scales are not kept: exports read one scale per row or per group)."""
+    return (
+        scheme is not None
+        and scheme.is_int
+        and scheme.zero_kind == "int"
+        and not scheme.double_quant
+        and scheme.granularity != "block"
+    )

@@ -6,6 +6,7 @@ granularity is a reshape of x into rows of blocks that share a scale,
     tensor   x.reshape(1, numel)                     one block
     channel  x.reshape(rows, in_features)            one block per row (per token for activations)
     group    x.reshape(rows * in_features / g, g)    g consecutive elements of a row
+    block    tiles.to_tiles(x, g, g)                 one g x g tile per row (engine.quant.tiles)
 
 so reductions always run along the last dim of a (n_blocks, block_size) view.
 
@@ -43,8 +44,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from engine.quant import formats, microscaling
-from engine.quant.schemes import DOUBLE_QUANT_BLOCK, QuantScheme, check_shape, storage_bits
+from engine.quant import formats, microscaling, tiles
+from engine.quant.schemes import DOUBLE_QUANT_BLOCK, QuantScheme, storage_bits
+from engine.quant.tiles import block_size as block_size  # re-exported: how each granularity
+from engine.quant.tiles import scale_shape  # blocks x (engine.quant.tiles)
 
 
 class QParams(NamedTuple):
@@ -78,7 +81,8 @@ class QTensor:
     """A quantized tensor: codes plus what it takes to turn them back into values."""
 
     codes: Tensor  # same shape as the input; int8 / uint8 codes, or float8 values for fp8 formats
-    scale: Tensor  # blocked: (*shape[:-1], blocks per row), or (1,)*ndim for tensor; static: as given
+    scale: Tensor  # blocked: (*shape[:-1], blocks per row), (1,)*ndim for tensor, (tile rows, tile
+    # columns) for block; static: as given
     zero_point: Tensor | None  # like scale, integer-valued; None for symmetric, codebook and fp8 formats
     scheme: QuantScheme
     shape: torch.Size  # of the original tensor
@@ -123,31 +127,6 @@ class QTensor:
         if self.scheme.bits > 4:
             raise ValueError(f"pack_int4 packs codes of at most 4 bits; this scheme has {self.scheme.bits}")
         return pack_int4(self.codes)
-
-
-# -- blocking ----------------------------------------------------------------------------------------
-
-
-def block_size(scheme: QuantScheme, shape: tuple[int, ...] | torch.Size) -> int:
-    """Elements per block for a tensor of `shape` (validates that the shape fits the scheme)."""
-    check_shape(scheme, shape)
-    if scheme.granularity == "tensor":
-        return math.prod(shape)
-    if scheme.granularity == "channel":
-        return shape[-1]
-    return scheme.group_size
-
-
-def scale_shape(scheme: QuantScheme, shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
-    """Shape of the stored scale: one entry per block, laid out like the tensor's rows."""
-    if scheme.granularity == "tensor":
-        return (1,) * len(shape)
-    return (*shape[:-1], shape[-1] // block_size(scheme, shape))
-
-
-def _blocks(x: Tensor, scheme: QuantScheme) -> Tensor:
-    """(n_blocks, block_size) float32 view (or copy, for other dtypes) of x."""
-    return x.float().reshape(-1, block_size(scheme, x.shape))
 
 
 # -- choosing scales ---------------------------------------------------------------------------------
@@ -240,7 +219,7 @@ def _block_qparams(xb: Tensor, scheme: QuantScheme) -> tuple[Tensor, Tensor | No
 @torch.no_grad()
 def choose_qparams(x: Tensor, scheme: QuantScheme) -> QParams:
     """Dynamic per-block scale (and zero point) of x, shaped like QTensor.scale."""
-    scale, zero, _ = _block_qparams(_blocks(x, scheme), scheme)
+    scale, zero, _ = _block_qparams(tiles.blocks(x, scheme), scheme)
     shape = scale_shape(scheme, x.shape)
     return QParams(scale.view(shape), None if zero is None else zero.view(shape))
 
@@ -332,13 +311,13 @@ def quantize(
             x.dtype,
             static=True,
         )
-    xb = _blocks(x, scheme)  # (n_blocks, block_size)
+    xb = tiles.blocks(x, scheme)  # (n_blocks, block_size)
     if scheme.is_microscaling:
         return _quantize_microscaling(x, xb, scheme)
     block_scale, block_zero, scale_quant = _block_qparams(xb, scheme)  # (n_blocks, 1) each
     codes = torch.empty(xb.shape, dtype=formats.code_dtype(scheme))
-    _in_chunks(formats.encode, xb, block_scale, block_zero, scheme, codes)
-    codes = codes.view(x.shape)
+    _in_chunks(tiles.runner(formats.encode, scheme), xb, block_scale, block_zero, scheme, codes)
+    codes = tiles.unblocks(codes, x, scheme)
     shape = scale_shape(scheme, x.shape)
     store_dtype = torch.float32 if scale_quant is not None else scheme.torch_scale_dtype
     return QTensor(
@@ -375,6 +354,8 @@ def dequantize(qt: QTensor) -> Tensor:
     zero = None if qt.zero_point is None else qt.zero_point.float()
     if qt.static:
         return formats.decode(qt.codes, scale, zero, qt.scheme).to(qt.dtype)
+    if qt.scheme.granularity == "block":
+        return tiles.decode(qt.codes, scale, zero, qt.scheme).to(qt.dtype)
     n_blocks = scale.numel()
     codes = qt.codes.reshape(n_blocks, -1)  # (n_blocks, block_size)
     scale = scale.reshape(n_blocks, 1)
@@ -390,15 +371,26 @@ def fake_quantize(
     if scale is not None:
         stored, zero = _static_qparams(x, scheme, scale, zero_point)
         return formats.fake(x.float(), stored, zero, scheme).to(x.dtype)
-    xb = _blocks(x, scheme)  # (n_blocks, block_size)
+    return _fake_dynamic(x, scheme)
+
+
+@torch.no_grad()
+def fake_quantize_tokens(x: Tensor, scheme: QuantScheme) -> Tensor:
+    """`fake_quantize` of (tokens, features) activation rows, where a block scheme runs in 1 x g groups of
+    each token (DeepSeek-V3; its g x g tiles are for weights), the last one partial if g does not divide."""
+    return _fake_dynamic(x, scheme, tokens=True)
+
+
+def _fake_dynamic(x: Tensor, scheme: QuantScheme, tokens: bool = False) -> Tensor:
+    xb = tiles.blocks(x, scheme, tokens)  # (n_blocks, block_size)
     out = torch.empty(xb.shape, dtype=torch.float32)
     if scheme.is_microscaling:
         scales = _microscaling_qparams(xb, scheme)
         _in_chunks(formats.fake, xb, scales.scale, None, scheme, out, scales.inv)
         return out.view(x.shape).to(x.dtype)
     block_scale, block_zero, _ = _block_qparams(xb, scheme)  # (n_blocks, 1)
-    _in_chunks(formats.fake, xb, block_scale, block_zero, scheme, out)
-    return out.view(x.shape).to(x.dtype)
+    _in_chunks(tiles.runner(formats.fake, scheme), xb, block_scale, block_zero, scheme, out)
+    return tiles.unblocks(out, x, scheme, tokens).to(x.dtype)
 
 
 def expected_nbytes(scheme: QuantScheme, shape: tuple[int, ...] | torch.Size) -> int:

@@ -11,14 +11,23 @@ separated by spaces, hyphens or commas, in any order when parsing:
     mxfp4 | mxfp6_e2m3 | mxfp6_e3m2 | mxfp8_e4m3 | mxfp8_e5m2 | nvfp4   presets: format, group and scale
     sym | asym | asym_min                                   int only; sym is the default and is omitted;
                                                             asym_min = float minimum offset (Q4_1 style)
-    tensor | channel | g<N>                                 granularity; g128 = groups of 128
+    tensor | channel | g<N> | block<N>                      granularity; g128 = groups of 128 along a row,
+                                                            block128 = 128 x 128 tiles (DeepSeek-V3)
     clip<r>                                                 clip_ratio, omitted when 1.0
-    scale_fp32 | scale_bf16 | scale_fp16                    scale dtype, omitted when fp16
+    scale_fp32 | scale_bf16 | scale_fp16                    scale dtype, omitted when fp16 (fp32 for block)
     scale_e8m0 | scale_e8m0_rceil | scale_e4m3              microscaling scales (engine.quant.microscaling)
     rceil                                                   E8M0 scales rounded up (with a preset: mxfp4 rceil)
     dq                                                      double quantization of the scales
 
-so "int4 asym g128", "nf4 g64 scale_fp32 dq" and "fp8_e4m3 channel" (and "int4-asym-g128").
+so "int4 asym g128", "nf4 g64 scale_fp32 dq" and "fp8_e4m3 channel" (and "int4-asym-g128"). The words
+live in `engine.quant.labels` (`write_label` / `read_label`).
+
+Block granularity (`fp8_e4m3 block128`, DeepSeek-V3's FP8 weights as torchao, vLLM and llm-compressor
+store them): a 2-D weight (out, in) gets one scale per `group_size` x `group_size` tile, float32 by default;
+edge tiles are partial when the size does not divide a dim (SmolLM2's 576 = 4.5 x 128), and tensors with
+more dims flatten their leading dims into rows. Activations under a block scheme are quantized per token in
+1 x `group_size` groups (`engine.quant.primitives.fake_quantize_tokens`). Block scales are not quantized
+again (no double quantization) and take no microscaling scale dtype.
 
 Presets (`PRESETS`) name a whole microscaling format and are printed whenever a scheme is one:
 
@@ -40,7 +49,8 @@ is 4 + 32/128 = 4.25 bits per weight. A float minimum offset (`asym_min`) costs 
 is int4 asym_min g32 with fp16 scale and min, 5 bits per weight. GPTQ's checkpoints pack zeros at `bits` bits instead (4.156);
 we do not model that. E8M0 and E4M3 block scales cost 8 bits; NVFP4's float32 tensor scale adds 32 bits per
 tensor, counted by `storage_bits` (so by `bits_per_weight` given both dims) but not by the large-matrix
-limit `bits_per_weight(scheme)` (4.5 for nvfp4, like one per-tensor scale). With `double_quant` each scale costs 8 bits plus one fp32 per 256 scales plus one
+limit `bits_per_weight(scheme)` (4.5 for nvfp4, like one per-tensor scale). A block scheme costs
+8 + 32 * ceil(out/128) * ceil(in/128) / (out * in) for fp8_e4m3 block128 (8.002 for large matrices). With `double_quant` each scale costs 8 bits plus one fp32 per 256 scales plus one
 fp32 mean per tensor: NF4 at blocksize 64 is 4 + 8/64 + 32/(64*256) = 4.127 (QLoRA's figure).
 """
 
@@ -48,69 +58,34 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 from dataclasses import dataclass
-from decimal import Decimal
 
 import torch
 
 from engine.quant import elements  # microscaling registers the OCP fp4 / fp6 elements
 from engine.quant.elements import ELEMENTS, ElementFormat
+from engine.quant.labels import PRESETS as PRESETS  # re-exported, as SCALE_DTYPES
+from engine.quant.labels import (
+    SCALE_DTYPES,
+    default_scale_dtype,
+    normalize_scale_dtype,
+    preset_of,
+    read_label,
+    write_label,
+)
 from engine.quant.microscaling import MX_SCALE_DTYPES, TWO_LEVEL_SCALE_DTYPES
-from engine.quant.shapes import check_shape
+from engine.quant.shapes import check_shape, tile_counts
 
 # Snapshots of the registry at import, for importers that list formats (the UI's format picker, the
 # prior-grid matcher). Validation and the properties below read `elements.ELEMENTS` itself.
 FORMATS = tuple(ELEMENTS)
 CODEBOOK_FORMATS = tuple(name for name, fmt in ELEMENTS.items() if fmt.family == "codebook")
 FP8_FORMATS = tuple(name for name, fmt in ELEMENTS.items() if fmt.family == "float")
-GRANULARITIES = ("tensor", "channel", "group")
-SCALE_DTYPES = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "e8m0": torch.float8_e8m0fnu,  # power of two, floor rule (OCP MX, torchao FLOOR)
-    "e8m0_rceil": torch.float8_e8m0fnu,  # power of two, rounded up (torchao RCEIL)
-    "e4m3": torch.float8_e4m3fn,  # NVFP4: E4M3 per block times one float32 per tensor
-}
+GRANULARITIES = ("tensor", "channel", "group", "block")
 MICROSCALING_SCALE_DTYPES = MX_SCALE_DTYPES + TWO_LEVEL_SCALE_DTYPES
-# preset label -> (element, group size, scale dtype); printed whenever a scheme is one (rceil appended)
-PRESETS = {
-    "mxfp4": ("fp4_e2m1", 32, "e8m0"),
-    "mxfp6_e2m3": ("fp6_e2m3", 32, "e8m0"),
-    "mxfp6_e3m2": ("fp6_e3m2", 32, "e8m0"),
-    "mxfp8_e4m3": ("fp8_e4m3", 32, "e8m0"),
-    "mxfp8_e5m2": ("fp8_e5m2", 32, "e8m0"),
-    "nvfp4": ("fp4_e2m1", 16, "e4m3"),
-}
-_PRESET_ALIASES = {"mxfp8": "mxfp8_e4m3"}
 DOUBLE_QUANT_BLOCK = 256  # scales per fp32 block scale when double-quantizing (bitsandbytes)
 DOUBLE_QUANT_BITS = 8
 
-_SCALE_DTYPE_ALIASES = {
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-    "e8m0": "e8m0",
-    "ue8m0": "e8m0",
-    "e8m0_floor": "e8m0",
-    "e8m0_rceil": "e8m0_rceil",
-    "e4m3": "e4m3",
-    "ue4m3": "e4m3",
-}
-_SHORT_SCALE = {
-    "float16": "fp16",
-    "bfloat16": "bf16",
-    "float32": "fp32",
-    "e8m0": "e8m0",
-    "e8m0_rceil": "e8m0_rceil",
-    "e4m3": "e4m3",
-}
 _FLOAT_ELEMENTS_WORDS = "fp4_e2m1, fp6_e2m3, fp6_e3m2, fp8_e4m3 or fp8_e5m2"
 
 
@@ -119,10 +94,12 @@ class QuantScheme:
     bits: int = 8  # width of one code; 4-bit codes pack two per byte
     format: str = "int"  # a name in elements.ELEMENTS: uniform int, a codebook (nf4/fp4) or a float8 type
     symmetric: bool = True  # int only: absmax around 0, or min/max range plus a zero point
-    granularity: str = "channel"  # who shares a scale: whole tensor, each row/token, or each group of a row
-    group_size: int | None = None  # elements per group along the last (input) dim; only with "group"
+    granularity: str = "channel"  # who shares a scale: whole tensor, each row/token, each group of a row,
+    # or each 2-D block (tile) of a weight ("block": group_size x group_size, DeepSeek-V3's FP8 weights)
+    group_size: int | None = None  # elements per group along the last (input) dim, or a block's side
     clip_ratio: float = 1.0  # shrink the observed range before scaling: <1 clips outliers for resolution
-    scale_dtype: str = "float16"  # how scales (and zero points) are stored; bnb keeps absmax in float32;
+    scale_dtype: str | None = None  # how scales (and zero points) are stored; None: float32 for "block",
+    # float16 otherwise (labels.default_scale_dtype); bnb keeps absmax in float32;
     # e8m0 / e8m0_rceil / e4m3: the microscaling scale formats (engine.quant.microscaling)
     double_quant: bool = False  # QLoRA: quantize the scales again to 8 bits in blocks of 256
     zero_kind: str = "int"  # asymmetric only: "int" zero point (torchao, GPTQ: 0 exact) or "float" minimum
@@ -151,22 +128,27 @@ class QuantScheme:
             raise ValueError(
                 f"unknown granularity {self.granularity!r}; choose one of {', '.join(GRANULARITIES)}"
             )
-        if self.granularity == "group":
+        if self.granularity in ("group", "block"):
+            size = "group size" if self.granularity == "group" else "block size"
             if self.group_size is None:
-                raise ValueError("per-group scales need a group size (e.g. 32, 64 or 128)")
+                raise ValueError(
+                    "per-group scales need a group size (e.g. 32, 64 or 128)"
+                    if self.granularity == "group"
+                    else "2-D blocks need a block size (e.g. 128 for tiles of 128 x 128, as DeepSeek-V3)"
+                )
             if (
                 isinstance(self.group_size, bool)
                 or not isinstance(self.group_size, int)
                 or self.group_size <= 0
             ):
                 raise ValueError(
-                    f"the group size must be a positive whole number (got {self.group_size!r}); "
+                    f"the {size} must be a positive whole number (got {self.group_size!r}); "
                     "typical sizes are 32, 64 and 128"
                 )
         elif self.group_size is not None:
             raise ValueError(
-                f"a group size ({self.group_size}) only applies to per-group scales, and this scheme has "
-                f"{self.granularity} granularity; pick group granularity or leave the group size out"
+                f"a group size ({self.group_size}) only applies to per-group scales (or 2-D blocks), and this "
+                f"scheme has {self.granularity} granularity; pick group granularity or leave the group size out"
             )
         if isinstance(self.clip_ratio, bool) or not isinstance(self.clip_ratio, (int, float)):
             raise ValueError(
@@ -178,7 +160,8 @@ class QuantScheme:
                 "observed range, and 1 means no clipping"
             )
         object.__setattr__(self, "clip_ratio", float(self.clip_ratio))
-        object.__setattr__(self, "scale_dtype", _normalize_scale_dtype(self.scale_dtype))
+        scale_dtype = default_scale_dtype(self.granularity) if self.scale_dtype is None else self.scale_dtype
+        object.__setattr__(self, "scale_dtype", normalize_scale_dtype(scale_dtype))
         if self.zero_kind not in ("int", "float"):
             raise ValueError(f"the zero point must be an integer or a float minimum (got {self.zero_kind!r})")
         if self.zero_kind == "float" and not (fmt.takes_zero_point and not self.symmetric):
@@ -188,6 +171,8 @@ class QuantScheme:
             )
         if not isinstance(self.double_quant, bool):
             raise ValueError(f"double quantization must be on or off (got {self.double_quant!r})")
+        if self.granularity == "block":
+            self._check_block()
         if self.scale_dtype in MICROSCALING_SCALE_DTYPES:
             self._check_microscaling(fmt)
         if self.double_quant and self.granularity == "tensor":
@@ -195,6 +180,18 @@ class QuantScheme:
                 "double quantization of scales needs per-group or per-channel scales: it compresses many "
                 "scales, and a per-tensor scheme has a single one; pick group or channel granularity, or "
                 "turn double quantization off"
+            )
+
+    def _check_block(self) -> None:
+        if self.scale_dtype in MICROSCALING_SCALE_DTYPES:
+            raise ValueError(
+                "2-D blocks take a float32, float16 or bfloat16 scale (DeepSeek-V3: float32); the E8M0 and "
+                "E4M3 microscaling scales go with blocks along a row (group granularity, as mxfp8_e4m3 or nvfp4)"
+            )
+        if self.double_quant:
+            raise ValueError(
+                "double quantization compresses many small-block scales; 2-D blocks have few (one per "
+                "tile), so their scales are kept as they are: turn double quantization off"
             )
 
     def _check_microscaling(self, fmt: ElementFormat) -> None:
@@ -258,30 +255,11 @@ class QuantScheme:
     @property
     def preset(self) -> str | None:
         """The preset label this scheme is ("mxfp4", "nvfp4"), ignoring clip and rceil; else None."""
-        scale = "e8m0" if self.scale_dtype == "e8m0_rceil" else self.scale_dtype
-        for name, (fmt, group, preset_scale) in PRESETS.items():
-            if (self.format, self.granularity, self.group_size, scale) == (fmt, "group", group, preset_scale):
-                return name
-        return None
+        return preset_of(self)
 
     @property
     def label(self) -> str:
-        if preset := self.preset:
-            parts = [preset] + (["rceil"] if self.scale_dtype == "e8m0_rceil" else [])
-            if self.clip_ratio != 1.0:
-                parts.append(f"clip{Decimal(repr(self.clip_ratio)):f}")
-            return " ".join(parts)
-        parts = [self.element.label(self.bits)]
-        if self.has_zero_point:
-            parts.append("asym_min" if self.zero_kind == "float" else "asym")
-        parts.append(f"g{self.group_size}" if self.granularity == "group" else self.granularity)
-        if self.clip_ratio != 1.0:
-            parts.append(f"clip{Decimal(repr(self.clip_ratio)):f}")  # positional: no "e-05" hyphen
-        if self.scale_dtype != "float16":
-            parts.append(f"scale_{_SHORT_SCALE[self.scale_dtype]}")
-        if self.double_quant:
-            parts.append("dq")
-        return " ".join(parts)
+        return write_label(self)
 
     def __str__(self) -> str:
         return self.label
@@ -292,107 +270,9 @@ class QuantScheme:
         return parse_label(label)
 
 
-_FIELD_WORDS = {  # how a label error names a field
-    "format": "the format",
-    "bits": "the bits",
-    "symmetric": "the range",
-    "zero_kind": "the zero point",
-    "granularity": "the granularity",
-    "group_size": "the group size",
-    "clip_ratio": "the clip ratio",
-    "scale_dtype": "the scale dtype",
-    "double_quant": "double quantization",
-    "rceil": "the scale rounding (rceil)",
-}
-_GRAMMAR_HINT = (
-    "expected tokens like int4, nf4, bnb_fp4, fp4_e2m1, fp8_e4m3, mxfp4, nvfp4, sym, asym, tensor, channel, "
-    "g128, clip0.9, scale_fp32, scale_e8m0, rceil, dq"
-)
-
-
 def parse_label(label: str) -> QuantScheme:
     """Read a scheme label back into a QuantScheme; the inverse of `QuantScheme.label`."""
-    if not isinstance(label, str) or not label.strip():
-        raise ValueError(f"empty scheme label; {_GRAMMAR_HINT}")
-    fields: dict[str, object] = {}
-    preset: list[str] = []  # the preset token, once read
-
-    def put(key: str, value: object, token: str) -> None:
-        if key in fields:
-            if preset and key in ("format", "bits", "granularity", "group_size", "scale_dtype"):
-                fmt, group, scale = PRESETS[preset[0]]
-                raise ValueError(
-                    f"{preset[0]} fixes its format, blocks of {group} and its scale, so {token!r} cannot "
-                    f"change them; for other settings write the element with the usual grammar, e.g. "
-                    f"'{fmt} g64 scale_{scale}'"
-                )
-            raise ValueError(f"scheme label {label!r} sets {_FIELD_WORDS[key]} twice (at {token!r})")
-        fields[key] = value
-
-    for token in re.split(r"[\s,\-]+", label.strip().lower()):
-        if not token:
-            continue
-        if (name := _PRESET_ALIASES.get(token, token)) in PRESETS:
-            fmt, group, scale = PRESETS[name]
-            for key, value in (("format", fmt), ("granularity", "group"), ("group_size", group)):
-                put(key, value, token)
-            put("bits", elements.element(fmt).bits[0], token)
-            put("scale_dtype", scale, token)
-            preset.append(name)
-        elif token == "rceil":
-            put("rceil", True, token)
-        elif named := _format_token(token):
-            put("format", named[0], token)
-            put("bits", named[1], token)
-        elif token in ("sym", "asym"):
-            put("symmetric", token == "sym", token)
-        elif token == "asym_min":
-            put("symmetric", False, token)
-            put("zero_kind", "float", token)
-        elif token in ("tensor", "channel"):
-            put("granularity", token, token)
-        elif m := re.fullmatch(r"g(\d+)", token):
-            put("granularity", "group", token)
-            put("group_size", int(m.group(1)), token)
-        elif m := re.fullmatch(r"clip(\d*\.?\d+)", token):
-            put("clip_ratio", float(m.group(1)), token)
-        elif m := re.fullmatch(r"scale_(\w+)", token):
-            put("scale_dtype", m.group(1), token)
-        elif token == "dq":
-            put("double_quant", True, token)
-        else:
-            raise ValueError(f"cannot read {token!r} in scheme label {label!r}; {_GRAMMAR_HINT}")
-    if "format" not in fields:
-        raise ValueError(f"scheme label {label!r} names no format; {_GRAMMAR_HINT}")
-    if fields.pop("rceil", False):
-        if _normalize_scale_dtype(fields.get("scale_dtype", "float16")) != "e8m0":
-            raise ValueError(
-                f"rceil (rounding the power-of-two scale up) only applies to E8M0 scales, as in 'mxfp4 rceil' "
-                f"or 'fp4_e2m1 g32 scale_e8m0 rceil' (label {label!r})"
-            )
-        fields["scale_dtype"] = "e8m0_rceil"
-    return QuantScheme(**fields)  # type: ignore[arg-type]
-
-
-def _format_token(token: str) -> tuple[str, int] | None:
-    """(format, bits) when a label token names a registered format ("int4", "nf4"), else None."""
-    for name, fmt in ELEMENTS.items():
-        if (bits := fmt.parse(token)) is not None:
-            return name, bits
-    return None
-
-
-def _normalize_scale_dtype(value: object) -> str:
-    if isinstance(value, torch.dtype):
-        for name, dtype in SCALE_DTYPES.items():
-            if dtype == value:
-                return name
-    elif isinstance(value, str) and value.lower() in _SCALE_DTYPE_ALIASES:
-        return _SCALE_DTYPE_ALIASES[value.lower()]
-    raise ValueError(
-        f"the scale dtype must be one of float16, bfloat16, float32, or a microscaling scale: e8m0, "
-        f"e8m0_rceil, e4m3 (got {value!r})"
-    )
+    return QuantScheme(**read_label(label))  # type: ignore[arg-type]
 
 
 # -- storage cost ----------------------------------------------------------------------------------
@@ -406,6 +286,8 @@ def storage_bits(scheme: QuantScheme, shape: tuple[int, ...] | torch.Size) -> in
         n_scales = 1
     elif scheme.granularity == "channel":
         n_scales = numel // shape[-1]
+    elif scheme.granularity == "block":  # one scale per tile, partial edge tiles included
+        n_scales = math.prod(tile_counts(shape, scheme.group_size))
     else:
         n_scales = numel // scheme.group_size
     code_bits = math.ceil(numel * scheme.bits / 8) * 8
@@ -426,7 +308,9 @@ def bits_per_weight(
 
     With both dims the figure is exact for an (out_features, in_features) weight and equals
     `QTensor.bits_per_weight`. Otherwise it is the large-matrix limit: group needs nothing, channel
-    needs in_features, and tensor returns `bits` (one scale is negligible).
+    needs in_features, and tensor returns `bits` (one scale is negligible). Block scales cost one per
+    group_size x group_size tile: with in_features, ceil(in_features / group_size) tiles per band of
+    group_size rows (the partial last tile of a row counted whole), else one per group_size ** 2 weights.
     """
     if in_features is not None and out_features is not None:
         return storage_bits(scheme, (out_features, in_features)) / (out_features * in_features)
@@ -439,6 +323,9 @@ def bits_per_weight(
                 "(e.g. bits_per_weight(scheme, in_features=4096))"
             )
         per_scale = in_features
+    elif scheme.granularity == "block":
+        tiles = 1 if in_features is None else math.ceil(in_features / scheme.group_size)
+        per_scale = scheme.group_size * (scheme.group_size if in_features is None else in_features) / tiles
     else:
         if in_features is not None:
             check_shape(scheme, (in_features,))

@@ -42,6 +42,14 @@ def or_list(numbers) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
+def tile_counts(shape: tuple[int, ...] | torch.Size, size: int) -> tuple[int, int]:
+    """(tile rows, tile columns) of size x size tiles over a tensor seen as (rows, last dim): leading dims
+    flatten into rows, and edge tiles are partial (ceil-divided), as DeepSeek-V3's and vLLM's FP8 blocks."""
+    cols = shape[-1] if len(shape) else 1
+    rows = math.prod(shape[:-1])
+    return math.ceil(rows / size), math.ceil(cols / size)
+
+
 def check_shape(scheme, shape: tuple[int, ...] | torch.Size) -> None:
     """Raise ValueError when a tensor of `shape` cannot be quantized with `scheme` (a QuantScheme)."""
     if len(shape) == 0:

@@ -91,11 +91,11 @@ def _(fmt: GGUFType, shape: tuple[int, ...] | torch.Size) -> float:
 
 def chunks_by_row(fmt: Format) -> bool:
     """Whether quantizing a tensor row chunk by row chunk gives the same values as all at once (every
-    block lies within one row): False for one scale per tensor, QLoRA's double quantization and NVFP4's
-    per-tensor second scale."""
+    block lies within one row): False for one scale per tensor, 2-D tiles, QLoRA's double quantization and
+    NVFP4's per-tensor second scale."""
     if isinstance(fmt, GGUFType):
         return True
-    return not (fmt.granularity == "tensor" or fmt.double_quant or fmt.two_level)
+    return not (fmt.granularity in ("tensor", "block") or fmt.double_quant or fmt.two_level)
 
 
 __all__ = [

@@ -52,7 +52,7 @@ class WeightPreset:
         """Bits per linear weight for rows of `in_features`, scales, zeros and 16-bit outliers included."""
         if self.scheme is None:
             quantized = self.linear_bits
-        elif self.scheme.granularity == "channel":
+        elif self.scheme.granularity in ("channel", "block"):  # block: ceil(in / g) tiles per g rows
             quantized = bits_per_weight(self.scheme, in_features=in_features)
         else:  # groups: libraries pad a last partial group, so price the large-matrix limit
             quantized = bits_per_weight(self.scheme)
@@ -103,6 +103,14 @@ PRESETS: dict[str, WeightPreset] = {
             "FP8 e4m3 (per-channel)",
             scheme=_scheme("fp8_e4m3 channel scale_fp32"),
             note="One fp32 scale per output row, as vLLM / TensorRT-LLM checkpoints store it.",
+        ),
+        WeightPreset(
+            "fp8-block128",
+            "FP8 e4m3 block128 (DeepSeek-V3)",
+            scheme=_scheme("fp8_e4m3 block128"),
+            note="One fp32 scale per 128 x 128 block, as DeepSeek-V3 and vLLM / llm-compressor's FP8 block "
+            "checkpoints store it: 8 + 32/(128 x 128) = 8.002 bpw for large matrices. Priced per row length "
+            "with a partial last block counted whole; partial blocks at the bottom of a matrix are left out.",
         ),
         WeightPreset(
             "int8",

@@ -164,3 +164,13 @@ def test_named_formats_and_gguf_types_reach_every_page_that_uses_the_scheme(app)
     no_exceptions(app)
     app.selectbox(key="qe_scheme_start").set_value("build").run()  # back to the fields, as they were
     assert app.session_state[state.SCHEME].label == "int4 g64"
+
+    app.selectbox(key="qe_scheme_start").set_value("fp8_e4m3 block128").run()  # DeepSeek-V3's FP8 tiles
+    no_exceptions(app)
+    assert app.session_state[state.SCHEME].label == "fp8_e4m3 block128"
+    app.selectbox(key="qe_scheme_start").set_value("build").run()
+    app.selectbox(key="qe_scheme_format").set_value("fp8_e4m3").run()
+    app.radio(key="qe_scheme_granularity").set_value("block").run()  # the same scheme from the fields
+    no_exceptions(app)
+    assert app.session_state[state.SCHEME].label == "fp8_e4m3 block128"
+    assert any(slider.label == "Row of tiles" for slider in app.slider)  # the grid page picks a tile

@@ -44,7 +44,7 @@ def gguf_fits_or_stop(shape: tuple[int, ...], t: GGUFType) -> None:
 def block_slider_label(scheme: QuantScheme | GGUFType) -> str:
     if isinstance(scheme, GGUFType):
         return "Sub-block in the row" if scheme.is_k_quant else "Block in the row"
-    return "Group in the row"
+    return "Tile in the row" if scheme.granularity == "block" else "Group in the row"
 
 
 def scale_caption(picture: BlockPicture, scheme: QuantScheme | GGUFType) -> str:

@@ -54,6 +54,7 @@ def test_row_chunks_only_where_every_block_stays_in_its_row():
     assert chunks_by_row(gguf.Q4_K) and chunks_by_row(parse_label("mxfp4"))
     assert not chunks_by_row(parse_label("nvfp4"))  # one FP32 scale for the whole tensor
     assert not chunks_by_row(QuantScheme(8, "int", True, "tensor"))
+    assert not chunks_by_row(parse_label("fp8_e4m3 block128"))  # a tile spans 128 rows
 
 
 def test_sensitivity_measures_a_gguf_type_and_nvfp4_as_a_whole_tensor():
