@@ -19,6 +19,9 @@ through optimum + gptqmodel (the backends that replaced AutoGPTQ / AutoAWQ):
 - "dequantized": the fake-quantized weights as float16 safetensors with the original config: any tool
   loads it and gets the quantized model's weights, but nothing is smaller and activation quantization
   (W8A8, SmoothQuant, LLM.int8's per-call outlier split) is not part of a weight file.
+- "gguf" / "gguf_f16": one .gguf file for llama.cpp (engine/models/gguf_export.py): the GGUF method's
+  block types packed in ggml's layouts, or any llama model's weights as F16. These need the model's
+  `QuantizedModel` (its per-tensor types) and a `GGUFSource` (the reference model and its folder).
 
 Scales are stored in float16 (as both layouts require): our default scale dtype is float16 already, so
 the round trip is exact; schemes with float32 or bfloat16 scales lose their last bits here.
@@ -32,6 +35,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -40,12 +44,18 @@ from engine._types import Progress
 from engine.quant.linear import FakeQuantLinear
 from engine.quant.schemes import QuantScheme
 
+if TYPE_CHECKING:  # engine.methods imports every method; export is imported by checkpoint loading
+    from engine.methods.registry import QuantizedModel
+
 FORMATS = {
     "gptq": "GPTQ checkpoint (AutoGPTQ layout; loads in transformers with optimum + gptqmodel)",
     "awq": "AWQ checkpoint (AutoAWQ GEMM layout; loads in transformers with gptqmodel)",
     "bnb": "bitsandbytes (transformers save_pretrained)",
     "dequantized": "dequantized float16 safetensors (loads anywhere; no size saving)",
+    "gguf": "GGUF file for llama.cpp (the GGUF method's block types)",
+    "gguf_f16": "GGUF file for llama.cpp, weights in float16 (no size saving)",
 }
+GGUF_FORMATS = ("gguf", "gguf_f16")  # written by engine/models/gguf_export.py
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AutoAWQ's GEMM interleave: nibble k holds column AWQ_ORDER[k]
 
 
@@ -193,20 +203,41 @@ def _common_scheme(linears: dict[str, FakeQuantLinear]) -> QuantScheme:
     return schemes.pop()
 
 
-def available_formats(model: nn.Module) -> dict[str, str | None]:
-    """{format: None if it can be written, else why not} for this quantized model."""
+BNB_OWN_FORMAT = "bitsandbytes layers are saved in their own format"
+
+
+def _int8_split_reason(model: nn.Module) -> str | None:
+    """Why LLM.int8's layers (16-bit inputs chosen per call) cannot be a weight file, if it has them."""
+    others = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.startswith("LLMInt8")})
+    if not others:
+        return None
+    return (
+        f"its {', '.join(others)} layers choose per call which inputs stay 16-bit, which no weight file "
+        "records; save the bitsandbytes int8 method's model instead (the same algorithm, bnb's format)"
+    )
+
+
+def available_formats(model: nn.Module | QuantizedModel) -> dict[str, str | None]:
+    """{format: None if it can be written, else why not} for this quantized model. Pass the QuantizedModel
+    (not only its .model) for "gguf": the method's reports say each tensor's type."""
+    from engine.methods.registry import QuantizedModel
+    from engine.models.gguf_export import gguf_formats
+
+    quantized = model if isinstance(model, QuantizedModel) else None
+    module = quantized.model if quantized is not None else model
+    why = _checkpoint_formats(module)
+    unreadable = BNB_OWN_FORMAT if _is_bnb(module) else _int8_split_reason(module)
+    why.update(gguf_formats(module, quantized, unreadable))
+    return why
+
+
+def _checkpoint_formats(model: nn.Module) -> dict[str, str | None]:
     if _is_bnb(model):
-        reason = "bitsandbytes layers are saved in their own format"
+        reason = BNB_OWN_FORMAT
         return {"gptq": reason, "awq": reason, "bnb": None, "dequantized": reason}
     why: dict[str, str | None] = {"bnb": "not a bitsandbytes model"}
     linears = quantized_linears(model)
-    others = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.startswith("LLMInt8")})
-    missing = (
-        f"its {', '.join(others)} layers choose per call which inputs stay 16-bit, which no weight file "
-        "records; save the bitsandbytes int8 method's model instead (the same algorithm, bnb's format)"
-        if others
-        else "no quantized linear layer in this model"
-    )
+    missing = _int8_split_reason(model) or "no quantized linear layer in this model"
     why["dequantized"] = None if linears else missing
     try:
         if not linears:
@@ -262,13 +293,15 @@ def _config_dict(model: nn.Module, quantization: dict | None) -> dict:
 
 
 def export_model(
-    model: nn.Module,
+    model: nn.Module | QuantizedModel,
     folder: str | Path,
     fmt: str,
     tokenizer=None,
     progress: Progress | None = None,
+    source=None,
 ) -> ExportResult:
-    """Write `model` (a quantized model from `quantize_model`) to `folder` as `fmt`; see FORMATS."""
+    """Write `model` (a quantized model from `quantize_model`, or its .model) to `folder` as `fmt`; see
+    FORMATS. The GGUF formats take the QuantizedModel and `source` (a gguf_export.GGUFSource)."""
     from safetensors.torch import save_file
 
     if fmt not in FORMATS:
@@ -276,9 +309,19 @@ def export_model(
     why = available_formats(model).get(fmt)
     if why is not None:
         raise ExportError(f"cannot write {fmt}: {why}")
+    from engine.methods.registry import QuantizedModel
+
     say = progress or (lambda fraction, message: None)
     start = time.perf_counter()
     folder = Path(folder)
+    if fmt in GGUF_FORMATS:
+        from engine.models.gguf_export import write_gguf
+
+        folder.mkdir(parents=True, exist_ok=True)
+        path = write_gguf(model, folder, fmt, source, say)
+        say(1.0, "Saved")
+        return ExportResult(folder, fmt, {path.name: path.stat().st_size}, time.perf_counter() - start)
+    model = model.model if isinstance(model, QuantizedModel) else model
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.safetensors"):
         old.unlink()

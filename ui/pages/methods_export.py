@@ -1,7 +1,9 @@
 """Save a model built on the Methods lab page as a checkpoint other tools load, and download it.
 
 Each save goes to its own folder under the cache (`exports/`); the oldest are removed beyond KEEP so a
-shared server's disk does not fill. The zip for the browser is built only when the download is clicked.
+shared server's disk does not fill. The zip for the browser is built only when the download is clicked; a
+GGUF export is one file, downloaded as it is. A GGUF file is packed from the loaded (reference) model's
+weights, with the tokenizer and metadata of its source.
 """
 
 from __future__ import annotations
@@ -14,8 +16,17 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine.models.export import FORMATS, ExportError, available_formats, export_model, zip_folder
+from engine.models.export import (
+    FORMATS,
+    GGUF_FORMATS,
+    ExportError,
+    available_formats,
+    export_model,
+    zip_folder,
+)
+from engine.models.gguf_export import GGUFSource
 from engine.models.sources import cache_dir
+from ui import cache
 from ui.errors import show_error
 from ui.progress import progress_bar
 
@@ -57,7 +68,7 @@ def render(runs: dict, tokenizer) -> None:
     if quantized is None:
         st.info(why, icon=":material/memory:")
         return
-    allowed = available_formats(quantized.model)
+    allowed = available_formats(quantized)
     choices = [fmt for fmt in FORMATS if allowed.get(fmt, "unknown") is None]
     if not choices:
         reasons = dict.fromkeys(w for w in allowed.values() if w)  # distinct, in order
@@ -71,7 +82,7 @@ def render(runs: dict, tokenizer) -> None:
         st.caption(
             "Not offered for this model: " + "; ".join(f"**{f}**: {w}" for f, w in unavailable.items())
         )
-    if fmt == "dequantized":
+    if fmt in ("dequantized", "gguf_f16"):
         st.caption(
             "A dequantized checkpoint holds the quantized values in float16: it reproduces this model's "
             "weights anywhere, but saves no memory, and any activation quantization is not part of it."
@@ -83,7 +94,11 @@ def render(runs: dict, tokenizer) -> None:
         folder = Path(tempfile.mkdtemp(prefix=f"{_slug(label)}-{fmt}-", dir=root))
         update, clear = progress_bar()
         try:
-            result = export_model(quantized.model, folder, fmt, tokenizer=tokenizer, progress=update)
+            source = None
+            if fmt in GGUF_FORMATS:  # packed from the model the runs were built from (the one loaded)
+                loaded = cache.current_model()
+                source = GGUFSource(loaded.model, loaded.folder)
+            result = export_model(quantized, folder, fmt, tokenizer=tokenizer, progress=update, source=source)
             saved[key] = str(result.folder)
             _prune(root)
         except (ExportError, OSError) as exc:
@@ -101,6 +116,9 @@ def render(runs: dict, tokenizer) -> None:
     total = files["MB"].sum()
     st.success(f"Saved {fmt} checkpoint ({total:,.1f} MB) to `{folder}`.", icon=":material/save:")
     st.dataframe(files, hide_index=True, column_config={"MB": st.column_config.NumberColumn(format="%.2f")})
+    if fmt in GGUF_FORMATS:
+        gguf_download(folder)
+        return
     st.download_button(
         f"Download {folder.name}.zip",
         data=lambda folder=folder: zip_folder(folder),
@@ -117,4 +135,22 @@ def render(runs: dict, tokenizer) -> None:
     st.caption(
         f"Load it with `AutoModelForCausalLM.from_pretrained(folder)` ({loader}), or pick it in the sidebar "
         "as a local folder."
+    )
+
+
+def gguf_download(folder: Path) -> None:
+    """The .gguf file itself (llama.cpp runs it as it is), and how to run or load it."""
+    path = next(folder.glob("*.gguf"), None)
+    if path is None:
+        return
+    st.download_button(
+        f"Download {path.name}",
+        data=lambda path=path: path.read_bytes(),
+        file_name=path.name,
+        mime="application/octet-stream",
+        key="methods_export_download",
+    )
+    st.caption(
+        f"Run it with llama.cpp: `llama-cli -m {path.name}`. Transformers reads it too (as float weights): "
+        f'`AutoModelForCausalLM.from_pretrained(folder, gguf_file="{path.name}")`.'
     )

@@ -146,6 +146,8 @@ def test_which_formats_each_model_allows(tiny):
         "dequantized": None,
         "gptq": None,
         "awq": None,
+        "gguf": "this model's format has no GGUF type; quantize it with the GGUF method",
+        "gguf_f16": None,
     }
     nf4 = available_formats(rtn(tiny, QuantScheme(4, "nf4", True, "group", 32)).model)
     assert "integer grid" in nf4["gptq"] and nf4["dequantized"] is None
@@ -222,6 +224,8 @@ def test_bnb_export_is_transformers_save_pretrained(tiny, ids, tmp_path):
         "awq": "bitsandbytes layers are saved in their own format",
         "bnb": None,
         "dequantized": "bitsandbytes layers are saved in their own format",
+        "gguf": "bitsandbytes layers are saved in their own format",
+        "gguf_f16": "bitsandbytes layers are saved in their own format",
     }
     export_model(quantized.model, tmp_path, "bnb")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="cpu").eval()
