@@ -117,21 +117,6 @@ def test_the_file_holds_our_types_under_llama_cpp_names_and_the_sources_metadata
     assert meta["tokenizer.ggml.merges"] == original["tokenizer.ggml.merges"]
 
 
-def test_q8_0_with_the_embedding_reproduces_the_model(default_loaded, source, tmp_path):
-    q8 = quantize_model(default_loaded.model, GGUFConfig(Q8_0, include_embeddings=True))
-    result = export_model(q8, tmp_path, "gguf", source=source)
-    path = tmp_path / "SmolLM2-135M-Instruct-Q8_0.gguf"
-    assert list(result.files) == [path.name]
-    kinds = Counter(t.tensor_type.name for t in read(path)[1].values())
-    assert kinds == {"Q8_0": 211, "F32": 61}
-    back = load_back(path)
-    ours = dict(q8.model.named_parameters())
-    for name, weight in back.named_parameters():  # every tensor, the embedding too: exactly ours
-        torch.testing.assert_close(weight, ours[name], rtol=1e-6, atol=1e-6, msg=name)
-    ids = default_loaded.tokenizer(PROMPT, return_tensors="pt").input_ids
-    assert (logits(q8.model, ids) - logits(back, ids)).abs().max() < 1e-3
-
-
 # --- a Hugging Face folder: metadata from config.json and tokenizer.json -------------------------------
 
 
@@ -165,6 +150,24 @@ def test_a_bpe_tokenizer_json_gives_llama_cpps_tokens_types_and_merges(hf_folder
         torch.testing.assert_close(back.get_submodule(name).weight, ours, rtol=1e-6, atol=1e-6, msg=name)
     ids = torch.tensor([[1, 200, 3000, 45000, 7]])
     assert (logits(quantized.model, ids) - logits(back, ids)).abs().max() < 1e-2  # F16 embedding, head
+
+
+def test_q8_0_with_the_tied_embedding_reproduces_the_model(hf_folder, tmp_path):
+    """A legacy type on every tensor, the tied embedding too (llama.cpp then reads the head from it)."""
+    tiny = build_tiny_llama(vocab_size=49152, tie_word_embeddings=True)
+    q8 = quantize_model(tiny, GGUFConfig(Q8_0, include_embeddings=True))
+    result = export_model(q8, tmp_path, "gguf", source=GGUFSource(tiny, hf_folder))
+    path = tmp_path / "smollm2-hf-Q8_0.gguf"
+    assert list(result.files) == [path.name]
+    tensors = read(path)[1]
+    assert Counter(t.tensor_type.name for t in tensors.values()) == {"Q8_0": 15, "F32": 5}
+    assert "output.weight" not in tensors
+    back = load_back(path)
+    ours = dict(q8.model.named_parameters())
+    for name, weight in back.named_parameters():  # every tensor, the embedding too: exactly ours
+        torch.testing.assert_close(weight, ours[name], rtol=1e-6, atol=1e-6, msg=name)
+    ids = torch.tensor([[1, 200, 3000, 45000, 7]])
+    assert (logits(q8.model, ids) - logits(back, ids)).abs().max() < 1e-3
 
 
 def test_any_llama_model_can_be_written_in_f16(hf_folder, tmp_path):
