@@ -167,6 +167,7 @@ def main() -> None:
         st.stop()
     headline(loaded, results, choice, token_ids)
     evaluate_view.results_ui(evaluate_view.table_rows(results), results)
+    evaluate_view.drift_ui(results)
     evaluate_view.findings_ui(done | {r.cell: r for r in results})
 
 

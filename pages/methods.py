@@ -18,7 +18,7 @@ from ui.cache.method_runs import MethodRun
 from ui.errors import show_error
 from ui.pages import evaluate as evaluate_view
 from ui.pages import methods as methods_view
-from ui.pages import methods_charts, methods_export
+from ui.pages import methods_charts, methods_drift, methods_export
 from ui.pages.methods import TextSettings
 from ui.widgets import NumberBoxes
 
@@ -149,10 +149,7 @@ def results(all_runs: list[MethodRun], loaded) -> None:
         methods_view.results_table(all_runs),
         hide_index=True,
         width="stretch",
-        column_config={
-            column: st.column_config.NumberColumn(format=fmt)
-            for column, fmt in methods_view.RESULTS_COLUMNS.items()
-        },
+        column_config=methods_drift.column_config(methods_view.RESULTS_COLUMNS),
     )
     st.caption(
         f"{methods_view.windows_note(all_runs)} {model_params / 1e6:,.1f} M parameters. Weights are stored "
@@ -161,6 +158,7 @@ def results(all_runs: list[MethodRun], loaded) -> None:
     )
     for note in methods_view.gap_notes(all_runs):
         st.caption(note)
+    methods_drift.render(all_runs)
     for run in all_runs:
         if run.missing is not None:
             st.info(f"**{run.label}**: {run.missing}", icon=":material/memory:")

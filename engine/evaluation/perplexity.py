@@ -9,7 +9,8 @@
 - `kl_to_reference` is KL(P_ref || P_cand) of the next-token distributions in nats, per position,
   computed from float32 log-softmax in chunks of rows (the direction llama.cpp's `--kl-divergence`
   uses), plus the share of positions where both models pick the same top-1 token. Positions are those
-  perplexity scores (every position but the last of each window).
+  perplexity scores (every position but the last of each window). The same pass keeps the per-position
+  values for llama.cpp's `--kl-divergence` statistics (`AgreementResult.drift`, engine.evaluation.drift).
 - `evaluate_against_reference` does both in one pass per window and returns the reference's perplexity
   too. A `ReferenceCache` keeps what the reference's forward leaves behind so a grid of candidates runs
   the reference once per window (see its docstring for what it stores and why).
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine._types import Progress
+from engine.evaluation.drift import DriftParts, DriftStats, drift_stats
 from engine.hooks import forward_hooks
 from engine.quant.schemes import QuantScheme
 from engine.runtime.generation import max_context
@@ -70,6 +72,7 @@ class AgreementResult:
     token_count: int  # positions compared
     seconds: float  # wall time of the whole comparison (both models, scoring)
     window_kl: list[float] = field(default_factory=list)  # mean KL of each window
+    drift: DriftStats | None = None  # llama.cpp's --kl-divergence statistics (engine.evaluation.drift)
 
 
 @dataclass
@@ -347,6 +350,7 @@ class _Tally:
     agree: int = 0
     candidate_nll: float = 0.0
     reference_nll: float = 0.0
+    drift: DriftParts = field(default_factory=DriftParts)  # the per-position values, kept
 
 
 def _compare_rows(ref_logits: Tensor, cand_logits: Tensor, labels: Tensor, tally: _Tally) -> None:
@@ -357,9 +361,12 @@ def _compare_rows(ref_logits: Tensor, cand_logits: Tensor, labels: Tensor, tally
     labels = labels.to(ref_logp.device).unsqueeze(1)  # (rows, 1)
     tally.kl_sum += float(kl.double().sum())
     tally.kl_max = max(tally.kl_max, float(kl.max()))
-    tally.agree += int((ref_logp.argmax(-1) == cand_logp.argmax(-1)).sum())
-    tally.candidate_nll -= float(cand_logp.gather(1, labels).double().sum())
-    tally.reference_nll -= float(ref_logp.gather(1, labels).double().sum())
+    same = ref_logp.argmax(-1) == cand_logp.argmax(-1)
+    cand_label, ref_label = cand_logp.gather(1, labels)[:, 0], ref_logp.gather(1, labels)[:, 0]
+    tally.agree += int(same.sum())
+    tally.candidate_nll -= float(cand_label.double().sum())
+    tally.reference_nll -= float(ref_label.double().sum())
+    tally.drift.add(kl, ref_label, cand_label, same)
 
 
 @torch.inference_mode()
@@ -413,6 +420,7 @@ def evaluate_against_reference(
         token_count=count,
         seconds=time.perf_counter() - start,
         window_kl=[t.kl_sum / n for t, n in zip(tallies, tokens, strict=True)],
+        drift=drift_stats(DriftParts.join([t.drift for t in tallies])),
     )
     return ComparisonResult(
         candidate=_perplexity_result([t.candidate_nll for t in tallies], tokens, candidate_seconds),

@@ -3,8 +3,11 @@ reference never shows the "close" colour because a worse cell shares its row."""
 
 from __future__ import annotations
 
+import torch
+
+from engine.evaluation.drift import TokenDrift, drift_stats
 from engine.evaluation.study import BANDS
-from ui.pages.evaluate_charts import BAND_COLORS, band_caption, band_legend, grid_heatmap
+from ui.pages.evaluate_charts import BAND_COLORS, band_caption, band_legend, grid_heatmap, kl_histogram
 
 
 def _row(cell: str, change: float, kl: float, top1: float) -> dict:
@@ -52,3 +55,19 @@ def test_the_legend_says_what_each_colour_means():
     for name in BANDS:
         assert f"**{name}**" in caption
     assert "mean KL 0.02 nats" in caption and "top-1 disagreement 5%" in caption
+
+
+def test_the_kl_histogram_counts_every_position_on_a_log_axis():
+    kl = torch.tensor([0.0, -1e-9, 1e-4, 2e-3, 3e-3, 0.05, 0.5, 3.0] * 2)  # two at or below the floor, twice
+    zeros = torch.zeros(kl.numel())
+    drift = drift_stats(TokenDrift(kl, zeros, zeros, torch.ones(kl.numel(), dtype=torch.bool)))
+    figure = kl_histogram(drift, "W4")
+    counts = figure.data[0].y[:-1]  # a step outline: the last point repeats the last bin
+    assert sum(counts) == 16 and counts[0] == 4  # the floored ones are drawn in the first bin
+    assert figure.layout.xaxis.type == "log" and figure.data[0].x[0] == 1e-6 and figure.data[0].x[-1] == 10
+    assert (
+        figure.layout.title.text
+        == "W4: KL divergence per token (16 positions; 4 at or below 10⁻⁶ drawn there)"
+    )
+    marks = [a.text for a in figure.layout.annotations]
+    assert marks == [f"median {drift.kl_median:.3g}", f"99% {drift.kl_p99:.3g}", f"99.9% {drift.kl_p999:.3g}"]

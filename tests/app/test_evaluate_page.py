@@ -60,6 +60,21 @@ def test_evaluate_waits_for_the_button_then_runs_and_caches(app):
     assert trace["z"][0][3] == BANDS.index("broken") + 0.5  # W2's Δ perplexity
     assert trace["z"][0][2] == BANDS.index("close") + 0.5  # W4 Q4_1 reproduces the reference
     assert any(c.value.startswith("Colour is a fixed scale") for c in app.caption)
+    # llama.cpp's drift statistics per cell, and the per-token KL histogram of a picked cell
+    drift = app.dataframe[1].value.set_index("cell")
+    assert list(drift.index) == ["W8", "W4 Q4_1", "W2"]
+    assert drift.loc["W4 Q4_1", "KL max"] < 1e-5 and drift.loc["W4 Q4_1", "same top"] == 1.0
+    assert drift.loc["W8", "KL p99"] < drift.loc["W2", "KL p99"] and drift.loc["W2", "RMS Δp"] > 0.1
+    assert drift.loc["W2", "KL med"] <= drift.loc["W2", "KL p99"] <= drift.loc["W2", "KL max"]
+    assert app.selectbox(key="evaluate_drift_pick").value == "W8"
+    app.selectbox(key="evaluate_drift_pick").set_value("W4 Q4_1").run()
+    no_exceptions(app)
+    histogram = next(c for c in app.get("plotly_chart") if "KL divergence per token" in c.proto.spec)
+    spec = json.loads(histogram.proto.spec)
+    assert spec["layout"]["xaxis"]["type"] == "log"
+    assert (
+        "W4 Q4_1: KL divergence per token (127 positions; 127 at or below" in spec["layout"]["title"]["text"]
+    )
     app.run()  # a rerun uses the cached cells: no button needed
     no_exceptions(app)
     assert list(app.dataframe[0].value["cell"]) == ["W16 / KV16", "W8", "W4 Q4_1", "W2"]

@@ -1,11 +1,13 @@
-"""The Evaluate page's results: the grid's table (with its CSV), its charts and the study's findings; and
-the one-line note on the default model's Q4_1 origin that Evaluate, the Methods lab and Compare show."""
+"""The Evaluate page's results: the grid's table (with its CSV), its charts, llama.cpp's drift statistics
+(a table the Methods lab shows too, and a per-token KL histogram) and the study's findings; and the one-line
+note on the default model's Q4_1 origin that Evaluate, the Methods lab and Compare show."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+from engine.evaluation.drift import DriftStats
 from engine.evaluation.evalset import DEFAULT_EVAL_SET, corpus_name, describe_windows, is_default
 from engine.evaluation.study import MODEL_GRID, CellResult, findings
 from engine.models.sources import DEFAULT_MODEL_NAME
@@ -108,6 +110,59 @@ def results_ui(rows: list[dict], results: list[CellResult]) -> None:
             "Down and to the left is better: less KL divergence to the reference for fewer bits per weight. "
             "Cells that also quantize activations (W…A…) pay for them in quality, not in weight bits."
         )
+
+
+LLAMA = "llama.cpp's `perplexity --kl-divergence`"
+DRIFT_COLUMNS = {  # header -> (DriftStats field, format, help in llama.cpp's terms)
+    "KL mean": ("kl_mean", "%.4f", f"Mean KLD in {LLAMA}: KL(reference ‖ this) of the next-token "
+                "distributions, nats, averaged over positions."),
+    "KL med": ("kl_median", "%.4f", "Median KLD: half of the positions diverge less than this."),
+    "KL p99": ("kl_p99", "%.3f", "99.0% KLD: 1 position in 100 diverges more than this."),
+    "KL p99.9": ("kl_p999", "%.3f", "99.9% KLD: 1 position in 1,000 diverges more than this."),
+    "KL max": ("kl_max", "%.2f", "Maximum KLD: the worst single position."),
+    "Δp mean": ("p_diff_mean", "percent", "Mean Δp: how much more (or, negative, less) likely this model "
+                "finds the actual next token than the reference does, averaged over positions."),
+    "RMS Δp": ("p_diff_rms", "percent", "RMS Δp: root mean square of that change in probability."),
+    "Δp p1": ("p_diff_p1", "percent", "1.0% Δp: 1 position in 100 loses more probability than this."),
+    "Δp p99": ("p_diff_p99", "percent", "99.0% Δp: 1 position in 100 gains more probability than this."),
+    "same top": ("same_top", "percent", "Same top p: share of positions where both models' most likely "
+                 "token is the same (top-1 agreement)."),
+}  # fmt: skip
+
+
+def drift_table(named: list[tuple[str, DriftStats]], first: str = "cell") -> pd.DataFrame:
+    """One row per (name, statistics), llama.cpp's drift numbers as DRIFT_COLUMNS names them."""
+    return pd.DataFrame(
+        [{first: name, **{h: getattr(d, f) for h, (f, _, _) in DRIFT_COLUMNS.items()}} for name, d in named]
+    )
+
+
+def drift_column_config() -> dict:
+    columns = DRIFT_COLUMNS.items()
+    return {h: st.column_config.NumberColumn(h, format=fmt, help=text) for h, (_, fmt, text) in columns}
+
+
+def drift_histogram_ui(named: list[tuple[str, DriftStats]], key: str) -> None:
+    """A picker and the picked one's per-token KL histogram."""
+    picked = st.selectbox("KL histogram of", [name for name, _ in named], key=f"{key}_pick")
+    drift = dict(named)[picked]
+    st.plotly_chart(evaluate_charts.kl_histogram(drift, picked), width="stretch", key=f"{key}_histogram")
+
+
+def drift_ui(results: list[CellResult]) -> None:
+    """llama.cpp's KL-divergence statistics for every scored cell, and one cell's per-token KL histogram."""
+    named = [(r.cell, r.drift) for r in results if r.drift is not None]
+    if not named:
+        return
+    with st.expander("Drift statistics (as llama.cpp's KL-divergence run reports them)"):
+        st.dataframe(
+            drift_table(named), hide_index=True, width="stretch", column_config=drift_column_config()
+        )
+        st.caption(
+            f"Defined as {LLAMA} prints them, over every scored position: KL in nats, Δp = the candidate's "
+            "probability of the actual next token minus the reference's. Hover a header for its meaning."
+        )
+        drift_histogram_ui(named, "evaluate_drift")
 
 
 def findings_ui(results: dict[str, CellResult]) -> None:

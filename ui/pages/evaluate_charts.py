@@ -1,11 +1,14 @@
-"""Figures for the Evaluate page: the grid as a heatmap strip per metric, and perplexity by cell."""
+"""Figures for the Evaluate page: the grid as a heatmap strip per metric, perplexity by cell, and the
+per-token KL histogram (also drawn by the Methods lab)."""
 
 from __future__ import annotations
 
 import math
 
 import plotly.graph_objects as go
+import torch
 
+from engine.evaluation.drift import DriftStats
 from engine.evaluation.study import BAND_LIMITS, BANDS, CellResult, band
 from ui.charts import decade_ticks, layout
 
@@ -175,5 +178,54 @@ def quality_vs_bits(results: list[CellResult]) -> go.Figure:
         "bits per weight (quantized linears, scales included)",
         "mean KL (nats, log scale; 0 drawn at 10⁻⁵)",
         height=400,
+        bargap=None,
+    )
+
+
+KL_FLOOR = 1e-6  # nats: KL at or below this (0, or float rounding just under it) is drawn at the floor
+BINS_PER_DECADE = 8
+
+
+def kl_histogram(drift: DriftStats, name: str) -> go.Figure:
+    """How the per-token KL divergence spreads: positions per bin of log-spaced width on a log x axis (a
+    filled step outline), with the median, 99th and 99.9th percentiles marked as llama.cpp prints them."""
+    kl = drift.per_token.kl.double().clamp(min=KL_FLOOR)
+    low = math.floor(math.log10(KL_FLOOR if float(kl.min()) <= KL_FLOOR else float(kl.min())))
+    high = max(math.ceil(math.log10(float(kl.max()))), low + 1)
+    bins = (high - low) * BINS_PER_DECADE
+    edges = [10 ** (low + i / BINS_PER_DECADE) for i in range(bins + 1)]
+    counts = torch.histc(kl.log10(), bins=bins, min=low, max=high).long().tolist()
+    floored = int((drift.per_token.kl <= KL_FLOOR).sum())
+    figure = go.Figure(
+        go.Scatter(
+            x=edges,
+            y=[*counts, counts[-1]],
+            mode="lines",
+            line=dict(shape="hv", color=AXIS_COLORS["weights"]),
+            fill="tozeroy",
+            customdata=[[edges[i], edges[min(i + 1, bins)]] for i in range(bins + 1)],
+            hovertemplate="KL %{customdata[0]:.2g} to %{customdata[1]:.2g} nats: %{y} positions<extra></extra>",
+            name="positions",
+        )
+    )
+    for label, value, dash in (
+        ("median", drift.kl_median, "dot"),
+        ("99%", drift.kl_p99, "dash"),
+        ("99.9%", drift.kl_p999, "longdash"),
+    ):
+        if value > KL_FLOOR:
+            figure.add_vline(
+                x=value,
+                line=dict(color="#d62728", dash=dash, width=1),
+                annotation_text=f"{label} {value:.3g}",
+            )
+    figure.update_xaxes(type="log")
+    note = f"; {floored} at or below 10⁻⁶ drawn there" if floored else ""
+    return layout(
+        figure,
+        f"{name}: KL divergence per token ({drift.positions:,} positions{note})",
+        "KL(reference ‖ candidate) at one position, nats (log scale)",
+        "positions",
+        height=340,
         bargap=None,
     )
