@@ -45,6 +45,9 @@ def test_methods_lab_runs_two_methods_and_keeps_them(app, tmp_path, monkeypatch,
     rtn = table[table["method"].str.startswith("RTN")].iloc[0]
     assert abs(rtn["bits/weight (linears)"] - 4.25) < 1e-6  # int4 g64 with fp16 scales
     assert all(table["top-1 agreement"] > 0.3)
+    # llama.cpp's drift statistics: the 99th KL percentile lies above the mean, RMS Δp is a probability
+    assert all(table["KL p99"] > table["mean KL"]) and all(table["RMS Δp"].between(0, 1, inclusive="neither"))
+    assert any("KL divergence per token" in c.proto.spec for c in app.get("plotly_chart"))
     assert len(app.get("plotly_chart")) >= 2
     app.run()  # kept in the session: no rerun of the methods
     no_exceptions(app)
@@ -198,3 +201,31 @@ def test_old_exports_are_pruned(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"export-{i}" for i in (2, 3, 4, 5)]
     _prune(tmp_path, keep=4, keep_bytes=1500)  # the newest always stays, even alone over the budget
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export-5"]
+
+
+def test_a_gguf_run_saves_one_gguf_file_with_a_download_button(app, tmp_path, monkeypatch):
+    import gguf
+
+    from ui.pages import methods_export
+
+    monkeypatch.setattr(methods_export, "exports_root", lambda: tmp_path)  # not the user's cache
+    open_page(app, "methods")
+    app.multiselect(key="methods_pick").set_value(["GGUF (llama.cpp)"]).run()
+    app.selectbox(key="methods_ggufllamacpp_type").set_value("Q8_0").run()
+    app.checkbox(key="methods_ggufllamacpp_emb").uncheck().run()
+    app.number_input(key="methods_eval_windows").set_value(1).run()
+    app.button(key="methods_run").click().run()
+    no_exceptions(app)
+    assert app.radio(key="methods_export_format").options == [
+        "GGUF file for llama.cpp (the GGUF method's block types)",
+        "GGUF file for llama.cpp, weights in float16 (no size saving)",
+    ]
+    app.button(key="methods_export_save").click().run()
+    no_exceptions(app)
+    saved = [s.value for s in app.success if "Saved gguf checkpoint" in s.value]
+    assert saved, [e.value for e in app.error]
+    path = Path(saved[0].split("`")[1]) / "SmolLM2-135M-Instruct-Q8_0.gguf"
+    kinds = {t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert kinds == {"Q8_0", "F16", "F32"}  # linears, the embedding, the norms
+    assert any(f"llama-cli -m {path.name}" in c.value for c in app.caption)
+    assert any(b.label == f"Download {path.name}" for b in app.get("download_button"))

@@ -41,8 +41,10 @@ from engine.quant.gguf.mixes import GGUF_MIXES
 from engine.quant.schemes import QuantScheme
 from ui.cache.method_runs import RUNS, MethodRun, runs  # noqa: F401 (RUNS, runs: also reached from here)
 from ui.errors import show_error
+from ui.pages import methods_rtn
 from ui.pages.evaluate import windows_caption
 from ui.pages.methods_charts import bar, curve, maxima, qat_curve
+from ui.pages.methods_drift import drift_value
 from ui.progress import progress_bar
 from ui.widgets import NumberBoxes
 
@@ -69,7 +71,7 @@ def _asymmetric(bits: int, group_size: int) -> QuantScheme:
 
 
 def _rtn_form(bits: int, group_size: int, key: str, where, number: NumberBoxes) -> RTNConfig:
-    return RTNConfig(_symmetric(bits, group_size))
+    return methods_rtn.rtn_form(bits, group_size, key, where)
 
 
 def _llm_int8_form(bits: int, group_size: int, key: str, where, number: NumberBoxes) -> LLMInt8Config:
@@ -137,7 +139,9 @@ def _qat_form(bits: int, group_size: int, key: str, where, number: NumberBoxes) 
 
 def _gguf_form(bits: int, group_size: int, key: str, where, number: NumberBoxes) -> GGUFConfig:
     name = where.selectbox("llama.cpp type", list(GGUF_CHOICES), index=list(GGUF_CHOICES).index("Q4_K_M"), key=f"{key}_type", help="Q4_K_M…: a type per tensor by llama.cpp's rules; Q4_K…: one type throughout (--pure)")  # fmt: skip
-    return GGUFConfig(GGUF_CHOICES[name], include_embeddings=where.checkbox("Embeddings and head too", True, key=f"{key}_emb"))  # fmt: skip
+    embeddings = where.checkbox("Embeddings and head too", True, key=f"{key}_emb")
+    imatrix = where.checkbox("Importance matrix", False, key=f"{key}_imatrix", help="llama.cpp's --imatrix: measured on the calibration text first, it rounds the weights that meet large activations more carefully")  # fmt: skip
+    return GGUFConfig(GGUF_CHOICES[name], include_embeddings=embeddings, imatrix=imatrix)
 
 
 FORMS: dict[type, Callable] = {
@@ -161,7 +165,9 @@ def config_form(config_type: type, bits: int, group_size: int, number: NumberBox
 
 def label_of(config) -> str:
     """The run's name: the config's label (RTN's says which method it is)."""
-    return f"RTN {config.weights.label}" if isinstance(config, RTNConfig) else config.label
+    if not isinstance(config, RTNConfig):
+        return config.label
+    return f"RTN {config.weights.label}" + ("" if config.activations is None else " + activations")
 
 
 # -- running ----------------------------------------------------------------------------------------------
@@ -303,7 +309,7 @@ def gap_notes(all_runs: list[MethodRun]) -> list[str]:
 
 def results_table(all_runs: list[MethodRun]) -> pd.DataFrame:
     """One row per run: bits, perplexity and its change (against the reference on the run's own windows),
-    KL and top-1 agreement, time to quantize."""
+    KL (mean and llama.cpp's 99th percentile), RMS Δp and top-1 agreement, time to quantize."""
     return pd.DataFrame(
         [
             {
@@ -312,6 +318,8 @@ def results_table(all_runs: list[MethodRun]) -> pd.DataFrame:
                 "perplexity": run.comparison.candidate.perplexity,
                 "Δ perplexity": run.comparison.candidate.perplexity / run.comparison.reference.perplexity - 1,
                 "mean KL": run.comparison.agreement.mean_kl,
+                "KL p99": drift_value(run, "kl_p99"),
+                "RMS Δp": drift_value(run, "p_diff_rms"),
                 "top-1 agreement": run.comparison.agreement.top1_agreement,
                 "seconds to quantize": run.seconds,
             }
@@ -325,6 +333,8 @@ RESULTS_COLUMNS = {
     "perplexity": "%.3f",
     "Δ perplexity": "percent",
     "mean KL": "%.4f",
+    "KL p99": "%.3f",
+    "RMS Δp": "percent",
     "top-1 agreement": "percent",
     "seconds to quantize": "%.1f",
 }
