@@ -12,6 +12,7 @@ from ui import cache, page
 from ui.cache import outliers as outlier_cache
 from ui.errors import show_error
 from ui.pages import outliers as tabs
+from ui.pages import outliers_imatrix
 from ui.pages.outliers import Summary
 from ui.widgets import NumberBoxes
 
@@ -151,8 +152,8 @@ def main() -> None:
     summary = tabs.summarise(stats)
     headline_ui(stats, summary)
 
-    weights_tab, activations_tab, kv_tab, sensitivity_tab = st.tabs(
-        ["Weights", "Activations", "KV cache", "Sensitivity"]
+    weights_tab, activations_tab, kv_tab, sensitivity_tab, importance_tab = st.tabs(
+        ["Weights", "Activations", "KV cache", "Sensitivity", "Importance"]
     )
     with weights_tab:
         weights = outlier_cache.weights()
@@ -164,6 +165,8 @@ def main() -> None:
         tabs.kv_tab(stats, summary, token_labels)
     with sensitivity_tab:
         tabs.sensitivity_tab(key, stats)
+    with importance_tab:
+        outliers_imatrix.importance_tab(stats)
 
 
 main()

@@ -2,7 +2,7 @@
 
 Every linear weight (and, with `include_embeddings`, the token embedding and an untied output head) is
 fake-quantized with one block type of engine.quant.gguf (`fake_quantize`: ggml's reference quantizers,
-k-quants' scale searches included, no importance matrix), rows along the input dimension as llama.cpp
+k-quants' scale searches included; an importance matrix if asked), rows along the input dimension as llama.cpp
 stores them. Norms and biases stay as they are (llama.cpp keeps 1-D tensors in F32). The layers stay
 plain `nn.Linear`s holding the dequantized values, so the model runs anywhere.
 
@@ -15,6 +15,11 @@ The legacy types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) have no fallback: llama.cpp refu
 so do we, before touching anything. On SmolLM2 (hidden size 576, 576 = 2.25 x 256) this means a "Q4_K"
 model is mostly Q5_0: only the down projections (rows of 1536) are Q4_K. Each LayerReport says which
 type its tensor really got and its exact bits per weight; `QuantizedModel.bits_per_weight` weighs them by size.
+
+Importance matrix (`imatrix=True`, `llama-quantize --imatrix`): llama.cpp's importance matrix is first
+collected on the calibration windows (engine.methods.imatrix: mean x_j^2 per input channel of every
+linear), then each linear's scale searches are weighted by it (ggml-quants.c's `quantize_row_*_impl`);
+embeddings, the head and Q8_0 tensors are quantized as without it, as llama.cpp does.
 
 Embeddings are left as the model holds them unless `include_embeddings` is set. A tied head shares the
 embedding's storage: it is quantized (and reported) once, as token_embd.
@@ -35,6 +40,8 @@ from functools import singledispatch
 import torch
 from torch import Tensor, nn
 
+from engine.methods.calibration import check_calibration, scaled
+from engine.methods.imatrix import collect_importance
 from engine.methods.registry import Calibration, LayerReport, register
 from engine.quant.gguf import GGUFType, fake_quantize
 from engine.quant.gguf.mixes import FALLBACK, GGUFMix, expert_count, tensor_type  # noqa: F401 (re-exported)
@@ -50,18 +57,23 @@ class GGUFConfig:
     # mix whose rules pick a type per tensor (engine.quant.gguf.mixes: GGUF_MIXES["Q4_K_M"], gguf_mix(...))
     type: GGUFType | GGUFMix
     include_embeddings: bool = False  # also the token embedding and an untied output head
+    # weight the scale searches by llama.cpp's importance matrix, collected on `calib` first
+    # (engine.methods.imatrix; `llama-quantize --imatrix`): the calibration windows become required
+    imatrix: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.type, GGUFType | GGUFMix):
             raise ValueError(
                 f"type must be a GGUF block type such as Q4_K or a mix such as Q4_K_M (got {self.type!r})"
             )
-        if not isinstance(self.include_embeddings, bool):
-            raise ValueError(f"include_embeddings must be True or False (got {self.include_embeddings!r})")
+        for knob in ("include_embeddings", "imatrix"):
+            if not isinstance(getattr(self, knob), bool):
+                raise ValueError(f"{knob} must be True or False (got {getattr(self, knob)!r})")
 
     @property
     def label(self) -> str:
-        return f"GGUF {self.type.name}{' + embeddings' if self.include_embeddings else ''}"
+        extras = (" + imatrix" if self.imatrix else "") + (" + embeddings" if self.include_embeddings else "")
+        return f"GGUF {self.type.name}{extras}"
 
 
 @dataclass(frozen=True)
@@ -119,23 +131,32 @@ def _(requested: GGUFMix, model, targets):
     return requested.plan(rows, int(config.num_hidden_layers), n_expert=expert_count(config), tied=tied)
 
 
-def _quantized(weight: Tensor, t: GGUFType | None) -> Tensor:
+def _quantized(weight: Tensor, t: GGUFType | None, importance: Tensor | None = None) -> Tensor:
     if t is None:
         return weight.to(torch.float16).to(weight.dtype)
-    return fake_quantize(weight, t)
+    return fake_quantize(weight, t, importance)
 
 
-@register(GGUFConfig, name="GGUF (llama.cpp)", calibration=Calibration.NONE, detail_type=GGUFDetail)
+# Calibration: used only with `imatrix=True`, to collect the importance matrix.
+@register(
+    GGUFConfig, name="GGUF (llama.cpp)", calibration=Calibration.OPTIONAL_IMPORTANCE, detail_type=GGUFDetail
+)
 def gguf(model, config: GGUFConfig, calib, progress) -> list[LayerReport]:
     targets = _targets(model, config.include_embeddings)
     types = _plan(config.type, model, targets)  # every tensor's type first: refuse before touching anything
     plans = [(name, module, *types[name]) for name, module in targets if name in types]
+    importance = None
+    if config.imatrix:  # on the float model, before any weight changes (llama-imatrix's order)
+        check_calibration(calib, "GGUF with an importance matrix")
+        importance = collect_importance(model, calib, scaled(progress, 0.0, 0.5))
+        progress = scaled(progress, 0.5, 1.0)
     reports: list[LayerReport] = []
     for index, (name, module, requested, used) in enumerate(plans):
         start = time.perf_counter()
         with torch.no_grad():
             original = module.weight.detach().clone()
-            module.weight.copy_(_quantized(original, used))  # in place: a tied head follows its embedding
+            weights = importance.get(name) if importance is not None else None  # None: embeddings, head
+            module.weight.copy_(_quantized(original, used, weights))  # in place: a tied head follows it
             sqnr = sqnr_db(original.float(), module.weight.float())
         bits = used.bits_per_weight if used is not None else F16_BITS
         detail = GGUFDetail(requested, used)

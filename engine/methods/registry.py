@@ -42,6 +42,7 @@ class Calibration(Enum):
     NONE = "none"  # ignores it (RTN)
     OPTIONAL_ERRORS = "optional: measures each layer's output error on it"  # bitsandbytes
     OPTIONAL_REPORT = "optional: its report (e.g. LLM.int8's kept dims) is measured on it"
+    OPTIONAL_IMPORTANCE = "optional: an importance matrix is collected on it when asked"  # GGUF imatrix
     REQUIRED = "required"  # SmoothQuant, GPTQ, AWQ
     TRAIN_AND_HELD_OUT = "required: trains on it; (train, held_out) pairs measure the loss"  # QAT
 

@@ -188,7 +188,7 @@ def calibration_for(config, calibration, evaluation):
     kind = method_info(config).calibration
     if kind is Calibration.TRAIN_AND_HELD_OUT:  # QAT: trains on calibration, scores evaluation windows
         return (calibration, evaluation)
-    if kind in (Calibration.REQUIRED, Calibration.OPTIONAL_REPORT):
+    if kind in (Calibration.REQUIRED, Calibration.OPTIONAL_REPORT, Calibration.OPTIONAL_IMPORTANCE):
         return calibration
     return None  # none, or only an output-error pass (bitsandbytes) the lab skips to keep runs short
 

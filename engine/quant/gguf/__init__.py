@@ -1,8 +1,8 @@
 """llama.cpp's GGUF block formats as real block quantizers: bytes identical to ggml's block structs.
 
 Legacy blocks of 32 (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and k-quants in super-blocks of 256 (Q2_K ... Q6_K),
-quantized as ggml-quants.c's reference quantizers do (including the k-quants' scale searches, without an
-importance matrix), packed into the real byte layouts and dequantized as llama.cpp reads them.
+quantized as ggml-quants.c's reference quantizers do (including the k-quants' scale searches; with an
+importance matrix, as its `_impl` quantizers do), packed into the real byte layouts and dequantized as llama.cpp reads them.
 
     t = GGUF_TYPES["Q4_K"]              # or the constant Q4_K
     packed = quantize(w, t)             # uint8 (rows, cols / 256 * 144), the bytes a .gguf file holds
@@ -119,9 +119,54 @@ def _blocks(x: Tensor, t: GGUFType) -> Tensor:
     return x.detach().to(device="cpu", dtype=torch.float32).reshape(-1, t.block_size).contiguous()
 
 
-def quantize(x: Tensor, t: GGUFType) -> Tensor:
-    """Pack x (..., cols) into t's blocks: uint8 (..., cols / block_size * type_size), ggml's byte layout."""
-    packed = t.encode(_blocks(x, t))
+# llama.cpp's quantizers given an importance matrix (ggml-quants.c's `quantize_row_*_impl`): rows (R, cols)
+# and importance (cols,) -> (R * cols / block_size, type_size). Q8_0 ignores it, as llama.cpp does.
+def _per_super_block(encode: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """A k-quant's weighted encoder (super-blocks (S, 256), their importance (S, 256)) on rows (R, cols)."""
+
+    def on_rows(rows: Tensor, importance: Tensor) -> Tensor:
+        qw = importance.repeat(rows.shape[0]).reshape(-1, kquants.QK_K)
+        return encode(rows.reshape(-1, kquants.QK_K), qw)
+
+    return on_rows
+
+
+WEIGHTED: dict[GGUFType, Callable[[Tensor, Tensor], Tensor]] = {
+    Q2_K: _per_super_block(kquants.quantize_q2_k_weighted),
+    Q3_K: _per_super_block(kquants.quantize_q3_k_weighted),
+    Q4_K: _per_super_block(kquants.quantize_q4_k_weighted),
+    Q5_K: _per_super_block(kquants.quantize_q5_k_weighted),
+    Q6_K: _per_super_block(kquants.quantize_q6_k_weighted),
+    Q4_0: legacy.quantize_q4_0_weighted,
+    Q4_1: legacy.quantize_q4_1_weighted,
+    Q5_0: legacy.quantize_q5_0_weighted,
+    Q5_1: legacy.quantize_q5_1_weighted,
+}
+
+
+def _importance(importance: Tensor, x: Tensor) -> Tensor:
+    imp = torch.as_tensor(importance).detach().to(device="cpu", dtype=torch.float32).reshape(-1)
+    if imp.numel() != x.shape[-1]:
+        raise ValueError(
+            f"the importance must hold one value per column ({x.shape[-1]}); it has {imp.numel()}."
+        )
+    if not bool(torch.isfinite(imp).all()) or bool((imp < 0).any()):
+        raise ValueError("importance values must be finite and not negative.")
+    return imp.contiguous()
+
+
+def quantize(x: Tensor, t: GGUFType, importance: Tensor | None = None) -> Tensor:
+    """Pack x (..., cols) into t's blocks: uint8 (..., cols / block_size * type_size), ggml's byte layout.
+
+    `importance` (cols,): llama.cpp's importance matrix for this tensor (the mean squared activation of
+    each input channel, engine.methods.imatrix), weighting the scale searches as `llama-quantize --imatrix`
+    does. None: the reference quantizers, byte for byte.
+    """
+    if importance is None or t not in WEIGHTED:
+        packed = t.encode(_blocks(x, t))
+    else:
+        imp = _importance(importance, x)
+        packed = WEIGHTED[t](_blocks(x, t).reshape(-1, x.shape[-1]), imp)
     return packed.reshape(*x.shape[:-1], x.shape[-1] // t.block_size * t.type_size)
 
 
@@ -134,9 +179,9 @@ def dequantize(packed: Tensor, t: GGUFType, shape: tuple[int, ...] | torch.Size)
     return t.decode(packed.reshape(-1, t.type_size)).reshape(shape)
 
 
-def fake_quantize(x: Tensor, t: GGUFType) -> Tensor:
-    """x quantized to t and read back, in x's dtype and device."""
-    return dequantize(quantize(x, t), t, x.shape).to(device=x.device, dtype=x.dtype)
+def fake_quantize(x: Tensor, t: GGUFType, importance: Tensor | None = None) -> Tensor:
+    """x quantized to t (weighted by `importance`, see `quantize`) and read back, in x's dtype and device."""
+    return dequantize(quantize(x, t, importance), t, x.shape).to(device=x.device, dtype=x.dtype)
 
 
 __all__ = [

@@ -28,6 +28,12 @@ def seq_sum(t: Tensor) -> Tensor:
     return total
 
 
+def sqrtf(t: Tensor) -> Tensor:
+    """C's `sqrtf`, correctly rounded: torch's vectorised float32 sqrt can be one ulp off, so take it in
+    float64 and round once (exact for sqrt: 53 bits >= 2 * 24 + 2)."""
+    return torch.sqrt(t.double()).to(F32)
+
+
 def nearest_int(t: Tensor) -> Tensor:
     """ggml's `nearest_int`: round half to even (the 1.5 * 2^23 trick), as an int32 tensor."""
     return torch.round(t).to(torch.int32)

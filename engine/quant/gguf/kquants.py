@@ -1,7 +1,8 @@
 """llama.cpp's k-quants (super-blocks of 256): Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.
 
 Each codec maps float32 super-blocks (S, 256) to the exact bytes of ggml's `block_qX_K` (S, type_size) and
-back, following ggml-quants.c's `quantize_row_qX_K_ref` (no importance matrix) and `dequantize_row_qX_K`:
+back, following ggml-quants.c's `quantize_row_qX_K_ref` (`quantize_row_qX_K_impl` for the `_weighted`
+variants, given each value's importance) and `dequantize_row_qX_K`:
 a scale search per sub-block (engine.quant.gguf.search), the sub-block scales (and mins) quantized to 4 or
 6 bits against one fp16 super-block scale, then every value re-quantized with the scale it will be read
 back with. Layouts (little-endian):
@@ -28,8 +29,15 @@ from engine.quant.gguf._common import (
     rdiv,
     seq_sum,
     signed_absmax,
+    sqrtf,
 )
-from engine.quant.gguf.search import GROUP_MAX_EPS, make_q3_quants, make_qkx2_quants, make_qx_quants
+from engine.quant.gguf.search import (
+    GROUP_MAX_EPS,
+    make_q3_quants,
+    make_qkx2_quants,
+    make_qp_quants,
+    make_qx_quants,
+)
 
 QK_K = 256
 
@@ -141,6 +149,12 @@ def quantize_q3_k(x: Tensor) -> Tensor:
     iscale = rdiv(-32.0, max_scale)
     ls = torch.where(nonzero, nearest_int(iscale.unsqueeze(-1) * scales).clamp(-32, 31) + 32, 0)
     d = torch.where(max_scale != 0, rdiv(1.0, iscale), torch.zeros_like(iscale))
+    return _finish_q3_k(x, L, ls, d)
+
+
+def _finish_q3_k(x: Tensor, L: Tensor, ls: Tensor, d: Tensor) -> Tensor:
+    """Q3_K bytes from the search codes L, the 6-bit sub-block scales ls (offset 32) and the scale d."""
+    S = x.shape[0]
     low, high = ls & 15, ls >> 4
     crumbs = high.reshape(S, 4, 4) << (2 * torch.arange(4, dtype=torch.int32)).reshape(1, 4, 1)
     packed_scales = as_u8(torch.cat([low[:, :8] | (low[:, 8:] << 4), crumbs.sum(1)], dim=-1))
@@ -208,7 +222,12 @@ def dequantize_q5_k(b: Tensor) -> Tensor:
 def quantize_q6_k(x: Tensor) -> Tensor:
     S = x.shape[0]
     scales, L = make_qx_quants(x.reshape(S * 16, 16), 32)
-    scales = scales.reshape(S, 16)
+    return _finish_q6_k(x, scales.reshape(S, 16), L)
+
+
+def _finish_q6_k(x: Tensor, scales: Tensor, L: Tensor) -> Tensor:
+    """Q6_K bytes from the sub-block scales (S, 16) and search codes L, as `quantize_row_q6_K_ref` ends."""
+    S = x.shape[0]
     max_scale = signed_absmax(scales)
     empty = max_scale.abs() < GROUP_MAX_EPS
     iscale = rdiv(-128.0, max_scale)
@@ -233,3 +252,74 @@ def dequantize_q6_k(b: Tensor) -> Tensor:
     sc = b[:, 192:208].contiguous().view(torch.int8).to(F32)
     d = fp16_from_bytes(b[:, 208:210]).unsqueeze(-1)
     return ((d * sc).unsqueeze(-1) * q).reshape(-1, QK_K)
+
+
+# -- with an importance matrix: ggml-quants.c's `quantize_row_qX_K_impl` (quant_weights != NULL) -----------
+# qw (S, 256): each value's importance (the imatrix entry of its input channel). The searches are weighted by
+# qw * sqrt(sigma2 + x^2), sigma2 from the super-block's mean square (twice it, but for Q2_K); the sub-block
+# scales and mins are then fitted to 4 or 6 bits by `make_qp_quants`, weighted by each sub-block's weight.
+
+
+def _importance_weights(x: Tensor, qw: Tensor, sub: int, factor: float) -> tuple[Tensor, Tensor]:
+    """(sub-blocks of x (S * 256 / sub, sub), their search weights qw * sqrt(sigma2 + x^2))."""
+    sigma2 = factor * seq_sum(x * x) / QK_K
+    xs = x.reshape(-1, sub)
+    sigma2 = sigma2.repeat_interleave(QK_K // sub).unsqueeze(-1)
+    return xs, qw.reshape(-1, sub) * sqrtf(sigma2 + xs * xs)
+
+
+def quantize_q2_k_weighted(x: Tensor, qw: Tensor) -> Tensor:
+    S = x.shape[0]
+    sub, weight = _importance_weights(x, qw, 16, 1.0)
+    sw = seq_sum(weight).reshape(S, 16)
+    scales, mins, L = make_qkx2_quants(sub, weight, 3, -0.9, 0.05, 36, False, guarded=True)
+    d, ls = make_qp_quants(scales.reshape(S, 16), 15, sw)
+    dmin, lm = make_qp_quants(mins.reshape(S, 16), 15, sw)
+    packed_scales = as_u8(ls | (lm << 4))
+    sc = packed_scales.to(torch.int32)
+    dq = fp16_round(d).unsqueeze(-1) * (sc & 15)
+    dm = fp16_round(dmin).unsqueeze(-1) * (sc >> 4)
+    L = _requantize(x.reshape(S, 16, 16), L, dq, 0, 3, dm).reshape(S, QK_K)
+    return torch.cat([packed_scales, _pack_crumbs(L), fp16_bytes(d), fp16_bytes(dmin)], dim=-1)
+
+
+def quantize_q3_k_weighted(x: Tensor, qw: Tensor) -> Tensor:
+    S = x.shape[0]
+    sub, weight = _importance_weights(x, qw, 16, 2.0)
+    sw = seq_sum(weight).reshape(S, 16)
+    scales, L = make_qx_quants(sub, 4, weight)
+    d, ls = make_qx_quants(scales.reshape(S, 16), 32, sw)  # ls: 6-bit codes, offset 32
+    return _finish_q3_k(x, L, ls, d)
+
+
+def _quantize_q45_k_weighted(x: Tensor, qw: Tensor, nmax: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    S = x.shape[0]
+    sub, weights = _importance_weights(x, qw, 32, 2.0)
+    sw = seq_sum(weights).reshape(S, 8)
+    scales, mins, L = make_qkx2_quants(sub, weights, nmax, -0.9, 0.05, 36, False, guarded=True)
+    d, ls = make_qp_quants(scales.reshape(S, 8), 63, sw)
+    dmin, lm = make_qp_quants(mins.reshape(S, 8), 63, sw)
+    if nmax == 31:  # Q5_K caps them at 63 (Q4_K does not: only a negative fit could exceed it)
+        ls, lm = ls.clamp(max=63), lm.clamp(max=63)
+    dq = fp16_round(d).unsqueeze(-1) * ls
+    dm = fp16_round(dmin).unsqueeze(-1) * lm
+    L = _requantize(x.reshape(S, 8, 32), L, dq, 0, nmax, dm).reshape(S, QK_K)
+    return L, _pack_scales_k4(ls, lm), fp16_bytes(d), fp16_bytes(dmin)
+
+
+def quantize_q4_k_weighted(x: Tensor, qw: Tensor) -> Tensor:
+    L, scales, d, dmin = _quantize_q45_k_weighted(x, qw, 15)
+    return torch.cat([d, dmin, scales, _pack_nibble_pairs(L)], dim=-1)
+
+
+def quantize_q5_k_weighted(x: Tensor, qw: Tensor) -> Tensor:
+    L, scales, d, dmin = _quantize_q45_k_weighted(x, qw, 31)
+    qh = _pack_bitplanes((L >> 4).reshape(-1, 8, 32))
+    return torch.cat([d, dmin, scales, qh, _pack_nibble_pairs(L)], dim=-1)
+
+
+def quantize_q6_k_weighted(x: Tensor, qw: Tensor) -> Tensor:
+    """Q6_K weighs its search by the importance alone (no sigma2 term)."""
+    S = x.shape[0]
+    scales, L = make_qx_quants(x.reshape(S * 16, 16), 32, qw.reshape(S * 16, 16))
+    return _finish_q6_k(x, scales.reshape(S, 16), L)

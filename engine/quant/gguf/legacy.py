@@ -1,7 +1,8 @@
 """llama.cpp's legacy block formats (blocks of 32): Q8_0, Q4_0, Q4_1, Q5_0, Q5_1.
 
 Each codec maps float32 blocks (B, 32) to the exact bytes of ggml's `block_qX_Y` structs (B, type_size) and
-back, following ggml-quants.c's `quantize_row_*_ref` / `dequantize_row_*`:
+back, following ggml-quants.c's `quantize_row_*_ref` / `dequantize_row_*` (`quantize_row_*_impl` for the
+`_weighted` variants, given an importance per column; see the end of this module):
 
 - Q4_0 / Q5_0 (symmetric): d = (the value of largest magnitude, with its sign) / -8 (or -16), code =
   trunc(x / d + 8.5) (or + 16.5) capped at 15 (31); the block's extreme value lands on code 0.
@@ -25,8 +26,11 @@ from engine.quant.gguf._common import (
     fp16_from_bytes,
     rdiv,
     round_away,
+    seq_sum,
     signed_absmax,
+    sqrtf,
 )
+from engine.quant.gguf.search import make_qkx2_quants, make_qx_quants
 
 HALF = 16  # elements j and j + 16 share a byte
 
@@ -126,3 +130,48 @@ def quantize_q8_0(x: Tensor) -> Tensor:
 def dequantize_q8_0(b: Tensor) -> Tensor:
     d = fp16_from_bytes(b[:, 0:2]).unsqueeze(-1)
     return b[:, 2:].contiguous().view(torch.int8).to(F32) * d
+
+
+# -- with an importance matrix: ggml-quants.c's `quantize_row_qX_Y_impl` (quant_weights != NULL) -----------
+# rows (R, cols), importance (cols,). Each block's search is weighted by qw * sqrt(sigma2 + x^2), sigma2 the
+# mean square of the whole row; the symmetric types take `make_qx_quants`' scale (no -8 / -16 rule), the
+# asymmetric ones `make_qkx3_quants`' scale and minimum. Q8_0 has no weighted path in llama.cpp.
+
+
+def _weighted_blocks(rows: Tensor, importance: Tensor) -> tuple[Tensor, Tensor]:
+    """(blocks (B, 32), their search weights) for rows (R, cols) and importance (cols,)."""
+    sigma2 = seq_sum(rows * rows) / rows.shape[-1]
+    weight = importance.reshape(1, -1) * sqrtf(sigma2.unsqueeze(-1) + rows * rows)
+    return rows.reshape(-1, 32), weight.reshape(-1, 32)
+
+
+def _symmetric_weighted(rows: Tensor, importance: Tensor, levels: int) -> tuple[Tensor, Tensor]:
+    blocks, weight = _weighted_blocks(rows, importance)
+    d, codes = make_qx_quants(blocks, levels, weight)
+    return codes, d
+
+
+def _asymmetric_weighted(rows: Tensor, importance: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
+    blocks, weight = _weighted_blocks(rows, importance)
+    d, the_min, codes = make_qkx2_quants(blocks, weight, top, -0.9, 0.05, 36, False, guarded=True)
+    return codes, d, -the_min
+
+
+def quantize_q4_0_weighted(rows: Tensor, importance: Tensor) -> Tensor:
+    codes, d = _symmetric_weighted(rows, importance, 8)
+    return torch.cat([fp16_bytes(d), pack_nibbles(codes)], dim=-1)
+
+
+def quantize_q4_1_weighted(rows: Tensor, importance: Tensor) -> Tensor:
+    codes, d, low = _asymmetric_weighted(rows, importance, 15)
+    return torch.cat([fp16_bytes(d), fp16_bytes(low), pack_nibbles(codes)], dim=-1)
+
+
+def quantize_q5_0_weighted(rows: Tensor, importance: Tensor) -> Tensor:
+    codes, d = _symmetric_weighted(rows, importance, 16)
+    return torch.cat([fp16_bytes(d), pack_bits(codes >> 4), pack_nibbles(codes)], dim=-1)
+
+
+def quantize_q5_1_weighted(rows: Tensor, importance: Tensor) -> Tensor:
+    codes, d, low = _asymmetric_weighted(rows, importance, 31)
+    return torch.cat([fp16_bytes(d), fp16_bytes(low), pack_bits(codes >> 4), pack_nibbles(codes)], dim=-1)

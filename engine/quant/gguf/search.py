@@ -9,8 +9,12 @@ reference's. The loops that remain run over the search steps or the n elements, 
   scale and min; keeps the one with the lowest weighted error (squared, or absolute when `use_mad`).
 - `make_q3_quants` (Q3_K): symmetric codes -nmax..nmax-1 from the signed max, then up to 5 rounds of
   one-code-at-a-time moves that raise the x^2-weighted fit.
-- `make_qx_quants` (Q6_K, rmse_type 1, no importance weights): symmetric codes from 19 scales around
-  -nmax / signed max, keeping the best x^2-weighted least-squares fit.
+- `make_qx_quants` (Q6_K, rmse_type 1): symmetric codes from 19 scales around -nmax / signed max, keeping
+  the best weighted least-squares fit (weights x^2, or the importance weights when given).
+
+With an importance matrix (engine.quant.gguf `quantize(..., importance=)`), llama.cpp's `_impl` quantizers
+use `make_qkx2_quants(guarded=True)` (its `make_qkx3_quants`), `make_qx_quants` with weights, and
+`make_qp_quants` (the sub-block scales and mins of a super-block fitted to 4 or 6 bits, weighted).
 """
 
 from __future__ import annotations
@@ -30,9 +34,20 @@ def _f32(value: float) -> float:
 
 
 def make_qkx2_quants(
-    x: Tensor, w: Tensor, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool
+    x: Tensor,
+    w: Tensor,
+    nmax: int,
+    rmin: float,
+    rdelta: float,
+    nstep: int,
+    use_mad: bool,
+    guarded: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(scale, the_min = -min >= 0, L in 0..nmax) per sub-block."""
+    """(scale, the_min = -min >= 0, L in 0..nmax) per sub-block.
+
+    `guarded`: `make_qkx3_quants` (the importance-weighted path), which is the same search except that the
+    stretched grids' codes come from `v > 0 ? nearest_int(MIN(v, nmax)) : 0`, safe when v is inf or NaN.
+    """
     low = x.amin(-1)
     low = torch.where(low > 0, torch.zeros_like(low), low)
     high = x.amax(-1)
@@ -48,6 +63,11 @@ def make_qkx2_quants(
     def codes_for(iscale: Tensor, minimum: Tensor) -> Tensor:
         return nearest_int(iscale.unsqueeze(-1) * (x - minimum.unsqueeze(-1))).clamp(0, nmax).to(x.dtype)
 
+    def guarded_codes(iscale: Tensor, minimum: Tensor) -> Tensor:
+        v = iscale.unsqueeze(-1) * (x - minimum.unsqueeze(-1))
+        codes = nearest_int(torch.where(v > 0, v.clamp(max=float(nmax)), torch.zeros_like(v)))
+        return codes.to(x.dtype)
+
     iscale = rdiv(float(nmax), high - low)
     scale = rdiv(1.0, iscale)
     L = codes_for(iscale, low)
@@ -56,7 +76,7 @@ def make_qkx2_quants(
     for step in range(nstep + 1):
         stretch = _f32(np.float32(rmin) + np.float32(rdelta) * np.float32(step) + np.float32(nmax))
         iscale = rdiv(stretch, high - minimum)
-        Laux = codes_for(iscale, minimum)
+        Laux = (guarded_codes if guarded else codes_for)(iscale, minimum)
         wl = w * Laux
         sum_l, sum_l2, sum_xl = seq_sum(wl), seq_sum(wl * Laux), seq_sum(wl * x)
         D = sum_w * sum_l2 - sum_l * sum_l
@@ -109,11 +129,12 @@ def make_q3_quants(x: Tensor, nmax: int) -> tuple[Tensor, Tensor]:
     return scale, L.to(torch.int32)
 
 
-def make_qx_quants(x: Tensor, nmax: int) -> tuple[Tensor, Tensor]:
-    """(scale, L in 0..2*nmax-1) per sub-block: `make_qx_quants(n, nmax, x, L, rmse_type=1, NULL)`."""
+def make_qx_quants(x: Tensor, nmax: int, qw: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(scale, L in 0..2*nmax-1) per sub-block: `make_qx_quants(n, nmax, x, L, rmse_type=1, qw)`; without
+    importance weights qw (same shape as x) the fit is weighted by x^2."""
     top = signed_absmax(x)
     empty = x.abs().amax(-1) < GROUP_MAX_EPS
-    w = x * x
+    w = x * x if qw is None else qw
     wx = w * x
 
     def fit(iscale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -134,4 +155,54 @@ def make_qx_quants(x: Tensor, nmax: int) -> tuple[Tensor, Tensor]:
         best = torch.where(take, scale * sumlx, best)
     scale = torch.where(empty, torch.zeros_like(scale), scale)
     L = torch.where(empty.unsqueeze(-1), torch.zeros_like(L), L + nmax)
+    return scale, L.to(torch.int32)
+
+
+def make_qp_quants(x: Tensor, nmax: int, qw: Tensor) -> tuple[Tensor, Tensor]:
+    """(scale, L in 0..nmax) per row of non-negative values (the sub-block scales or mins of a super-block):
+    `make_qp_quants(n, nmax, x, L, quant_weights)`: the best of 9 grids by qw-weighted squared error, then
+    up to 5 rounds of one-code-at-a-time moves that raise the qw-weighted fit. L is stored as C's uint8."""
+    top = x.amax(-1).clamp(min=0.0)
+    empty = top < GROUP_MAX_EPS
+
+    def codes(iscale: Tensor, cap: bool) -> Tensor:
+        found = nearest_int(iscale.unsqueeze(-1) * x)
+        return found.clamp(max=nmax) if cap else found
+
+    def mse(scale: Tensor, L: Tensor) -> Tensor:
+        diff = x - scale.unsqueeze(-1) * L
+        return seq_sum(qw * diff * diff)
+
+    iscale = rdiv(float(nmax), top)
+    best = mse(rdiv(1.0, iscale), (codes(iscale, False) & 0xFF).to(x.dtype))  # C stores into uint8 L[i]
+    for step in (-4, -3, -2, -1, 1, 2, 3, 4):
+        iscale_is = rdiv(_f32(np.float32(0.1) * np.float32(step) + np.float32(nmax)), top)
+        cur = mse(rdiv(1.0, iscale_is), codes(iscale_is, True).to(x.dtype))
+        take = cur < best
+        best = torch.where(take, cur, best)
+        iscale = torch.where(take, iscale_is, iscale)
+    found = codes(iscale, True)
+    wx = qw * x
+    sumlx = seq_sum(wx * found.to(x.dtype))
+    suml2 = seq_sum(qw * found.to(x.dtype) * found.to(x.dtype))
+    L = (found & 0xFF).to(x.dtype)
+    for _ in range(5):
+        changed = torch.zeros_like(empty)
+        for i in range(x.shape[-1]):
+            li, xi, wi, wxi = L[:, i], x[:, i], qw[:, i], wx[:, i]
+            slx = sumlx - wxi * li
+            sl2 = suml2 - wi * li * li
+            new_l = nearest_int(xi * sl2 / slx).clamp(max=nmax).to(x.dtype)
+            slx2 = slx + wxi * new_l
+            sl22 = sl2 + wi * new_l * new_l
+            take = (slx > 0) & (sl2 > 0) & (new_l != li) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+            L[:, i] = torch.where(take, new_l.to(torch.int32).bitwise_and(0xFF).to(x.dtype), li)
+            sumlx = torch.where(take, slx2, sumlx)
+            suml2 = torch.where(take, sl22, suml2)
+            changed |= take
+        if not bool(changed.any()):
+            break
+    scale = torch.where(suml2 > 0, sumlx / suml2, torch.zeros_like(sumlx))
+    scale = torch.where(empty, torch.zeros_like(scale), scale)
+    L = torch.where(empty.unsqueeze(-1), torch.zeros_like(L), L)
     return scale, L.to(torch.int32)
