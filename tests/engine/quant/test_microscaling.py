@@ -230,6 +230,23 @@ def test_every_linear_weight_of_the_default_model_matches_torchao(default_loaded
         assert torch.equal(qt.codes, codes), name
 
 
+def test_the_other_mx_elements_on_every_linear_weight(default_loaded):
+    """MXFP6 (both elements) and MXFP8 (both) on all 210 linear weights, FLOOR and RCEIL: 16 rows spread
+    over each weight (an MX block never leaves its row, so a row's codes are those of the whole tensor)."""
+    weights = [
+        module.weight.detach().float()
+        for module in default_loaded.model.model.layers.modules()
+        if isinstance(module, torch.nn.Linear)
+    ]
+    assert len(weights) == 210
+    rows = torch.cat([w[torch.linspace(0, w.shape[0] - 1, 16).long()] for w in weights if w.shape[1] == 576])
+    wide = torch.cat([w[torch.linspace(0, w.shape[0] - 1, 16).long()] for w in weights if w.shape[1] == 1536])
+    for label in ("mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2"):
+        for suffix in MODES:
+            _check_mx(rows, label, suffix)
+            _check_mx(wide, label, suffix)
+
+
 # -- cross-check against gguf (llama.cpp's reference quantizers) ------------------------------------------
 
 
