@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import streamlit as st
 from torch import Tensor
 
+from engine import recipes
 from engine.evaluation.evalset import DEFAULT_EVAL_SET
 from engine.evaluation.study import FORMATS_GRID, FULL_GRID, MODEL_GRID, QUICK_GRID, pick_group_size, run_grid
 from engine.models.data import (
@@ -32,7 +33,10 @@ GRIDS = {
     f"Formats at 4 bits ({len(FORMATS_GRID)} cells)": FORMATS_GRID,
     "Pick cells": None,
 }
-PICKABLE = tuple({c.name: c for c in (*FULL_GRID, *FORMATS_GRID)}.values())  # every cell of both grids, once
+# every cell of both grids, then the rest of today's formats and llama.cpp's types and mixes, once each
+PICKABLE = tuple(
+    {c.name: c for c in (*FULL_GRID, *FORMATS_GRID, *recipes.on_axis("formats", "gguf"))}.values()
+)
 CORPUS_CHOICES = [*CORPORA, "upload"]
 REQUESTED = "evaluate_run_requested"  # set by the button's callback, so no rerun can lose the click
 SECONDS_PER_1K_TOKENS = 4  # per cell, for the "roughly N s" hint (see docs/benchmarks.md for the machine)
