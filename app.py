@@ -16,6 +16,7 @@ PAGES = {
     ],
     "Quantize & measure": [
         st.Page("pages/methods.py", title="Methods lab", icon=":material/science:"),
+        st.Page("pages/planner.py", title="Plan a recipe", icon=":material/tune:"),
         st.Page("pages/compare.py", title="Compare generations", icon=":material/compare:"),
         st.Page("pages/evaluate.py", title="Evaluate", icon=":material/leaderboard:"),
     ],

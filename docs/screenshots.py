@@ -79,13 +79,18 @@ def methods(page, url):
     page.get_by_text("Weight SQNR per linear layer").first.wait_for(timeout=900_000)
 
 
+def planner(page, url):
+    page.goto(f"{url}/planner")
+    page.get_by_role("heading", name="Plan a recipe").first.wait_for(timeout=120_000)
+
+
 def learn(page, url):
     page.goto(f"{url}/learn")
     page.get_by_role("heading", name="Learn").first.wait_for(timeout=120_000)
     page.locator(".js-plotly-plot").first.wait_for(timeout=300_000)  # the first lesson's chart
 
 
-PAGES = [overview, grid, outliers, evaluate, compare, memory, speed, methods, learn]
+PAGES = [overview, grid, outliers, evaluate, compare, memory, speed, methods, planner, learn]
 
 
 def main(names: list[str]) -> None:

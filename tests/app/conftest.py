@@ -8,7 +8,18 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = ["overview", "grid", "outliers", "methods", "compare", "evaluate", "memory", "speed", "learn"]
+PAGES = [
+    "overview",
+    "grid",
+    "outliers",
+    "methods",
+    "planner",
+    "compare",
+    "evaluate",
+    "memory",
+    "speed",
+    "learn",
+]
 TIMEOUT = 120  # seconds per script run: the first run loads the default model
 
 

@@ -10,7 +10,7 @@ from tests.e2e.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.e2e
 NAV = ["Quantization grid", "Outliers", "Methods lab", "Compare generations", "Evaluate", "Memory sizing"]
-NAV += ["Speed", "Learn", "Overview"]
+NAV += ["Plan a recipe", "Speed", "Learn", "Overview"]
 
 
 def test_health_endpoint(server_url):

@@ -1,0 +1,58 @@
+"""The planner page under AppTest on the default model: measure (small setting), re-solve on the slider,
+score the recipe, export and load back."""
+
+from __future__ import annotations
+
+from tests.app.conftest import no_exceptions, open_page
+from ui.cache import planner as planner_cache
+
+
+def test_planner_measures_plans_scores_and_exports(app):
+    open_page(app, "planner")
+    assert any("Measure costs" in info.value for info in app.info)
+    app.select_slider(key="planner_tokens").set_value(64).run()
+    app.selectbox(key="planner_scope").set_value("last 4 (quick look)").run()
+    app.button(key="planner_measure").click().run()
+    no_exceptions(app)
+    assert not [b for b in app.button if b.label == "Stop"]  # shown while measuring, gone after
+    session = app.session_state[planner_cache.KEY]
+    assert session.costs is not None and session.costs.complete and len(session.costs.cost) == 4 * 7
+    assert app.metric[0].value == "4.500"  # the default budget, hit exactly
+    app.slider(key="planner_budget").set_value(4.0).run()  # re-solves from the kept costs
+    no_exceptions(app)
+    assert app.metric[0].value == "4.000"
+    assert any("format per tensor" in chart.proto.spec for chart in app.get("plotly_chart"))
+    app.select_slider(key="planner_eval_windows").set_value(1).run()
+    app.button(key="planner_score").click().run()
+    no_exceptions(app)
+    assert any(m.value.startswith("Measured KL **") for m in app.markdown)
+    scored = app.session_state[planner_cache.KEY].scores["planner at 4.00 bpw"]
+    assert 0 < scored.mean_kl < 5 and scored.bits_per_weight == 4.0
+    # int3 g32 is not a llama.cpp type: no --tensor-type lines, said in words
+    assert any("no type for int3 g32" in info.value for info in app.info)
+    assert any(b.label == "Download the recipe (JSON)" for b in app.get("download_button"))
+
+
+def test_planner_charts_draw_every_series():
+    import torch
+
+    from engine.planner import DEFAULT_CANDIDATES, measure_costs, plan
+    from tests.conftest import build_tiny_llama
+    from ui.cache.planner import Scored
+    from ui.pages import planner as view
+    from ui.pages import planner_charts
+
+    model = build_tiny_llama(seed=1, num_hidden_layers=3, initializer_range=0.1)
+    table = measure_costs(model, torch.randint(3, 96, (1, 16), generator=torch.Generator().manual_seed(0)), DEFAULT_CANDIDATES)  # fmt: skip
+    recipe = plan(table, 4.5)
+    heatmap = planner_charts.format_map(recipe).data[0]
+    assert len(heatmap.y) == 3 and len(heatmap.x) == 7  # layers down, modules across
+    kinds = [kind for kind, _ in view.comparison(table, 4.5)]
+    assert kinds.count("uniform") == 4 and "heuristic" in kinds and kinds.count("planner") >= 2
+    scores = [
+        Scored(label, kind, bits, kl * 1.2, kl, 1.0, 0.9, 10.0, 9.0)
+        for label, kind, bits, kl in (("u", "uniform", 4.5, 0.3), ("h", "heuristic", 4.8, 0.25), ("p", "planner", 4.5, 0.2))
+    ]  # fmt: skip
+    assert [trace.name for trace in planner_charts.pareto(scores).data] == ["uniform", "heuristic", "planner"]
+    assert planner_charts.predicted_vs_measured(scores) is not None
+    assert list(view.scores_table(scores)["recipe"]) == ["p", "u", "h"]
