@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from engine._types import Progress
+from engine.models.export_types import GGUF_FORMATS, ExportError
 from engine.quant.linear import FakeQuantLinear
 from engine.quant.schemes import QuantScheme
 
@@ -55,12 +56,7 @@ FORMATS = {
     "gguf": "GGUF file for llama.cpp (the GGUF method's block types)",
     "gguf_f16": "GGUF file for llama.cpp, weights in float16 (no size saving)",
 }
-GGUF_FORMATS = ("gguf", "gguf_f16")  # written by engine/models/gguf_export.py
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AutoAWQ's GEMM interleave: nibble k holds column AWQ_ORDER[k]
-
-
-class ExportError(ValueError):
-    """The model cannot be written in the requested format; the message says why and what can."""
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from engine._types import Progress
 from engine.methods.gguf import GGUFConfig, GGUFDetail
 from engine.methods.registry import QuantizedModel
-from engine.models.export import GGUF_FORMATS, ExportError
+from engine.models.export_types import GGUF_FORMATS, ExportError
 from engine.quant.gguf import Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, GGUFType
 from engine.quant.gguf import dequantize as gguf_dequantize
 from engine.quant.gguf import quantize as gguf_quantize
