@@ -158,7 +158,6 @@ def results(all_runs: list[MethodRun], loaded) -> None:
     )
     for note in methods_view.gap_notes(all_runs):
         st.caption(note)
-    methods_drift.render(all_runs)
     for run in all_runs:
         if run.missing is not None:
             st.info(f"**{run.label}**: {run.missing}", icon=":material/memory:")
@@ -168,6 +167,7 @@ def results(all_runs: list[MethodRun], loaded) -> None:
     if figure is not None:
         st.plotly_chart(figure, width="stretch", key="methods_output_error")
     st.plotly_chart(methods_charts.per_layer_error(all_runs), width="stretch", key="methods_sqnr")
+    methods_drift.render(all_runs)  # after the per-layer charts: which tokens moved, per run
     for run in all_runs:
         methods_view.method_figure(run)
 

@@ -150,7 +150,19 @@ def _log_figures(lesson_inputs) -> dict[str, go.Figure]:
         "context_sweep": memory_charts.context_sweep(
             contexts, {"bf16": [16e9 + 2e5 * c for c in contexts]}, {"H100": 79e9}, 131072
         ),
+        "kl_histogram": evaluate_charts.kl_histogram(_drift(), "W4"),
+        "histogram_over_levels": lesson_charts.histogram_over_levels(
+            values.numpy(), {"int4": torch.linspace(0, 6, 15)}, {"int4": "#1f77b4"}, "t", "x", log_share=True
+        ),
     }
+
+
+def _drift():
+    from engine.evaluation.drift import TokenDrift, drift_stats
+
+    kl = torch.tensor([1e-5, 1e-4, 2e-3, 3e-3, 0.05, 0.5, 3.0] * 3)
+    zeros = torch.zeros(kl.numel())
+    return drift_stats(TokenDrift(kl, zeros, zeros, torch.ones(kl.numel(), dtype=torch.bool)))
 
 
 def _value(label: str) -> float:
