@@ -116,14 +116,17 @@ def single_thread():
 # ones fill in around them (longest-first scheduling).
 LONGEST_FIRST = (
     "tests/engine/methods/test_crosscheck_gptqmodel_awq.py",
-    "tests/engine/methods/test_crosscheck_gptqmodel.py",
-    "tests/app/test_sessions.py",
-    "tests/engine/methods/test_awq.py",
     "tests/engine/methods/test_gptq.py",
-    "tests/app/test_outliers_page.py",
+    "tests/engine/planner/test_planner_default_model.py",
+    "tests/app/test_sessions.py",
+    "tests/engine/models/test_gguf_export.py",
+    "tests/engine/methods/test_crosscheck_gptqmodel.py",
+    "tests/app/test_methods_page.py",
+    "tests/app/test_grid_page.py",
+    "tests/engine/methods/test_awq.py",
     "tests/e2e/test_dashboard.py",
     "tests/test_memory_growth.py",
-    "tests/app/test_grid_page.py",
+    "tests/app/test_scheme_sidebar.py",
 )
 
 
