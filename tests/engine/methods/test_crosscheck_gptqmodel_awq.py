@@ -6,7 +6,7 @@ Three checks that can fail:
   each other, ours at least 8% below RTN's;
 - clip search, per linear (v_proj, o_proj of layer 0, the same 512 tokens): within 4% of each other, and
   within 1% once our scales are kept in float32 as gptqmodel's search keeps them (see below);
-- end to end: gptqmodel's whole pipeline and ours on the same calibration windows (8 x 256 tokens) must
+- end to end: gptqmodel's whole pipeline and ours on the same calibration windows (4 x 256 tokens) must
   land within 15% of each other's KL divergence to the float model and within 5% of each other's
   perplexity, both well below RTN's KL.
 
@@ -22,7 +22,8 @@ What still differs end to end, by design: its search loss is the output of the w
 feeds (self_attn for q/k/v, the MLP for gate/up) where ours is the group's own linear outputs, and
 each layer's calibration inputs come from the already quantized previous layers (it replays every
 layer after quantizing it) where ours come from the unquantized model, as in llm-awq and AutoAWQ.
-Measured end to end (KL to the float model; gptqmodel's was 0.1754 in all three runs):
+Measured end to end on 8 x 256 calibration tokens (KL to the float model; gptqmodel's was 0.1754 in all
+three runs; on the 4 x 256 the test uses: ours 0.1766, gptqmodel 0.1736, RTN 0.367):
   ours 0.194 | ours fed the quantized layers' outputs 0.189 | that and float32 scales 0.186
   gptqmodel with our linear-output loss 0.176 | gptqmodel as it is 0.175 | RTN 0.367
 (the variants were measured once with scripts, not run here). The block loss barely matters; most of
@@ -329,6 +330,7 @@ def test_whole_model_matches_gptqmodel(default_loaded, windows, tmp_path):
     from engine.methods.rtn import RTNConfig
 
     calibration, evaluation = windows
+    calibration = calibration[:4]  # 4 x 256 tokens: half of each side's search, the same comparison
     torch.save(calibration, tmp_path / "calibration.pt")
     log = tmp_path / "gptqmodel.log"
     args = ("model", str(default_loaded.folder), str(tmp_path / "calibration.pt"), str(tmp_path / "p.pt"))
@@ -360,8 +362,9 @@ def test_whole_model_matches_gptqmodel(default_loaded, windows, tmp_path):
     kl = {name: r.agreement.mean_kl for name, r in results.items()}
     ppl = {name: r.candidate.perplexity for name, r in results.items()}
     print(f"KL to the float model: {kl}; perplexity: {ppl}")
-    # measured: KL ours 0.194, gptqmodel 0.175 (the same in three runs), RTN 0.367 (ratio 1.105, see the
-    # module docstring for where the gap comes from); perplexity 87.3, 85.4, 88.8 (float model 72.9)
+    # measured on 4 x 256 calibration tokens: KL ours 0.1766, gptqmodel 0.1736, RTN 0.367; perplexity 83.4,
+    # 82.1, 88.8 (float model 72.9). On 8 x 256: KL 0.194 and 0.175 (ratio 1.105; the module docstring says
+    # where the gap comes from)
     assert abs(kl["ours"] / kl["gptqmodel"] - 1) < 0.15, kl
     assert kl["ours"] < 0.65 * kl["rtn"] and kl["gptqmodel"] < 0.65 * kl["rtn"], kl
     assert abs(ppl["ours"] / ppl["gptqmodel"] - 1) < 0.05, ppl
