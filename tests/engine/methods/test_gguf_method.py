@@ -196,28 +196,6 @@ def test_default_model_q4_0_is_fake_quantize_of_every_linear(default_loaded):
 
 
 @pytest.mark.slow
-def test_default_model_q4_k_falls_back_to_q5_0_on_576_rows(default_loaded):
-    model = default_loaded.model
-    quantized = quantize_model(model, GGUFConfig(Q4_K))
-    types = used(quantized)
-    down = [name for name in types if name.endswith("mlp.down_proj")]
-    assert len(down) == 30 and all(types[name] == "Q4_K" for name in down)
-    assert all(t == "Q5_0" for name, t in types.items() if name not in down) and len(types) == 210
-    by_name = {r.name: r for r in quantized.layers}
-    assert {r.bits_per_weight for r in quantized.layers if r.name in down} == {4.5}
-    assert {r.bits_per_weight for r in quantized.layers if r.name not in down} == {5.5}
-    # Weighted by size: per block q 576x576, k and v 192x576, o 576x576, gate and up 1536x576, down 576x1536.
-    originals = weights(model)
-    counts = {name: w.numel() for name, w in originals.items()}
-    by_hand = sum(by_name[n].bits_per_weight * c for n, c in counts.items()) / sum(counts.values())
-    assert by_hand == pytest.approx(5.25) and quantized.bits_per_weight == pytest.approx(by_hand)
-    bits = sum(round(by_name[n].bits_per_weight * c / 8) for n, c in counts.items())
-    assert packed_weight_bytes(quantized) == packed_weight_bytes(model) - sum(counts.values()) * 4 + bits
-    for name, t in (("model.layers.0.mlp.down_proj", Q4_K), ("model.layers.0.self_attn.k_proj", Q5_0)):
-        assert torch.equal(quantized.model.get_submodule(name).weight, fake_quantize(originals[name], t))
-
-
-@pytest.mark.slow
 def test_default_model_q4_1_is_the_shipped_model(default_loaded):
     """SmolLM2 was distributed as Q4_1: re-quantizing gives back every weight and the same perplexity."""
     from engine.evaluation.perplexity import perplexity

@@ -75,6 +75,31 @@ def q4_k_file(q4_k, source, tmp_path_factory):
     return folder / next(iter(result.files))
 
 
+def test_default_model_q4_k_falls_back_to_q5_0_on_576_rows(q4_k, default_loaded):
+    """The GGUF method on the default model (shared with the export below): 576-long rows are no multiple
+    of 256, so llama.cpp stores those tensors as Q5_0; the model's bits per weight are weighted by size."""
+    from engine.quant.gguf import fake_quantize
+    from engine.sizing.packed import packed_weight_bytes
+
+    model = default_loaded.model
+    types = {r.name: r.detail.used_name for r in q4_k.layers}
+    down = [name for name in types if name.endswith("mlp.down_proj")]
+    assert len(down) == 30 and all(types[name] == "Q4_K" for name in down)
+    assert all(t == "Q5_0" for name, t in types.items() if name not in down) and len(types) == 210
+    by_name = {r.name: r for r in q4_k.layers}
+    assert {r.bits_per_weight for r in q4_k.layers if r.name in down} == {4.5}
+    assert {r.bits_per_weight for r in q4_k.layers if r.name not in down} == {5.5}
+    # Weighted by size: per block q 576x576, k and v 192x576, o 576x576, gate and up 1536x576, down 576x1536.
+    originals = {name: model.get_submodule(name).weight for name in linear_names(model)}
+    counts = {name: w.numel() for name, w in originals.items()}
+    by_hand = sum(by_name[n].bits_per_weight * c for n, c in counts.items()) / sum(counts.values())
+    assert by_hand == pytest.approx(5.25) and q4_k.bits_per_weight == pytest.approx(by_hand)
+    bits = sum(round(by_name[n].bits_per_weight * c / 8) for n, c in counts.items())
+    assert packed_weight_bytes(q4_k) == packed_weight_bytes(model) - sum(counts.values()) * 4 + bits
+    for name, t in (("model.layers.0.mlp.down_proj", Q4_K), ("model.layers.0.self_attn.k_proj", Q5_0)):
+        assert torch.equal(q4_k.model.get_submodule(name).weight, fake_quantize(originals[name], t))
+
+
 def test_q4_k_loads_back_in_transformers_with_our_weights_and_logits(q4_k, q4_k_file, default_loaded):
     back = load_back(q4_k_file)
     for name in linear_names(q4_k.model):  # packed from the reference, dequantized by gguf-py: our values

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]  # bus
 def test_planner_beats_uniform_and_first_last_heuristic_at_4_5_bits(default_loaded):
     model, tokenizer = default_loaded.model, default_loaded.tokenizer
     text = load_text(DEFAULT_EVAL_SET.corpus)
-    calibration = token_windows(tokenizer, text, WindowSpec(64, 1, split="calibration"))
+    calibration = token_windows(tokenizer, text, WindowSpec(32, 1, split="calibration"))
     held_out = token_windows(tokenizer, text, WindowSpec(DEFAULT_EVAL_SET.window, 2, split="evaluation"))
     table = measure_costs(model, calibration, DEFAULT_CANDIDATES)
     planned = plan(table, 4.5)
