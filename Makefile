@@ -5,8 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 PORT ?= 8501
-# pytest-xdist workers for `make test`; PYTEST_WORKERS=0 runs in one process (quick single tests).
-PYTEST_WORKERS ?= 2
+# pytest-xdist workers for `make test`; PYTEST_WORKERS=0 runs in one process (quick single tests). Three on
+# two cores: each runs one torch thread, and the third fills the time the others spend waiting on a browser,
+# a served app or a gptqmodel subprocess (688 s instead of ~770 s with two; docs/benchmarks.md).
+PYTEST_WORKERS ?= 3
 
 .PHONY: run test setup browser lint format clean-cache
 
@@ -36,7 +38,7 @@ browser:
 
 test: setup browser
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint:
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-# Under pytest-xdist (`make test` runs two workers), each worker gets its share of the cores: two workers
-# each starting two OpenMP threads on two cores would spend their time in barrier waits.
+# Under pytest-xdist (`make test` runs three workers), each worker gets its share of the cores (at least one
+# thread): workers each starting two OpenMP threads on two cores would spend their time in barrier waits.
 if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
@@ -111,9 +111,10 @@ def single_thread():
 
 
 # The longest test modules, longest first (seconds on the 2-core machine, measured with --durations). `make
-# test` hands whole modules to two xdist workers (--dist loadscope) in collection order; a long module
-# handed out last leaves one worker running it alone at the end. Collecting these first lets the short
-# ones fill in around them (longest-first scheduling).
+# test` hands whole modules to the xdist workers (--dist loadscope) in collection order (with
+# --no-loadscope-reorder: xdist would otherwise put the modules with the most tests first, and these two-test
+# modules last); a long module handed out last leaves one worker running it alone at the end. Collecting
+# these first lets the short ones fill in around them (longest-first scheduling).
 LONGEST_FIRST = (
     "tests/engine/methods/test_crosscheck_gptqmodel_awq.py",
     "tests/engine/methods/test_gptq.py",
