@@ -27,10 +27,9 @@ from engine.quant import formats, gguf
 from engine.quant.gguf import GGUFType
 from engine.quant.metrics import error_summary
 from engine.quant.primitives import QTensor, block_size, fake_quantize, quantize
-from engine.quant.schemes import QuantScheme, bits_per_weight
+from engine.quant.schemes import QuantScheme
 from engine.quant.shapes import tile_counts
-
-Format = QuantScheme | GGUFType
+from engine.quant.weight_formats import Format, bits_per_weight_of, fake_quantize_any
 
 MAX_PLOTTED_VALUES = 4096  # a per-tensor "block" can be millions of values; plots get a seeded sample
 
@@ -177,21 +176,6 @@ def standard_schemes() -> list[Format]:
     return schemes
 
 
-def fake_quantized(x: Tensor, scheme: Format) -> Tensor:
-    """x quantized under a scheme or a GGUF type and read back (same shape and dtype)."""
-    if isinstance(scheme, GGUFType):
-        return gguf.fake_quantize(x, scheme)
-    return fake_quantize(x, scheme)
-
-
-def stored_bits_per_weight(scheme: Format, shape: tuple[int, ...]) -> float:
-    """Exact bits per weight of a tensor of `shape`, scales included; ValueError when it does not fit."""
-    if isinstance(scheme, GGUFType):
-        scheme.check_row(shape[-1])
-        return scheme.bits_per_weight
-    return bits_per_weight(scheme, shape[-1], math.prod(shape[:-1]))
-
-
 def gguf_fallback_note(t: GGUFType, row_length: int) -> str:
     """What llama.cpp does with rows that t's blocks do not fit (its per-tensor fallback), in a sentence."""
     from engine.methods.gguf import tensor_type  # engine.methods loads transformers: only when needed
@@ -223,8 +207,8 @@ def scheme_table(x: Tensor, schemes: list[Format]) -> list[dict]:
     for scheme in schemes:
         row = _table_columns(scheme)
         try:
-            row["bits/weight"] = stored_bits_per_weight(scheme, shape)
-            row.update(error_summary(x, fake_quantized(x, scheme)))
+            row["bits/weight"] = bits_per_weight_of(scheme, shape)
+            row.update(error_summary(x, fake_quantize_any(x, scheme)))
             row["note"] = ""
         except ValueError as exc:
             note = str(exc)

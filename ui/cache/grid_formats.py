@@ -11,6 +11,7 @@ from engine.analysis import blocks as grid_engine
 from engine.quant.gguf import GGUFType
 from engine.quant.metrics import error_summary
 from engine.quant.schemes import QuantScheme
+from engine.quant.weight_formats import bits_per_weight_of, fake_quantize_any
 from ui.cache.tensors import ERROR_SAMPLE, ActivationKey, SyntheticKey, WeightKey, _row_sample, tensor
 
 TensorKey = WeightKey | SyntheticKey | ActivationKey
@@ -24,11 +25,9 @@ def format_grid_view(key: TensorKey, scheme: QuantScheme | GGUFType, row: int, b
     picture = grid_engine.block_picture(x, scheme, row, block)
     curve = grid_engine.mapping_curve(picture, scheme)
     sample, _ = _row_sample(x)
-    quantized = grid_engine.fake_quantized(sample, scheme)
+    quantized = fake_quantize_any(sample, scheme)
     summary = error_summary(sample, quantized)
-    summary["bits/weight"] = grid_engine.stored_bits_per_weight(
-        scheme, tuple(x.reshape(-1, x.shape[-1]).shape)
-    )
+    summary["bits/weight"] = bits_per_weight_of(scheme, tuple(x.reshape(-1, x.shape[-1]).shape))
     errors = (sample - quantized).reshape(-1)
     if errors.numel() > ERROR_SAMPLE:
         errors = errors[
