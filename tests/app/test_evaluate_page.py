@@ -105,7 +105,9 @@ def test_todays_formats_show_their_bits_and_quality_against_size(app):
     grids = app.selectbox(key="evaluate_grid").options
     assert any(option.startswith("Formats at 4 bits") for option in grids)
     app.selectbox(key="evaluate_grid").set_value("Pick cells").run()
-    assert {"Q4_K_M", "Q5_K_M", "W8 FP8 block128", "Q6_K"} <= set(app.multiselect(key="evaluate_cells").options)
+    assert {"Q4_K_M", "Q5_K_M", "W8 FP8 block128", "Q6_K"} <= set(
+        app.multiselect(key="evaluate_cells").options
+    )
     app.multiselect(key="evaluate_cells").set_value(["W4 MXFP4", "W4 NVFP4", "KV4 NVFP4"]).run()
     app.number_input(key="evaluate_windows").set_value(1).run()
     app.select_slider(key="evaluate_window").set_value(128).run()
