@@ -1,7 +1,8 @@
 """Plan a recipe: which format should each tensor get for a target size? Measure each tensor's cost in
 each candidate format once, then move the budget slider: the planner re-solves from the kept costs and
 draws its recipe, which can be scored against the reference, compared with uniform formats and simple
-heuristics, and exported for llama.cpp or as JSON.
+heuristics, exported for llama.cpp or as JSON, and kept as a model for Compare, Speed and the Methods lab's
+export (ui/pages/planner_keep.py).
 
 Read widgets -> measure costs (ui/pages/planner.py: `run_measure`, kept per session in ui/cache/planner.py)
 -> plan at the slider's budget -> draw (ui/pages/planner_charts.py) -> score and export on request.
@@ -17,6 +18,7 @@ from ui.cache import planner as planner_cache
 from ui.errors import show_error
 from ui.pages import planner as view
 from ui.pages import planner_charts as charts
+from ui.pages import planner_keep as keeping
 from ui.progress import progress_bar
 
 MEASURE = "planner_measure_requested"
@@ -115,11 +117,16 @@ def main() -> None:
     st.plotly_chart(charts.format_map(recipe), width="stretch", key="planner_map")
     eval_windows = int(st.select_slider("Evaluation windows (× 256 tokens)", [1, 2, 4], 2, key="planner_eval_windows"))  # fmt: skip
     measure_recipe(loaded, session, recipe, eval_windows)
+    keeping.keep_section(loaded, session, recipe, "planner", eval_windows, key="planner_keep")
     comparison_section(loaded, session, budget, eval_windows)
     view.exports(recipe, loaded, session.costs, session)
     if session.loaded is not None:
         st.success(f"Loaded {session.loaded.label}: {session.loaded.bits_per_weight:.3f} bits per weight.")
         st.plotly_chart(charts.format_map(session.loaded), width="stretch", key="planner_loaded_map")
+        label = f"Planned {session.loaded.bits_per_weight:.2f} bpw (from file)"
+        keeping.keep_section(
+            loaded, session, session.loaded, "loaded", eval_windows, "planner_keep_loaded", label
+        )
 
 
 main()

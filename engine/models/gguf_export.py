@@ -9,9 +9,11 @@ llama-quantize lay a llama model out:
   rope pairs neighbouring values, transformers' pairs the two halves of each head); transformers' GGUF
   loader undoes it.
 - Linear weights packed by engine.quant.gguf into ggml's block bytes, with each tensor's type as the GGUF
-  method recorded it (`GGUFDetail.used`; None: F16). Packed from the ORIGINAL (reference) weights, since a
-  k-quant re-quantized from its own output need not give the same bytes; the packed bytes must dequantize
-  to the fake-quantized model's weights exactly, or nothing is written. Norms (1-D tensors) are F32, the
+  method recorded it (`GGUFDetail.used`; None: F16), or as a planned recipe gave it (`PlannedDetail`, a
+  mixed-type file: every format must be a GGUF type; general.file_type is the type covering the most
+  weights). Packed from the ORIGINAL (reference) weights, since a k-quant re-quantized from its own output
+  need not give the same bytes; the packed bytes must dequantize to the fake-quantized model's weights
+  exactly, or nothing is written. Norms (1-D tensors) are F32, the
   embeddings F16 unless the method quantized them.
 - "gguf_f16": any llama model's weights as F16 (no size saving), for models whose format has no GGUF
   type (int4 groups, NF4, ...): llama.cpp runs it, and quantizes it further with llama-quantize.
@@ -42,6 +44,7 @@ from engine._types import Progress
 from engine.methods.gguf import GGUFConfig, GGUFDetail
 from engine.methods.registry import QuantizedModel
 from engine.models.export_types import GGUF_FORMATS, ExportError
+from engine.planner.method import PlannedConfig, PlannedDetail
 from engine.quant.gguf import Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, GGUFType
 from engine.quant.gguf import dequantize as gguf_dequantize
 from engine.quant.gguf import quantize as gguf_quantize
@@ -95,6 +98,23 @@ def _(config: GGUFConfig, quantized: QuantizedModel) -> dict[str, GGUFType | Non
         if not isinstance(report.detail, GGUFDetail):
             raise ExportError(f"{report.name} has no GGUF type in its report; re-run the GGUF method")
         types[report.name] = report.detail.used
+    return types
+
+
+@recorded_types.register
+def _(config: PlannedConfig, quantized: QuantizedModel) -> dict[str, GGUFType | None]:
+    types, others = {}, []
+    for report in quantized.layers:
+        if not isinstance(report.detail, PlannedDetail):
+            raise ExportError(f"{report.name} has no format in its report; keep the planned model again")
+        if isinstance(report.detail.fmt, GGUFType):
+            types[report.name] = report.detail.fmt
+        else:
+            others.append(f"{report.name} is {report.detail.label}")
+    if others:
+        shown = ", ".join(others[:3]) + (f" (and {len(others) - 3} more)" if len(others) > 3 else "")
+        which = "which llama.cpp has no type for" if len(others) == 1 else "formats llama.cpp has no type for"
+        raise ExportError(f"{shown}, {which}; plan with the llama.cpp candidate set")
     return types
 
 
@@ -297,6 +317,31 @@ def llama_file_type(requested) -> LlamaFileType:
         raise ExportError(f"{requested.label} has no llama.cpp file type") from None
 
 
+@singledispatch
+def file_type_and_label(config: object, quantized: QuantizedModel, types: dict) -> tuple[LlamaFileType, str]:
+    """(general.file_type, the file name's label) of a model whose tensors get `types`."""
+    raise ExportError(NO_GGUF_TYPE)
+
+
+@file_type_and_label.register
+def _(config: GGUFConfig, quantized: QuantizedModel, types: dict) -> tuple[LlamaFileType, str]:
+    return llama_file_type(config.type), config.type.label
+
+
+@file_type_and_label.register
+def _(config: PlannedConfig, quantized: QuantizedModel, types: dict) -> tuple[LlamaFileType, str]:
+    """A mixed-type file is named by the type covering the most weights (llama.cpp's own mixes are named by
+    their base type too; its GUESSED flag would read as "all F32 (guessed)")."""
+    weights: dict[GGUFType, int] = {}
+    for name, t in types.items():
+        if t is not None:
+            weights[t] = weights.get(t, 0) + quantized.model.get_submodule(name).weight.numel()
+    if not weights:
+        raise ExportError("this planned model has no tensor in a GGUF type")
+    most = max(weights, key=lambda t: weights[t])
+    return FILE_TYPES[most], f"planned-{quantized.bits_per_weight:.2f}bpw"
+
+
 def file_stem(source: GGUFSource) -> str:
     path = source_gguf(source.folder)
     return path.name.split(".")[0] if path is not None else Path(source.folder).name
@@ -309,8 +354,9 @@ def write_gguf(
     source: GGUFSource | None,
     progress: Progress | None = None,
 ) -> Path:
-    """Write `model` as `folder/<name>-<type>.gguf` ("gguf": the GGUF method's types; "gguf_f16": F16) and
-    return the path; ExportError, with nothing written, when it cannot be."""
+    """Write `model` as `folder/<name>-<type>.gguf` ("gguf": the GGUF method's types, or a planned recipe's
+    as "planned-4.50bpw"; "gguf_f16": F16) and return the path; ExportError, with nothing written, when it
+    cannot be."""
     quantized = model if isinstance(model, QuantizedModel) else None
     module = quantized.model if quantized is not None else model
     if source is None:
@@ -321,8 +367,7 @@ def write_gguf(
     say = progress or (lambda fraction, message: None)
     if fmt == "gguf":
         types = recorded_types(quantized.config, quantized)
-        requested = quantized.config.type
-        file_type, label = llama_file_type(requested), requested.label
+        file_type, label = file_type_and_label(quantized.config, quantized, types)
     else:
         types, file_type, label = TYPES_ALL_F16, LlamaFileType.MOSTLY_F16, "F16"
     say(0.05, "Packing tensors")

@@ -4,10 +4,12 @@ typed recipe it returns (with heuristics to compare against and llama.cpp / JSON
     table = measure_costs(model, ids, DEFAULT_CANDIDATES, progress=...)
     recipe = plan(table, budget=4.5)          # PlannedRecipe: a format per tensor, predicted KL, exact bits
     quantized = apply(model, recipe)          # a fake-quantized copy, to measure on held-out text
+    kept = quantize_model(model, PlannedConfig.from_recipe(recipe))  # the same, as a method's model
 """
 
 from engine.planner.candidates import DEFAULT_CANDIDATES, LLAMA_CPP_CANDIDATES, TensorInfo, planned_tensors
 from engine.planner.costs import CostTable, PlannerError, measure_costs
+from engine.planner.method import PlannedConfig, PlannedDetail
 from engine.planner.recipe import PlannedRecipe, apply, plan, recipe_from_json, tensor_type_lines
 from engine.planner.solve import Solution, UnreachableBudget, solve
 
@@ -15,6 +17,8 @@ __all__ = [
     "DEFAULT_CANDIDATES",
     "LLAMA_CPP_CANDIDATES",
     "CostTable",
+    "PlannedConfig",
+    "PlannedDetail",
     "PlannedRecipe",
     "PlannerError",
     "Solution",

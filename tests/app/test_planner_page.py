@@ -1,10 +1,13 @@
 """The planner page under AppTest on the default model: measure (small setting), re-solve on the slider,
-score the recipe, export and load back."""
+score the recipe, export, and keep its model for the Compare page."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.app.conftest import no_exceptions, open_page
 from ui.cache import planner as planner_cache
+from ui.cache.method_runs import RUNS
 
 
 def test_planner_measures_plans_scores_and_exports(app):
@@ -28,9 +31,26 @@ def test_planner_measures_plans_scores_and_exports(app):
     assert any(m.value.startswith("Measured KL **") for m in app.markdown)
     scored = app.session_state[planner_cache.KEY].scores["planner at 4.00 bpw"]
     assert 0 < scored.mean_kl < 5 and scored.bits_per_weight == 4.0
+    assert scored.mean_kl < scored.kl_p99 < scored.max_kl  # llama.cpp's 99th percentile, between the two
     # int3 g32 is not a llama.cpp type: no --tensor-type lines, said in words
     assert any("no type for int3 g32" in info.value for info in app.info)
     assert any(b.label == "Download the recipe (JSON)" for b in app.get("download_button"))
+    # kept as a model like the Methods lab's: in its runs, offered on Compare
+    app.button(key="planner_keep").click().run()
+    no_exceptions(app)
+    run = app.session_state[RUNS]["Planned 4.00 bpw"]
+    assert (
+        run.method == "Planned recipe" and run.missing is None and run.bits_per_weight == pytest.approx(4.0)
+    )
+    assert any(s.value.startswith("Kept **Planned 4.00 bpw**") for s in app.success)
+    app.switch_page("pages/compare.py").run()
+    no_exceptions(app)
+    assert "Planned 4.00 bpw (Methods lab)" in app.multiselect(key="compare_variants").options
+    app.switch_page("pages/methods.py").run()  # its export section offers it: an F16 .gguf, since int3 g32
+    no_exceptions(app)  # has no llama.cpp type (said, with the tensors it holds)
+    assert app.selectbox(key="methods_export_run").value == "Planned 4.00 bpw"
+    assert len(app.radio(key="methods_export_format").options) == 1
+    assert any("int3 g32" in c.value and "llama.cpp candidate set" in c.value for c in app.caption)
 
 
 def test_planner_charts_draw_every_series():
@@ -56,3 +76,6 @@ def test_planner_charts_draw_every_series():
     assert [trace.name for trace in planner_charts.pareto(scores).data] == ["uniform", "heuristic", "planner"]
     assert planner_charts.predicted_vs_measured(scores) is not None
     assert list(view.scores_table(scores)["recipe"]) == ["p", "u", "h"]
+    scores[0] = Scored("u", "uniform", 4.5, 0.36, 0.3, 1.0, 0.9, 10.0, 9.0, kl_p99=0.75)
+    table = view.scores_table(scores)
+    assert list(table.columns[4:7]) == ["mean KL", "KL p99", "max KL"] and table["KL p99"][1] == 0.75

@@ -1,10 +1,12 @@
 """The planner page's per-session results, for the model loaded now: the measured costs (so the budget
 slider re-solves from them at once), the reference cache of the evaluation windows, and the scores of the
-recipes measured so far. No quantized model is kept: each measured recipe's copy is scored and dropped.
+recipes measured so far. No quantized model is kept here: each measured recipe's copy is scored and dropped
+(a model kept for Compare and Speed goes to the Methods lab's runs, ui/cache/method_runs.py).
 Loading another model starts empty (like the Methods lab's runs, ui/cache/method_runs.py)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import streamlit as st
@@ -29,6 +31,7 @@ class Scored:
     top1: float
     perplexity: float
     reference_perplexity: float
+    kl_p99: float = math.nan  # llama.cpp's 99th percentile of the per-token KL (NaN: scored without it)
 
 
 @dataclass

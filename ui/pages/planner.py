@@ -5,13 +5,14 @@ three budgets) and the exports (llama.cpp --tensor-type lines, JSON download and
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
 
 from engine.evaluation.evalset import DEFAULT_EVAL_SET
-from engine.evaluation.perplexity import evaluate_against_reference
+from engine.evaluation.perplexity import ComparisonResult, evaluate_against_reference
 from engine.models.data import DataError, WindowSpec, load_text, token_windows
 from engine.planner import (
     DEFAULT_CANDIDATES,
@@ -110,14 +111,29 @@ def score(loaded, recipe: PlannedRecipe, kind: str, into: PlannerSession, eval_w
     if recipe.label in into.scores:
         return into.scores[recipe.label]
     cache = into.windows(eval_windows)
-    windows = token_windows(loaded.tokenizer, load_text(DEFAULT_EVAL_SET.corpus), WindowSpec(DEFAULT_EVAL_SET.window, eval_windows, split="evaluation"))  # fmt: skip
+    windows = eval_windows_of(loaded, eval_windows)
     quantized = apply(loaded.model, recipe)
     result = evaluate_against_reference(loaded.model, quantized, windows, cache, progress=progress)
     del quantized
-    a = result.agreement
-    scored = Scored(recipe.label, kind, recipe.bits_per_weight, recipe.predicted_kl, a.mean_kl, a.max_kl, a.top1_agreement, result.candidate.perplexity, result.reference.perplexity)  # fmt: skip
-    into.scores[recipe.label] = scored
+    return keep_score(recipe, kind, result, into)
+
+
+def keep_score(recipe: PlannedRecipe, kind: str, result: ComparisonResult, into: PlannerSession, label: str | None = None) -> Scored:  # fmt: skip
+    """The recipe's scores against the reference (`result`), kept in the session under `label` (default:
+    the recipe's)."""
+    a, label = result.agreement, label or recipe.label
+    p99 = math.nan if a.drift is None else a.drift.kl_p99
+    scored = Scored(label, kind, recipe.bits_per_weight, recipe.predicted_kl, a.mean_kl, a.max_kl, a.top1_agreement, result.candidate.perplexity, result.reference.perplexity, p99)  # fmt: skip
+    into.scores[label] = scored
     return scored
+
+
+def eval_windows_of(loaded, count: int):
+    """`count` evaluation windows of the default evaluation text (DataError when it cannot be read)."""
+    text = load_text(DEFAULT_EVAL_SET.corpus)
+    return token_windows(
+        loaded.tokenizer, text, WindowSpec(DEFAULT_EVAL_SET.window, count, split="evaluation")
+    )
 
 
 def comparison(table: CostTable, budget: float) -> list[tuple[str, PlannedRecipe]]:
@@ -173,6 +189,7 @@ def scores_table(scores: list[Scored]) -> pd.DataFrame:
                 "bits/weight": round(s.bits_per_weight, 3),
                 "predicted KL": None if s.predicted_kl is None else round(s.predicted_kl, 4),
                 "mean KL": round(s.mean_kl, 4),
+                "KL p99": round(s.kl_p99, 3),
                 "max KL": round(s.max_kl, 3),
                 "top-1 agreement": round(s.top1, 3),
                 "perplexity": round(s.perplexity, 2),
