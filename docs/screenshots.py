@@ -81,7 +81,10 @@ def methods(page, url):
 
 def planner(page, url):
     page.goto(f"{url}/planner")
-    page.get_by_role("heading", name="Plan a recipe").first.wait_for(timeout=120_000)
+    page.get_by_role("button", name="Measure costs").click(timeout=120_000)  # every layer, 1 x 128 tokens
+    page.get_by_text("Budget (average bits per weight)").first.wait_for(timeout=900_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)  # the layer x module map
+    page.mouse.move(1, 1)  # away from the button, whose tooltip would cover the candidate picker
 
 
 def learn(page, url):

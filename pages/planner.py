@@ -64,7 +64,7 @@ def planned_recipe(session, budget: float):
     cols[1].metric(
         "Predicted KL", f"{recipe.predicted_kl:.4f}", help="Sum of each tensor's KL cost, in nats."
     )
-    cols[2].metric("Tensors per format", counts)
+    cols[2].markdown(f"**Tensors per format**  \n{counts}")  # a list: a metric would cut it off
     return recipe
 
 
