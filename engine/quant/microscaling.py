@@ -167,6 +167,12 @@ def nvfp4_scales(absmax: Tensor, fmt: ElementFormat) -> BlockScales:
     tensor_amax = absmax.max()
     tensor_scale = tensor_amax / (E4M3_MAX * top) if tensor_amax > 0 else torch.tensor(1.0)
     block = (absmax / top / tensor_scale).clamp_(min=E4M3_TINY, max=E4M3_MAX).to(torch.float8_e4m3fn)
+    return two_level_scales(block, tensor_scale)
+
+
+def two_level_scales(block: Tensor, tensor_scale: Tensor) -> BlockScales:
+    """NVFP4's scales from given (n_blocks, 1) float8_e4m3fn block scales and the float32 tensor scale, in
+    torchao's order of operations (`nvfp4_scales` picks the block scales; a search may pick others)."""
     block32 = block.float()
     inv = (1.0 / tensor_scale) / block32
     return BlockScales(block, tensor_scale * block32, inv, tensor_scale)

@@ -21,6 +21,7 @@ from engine.quant import gguf
 from engine.quant.gguf import GGUF_TYPES, GGUFType
 from engine.quant.primitives import fake_quantize
 from engine.quant.schemes import QuantScheme, bits_per_weight, check_shape, parse_label
+from engine.quant.weighted import weighted_fake_quantize
 
 Format = QuantScheme | GGUFType
 
@@ -34,24 +35,28 @@ def parse_format(label: str) -> Format:
     return parse_label(label)
 
 
-def fake_quantize_any(x: Tensor, fmt: Format) -> Tensor:
-    """x quantized to `fmt` and read back, same shape and dtype."""
-    return _fake(fmt, x)
+def fake_quantize_any(x: Tensor, fmt: Format, importance: Tensor | None = None) -> Tensor:
+    """x quantized to `fmt` and read back, same shape and dtype. `importance`: llama.cpp's importance
+    matrix row for this weight ((in_features,) mean x_j^2, engine.methods.imatrix), which weights the
+    scale search (GGUF types: llama.cpp's weighted quantizers; our schemes: engine.quant.weighted)."""
+    return _fake(fmt, x, importance)
 
 
 @singledispatch  # dispatches on its first argument: the format
-def _fake(fmt, x: Tensor) -> Tensor:
+def _fake(fmt, x: Tensor, importance: Tensor | None) -> Tensor:
     raise TypeError(f"not a quantization format: {fmt!r}")
 
 
 @_fake.register
-def _(fmt: QuantScheme, x: Tensor) -> Tensor:
-    return fake_quantize(x, fmt)
+def _(fmt: QuantScheme, x: Tensor, importance: Tensor | None) -> Tensor:
+    if importance is None:
+        return fake_quantize(x, fmt)
+    return weighted_fake_quantize(x, fmt, importance)
 
 
 @_fake.register
-def _(fmt: GGUFType, x: Tensor) -> Tensor:
-    return gguf.fake_quantize(x, fmt)
+def _(fmt: GGUFType, x: Tensor, importance: Tensor | None) -> Tensor:
+    return gguf.fake_quantize(x, fmt, importance)
 
 
 @singledispatch

@@ -167,7 +167,8 @@ def label_of(config) -> str:
     """The run's name: the config's label (RTN's says which method it is)."""
     if not isinstance(config, RTNConfig):
         return config.label
-    return f"RTN {config.weights.label}" + ("" if config.activations is None else " + activations")
+    activations = "" if config.activations is None else " + activations"
+    return f"RTN {config.weights.label}{activations}" + (" + imatrix" if config.imatrix else "")
 
 
 # -- running ----------------------------------------------------------------------------------------------

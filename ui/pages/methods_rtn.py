@@ -1,5 +1,6 @@
 """The Methods lab's round-to-nearest form: any weight format the sidebar knows by name (int groups, NF4,
-MX, NVFP4, FP8 blocks), with the activations quantized dynamically in the same format if asked (W4A4 ...)."""
+MX, NVFP4, FP8 blocks), with the activations quantized dynamically in the same format if asked (W4A4 ...),
+and the weights' rounding weighted by llama.cpp's importance matrix if asked."""
 
 from __future__ import annotations
 
@@ -42,4 +43,11 @@ def rtn_form(bits: int, group_size: int, key: str, where) -> RTNConfig:
         help="Each linear's input quantized on every call, per token, in the same format and blocks (W4A4 "
         "with MXFP4 or NVFP4 is what Blackwell GPUs run; FP8 blocks take 1×128 groups per token).",
     )
-    return RTNConfig(weights, weights if activations else None)
+    imatrix = where.checkbox(
+        "Importance matrix",
+        False,
+        key=f"{key}_imatrix",
+        help="llama.cpp's --imatrix for these formats: measured on the calibration text first, it picks each "
+        "block's scale to round the weights that meet large activations more carefully",
+    )
+    return RTNConfig(weights, weights if activations else None, imatrix=imatrix)

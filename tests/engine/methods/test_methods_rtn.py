@@ -84,10 +84,70 @@ def test_the_registry_carries_each_methods_facts():
 
     gptq = method_info(GPTQConfig(QuantScheme(4, "int", True, "group", 32)))
     assert (gptq.name, gptq.calibration, gptq.detail_type) == ("GPTQ", Calibration.REQUIRED, GPTQDetail)
-    assert (
-        method_info(RTNConfig).calibration is Calibration.NONE and method_info(RTNConfig).detail_type is None
-    )
+    assert method_info(RTNConfig).calibration is Calibration.OPTIONAL_IMPORTANCE  # only with imatrix=True
+    assert method_info(RTNConfig).detail_type is None
     assert method_info(LLMInt8Config).calibration is Calibration.OPTIONAL_REPORT
     assert method_info(QATConfig).calibration is Calibration.TRAIN_AND_HELD_OUT
     names = {info.name for info in methods()}
     assert {"RTN", "LLM.int8()", "SmoothQuant", "GPTQ", "AWQ", "bitsandbytes", "QAT"} <= names
+
+
+# -- importance matrix (imatrix=True) ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return torch.randint(3, 96, (4, 64), generator=torch.Generator().manual_seed(1))
+
+
+def kl_to(reference, model, ids) -> float:
+    with torch.no_grad():
+        p = reference(ids).logits.float().log_softmax(-1)
+        q = model(ids).logits.float().log_softmax(-1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+def test_imatrix_is_in_the_label_only_when_asked():
+    w4 = QuantScheme(4, "int", True, "group", 32)
+    nvfp4 = QuantScheme.from_label("nvfp4")
+    assert RTNConfig(w4).label == "W4"
+    assert RTNConfig(w4, imatrix=True).label == "W4 + imatrix"
+    assert RTNConfig(nvfp4, nvfp4, imatrix=True).label == "W4A4 nvfp4 + imatrix"
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_imatrix_lowers_the_kl_to_the_reference(tiny, calib, bits):
+    held_out = torch.randint(3, 96, (2, 64), generator=torch.Generator().manual_seed(2))
+    scheme = QuantScheme(bits, "int", True, "group", 32)
+    plain = kl_to(tiny, quantize_model(tiny, RTNConfig(scheme)).model, held_out)
+    weighted = kl_to(tiny, quantize_model(tiny, RTNConfig(scheme, imatrix=True), calib=calib).model, held_out)
+    assert weighted < 0.9 * plain, (plain, weighted)
+
+
+def test_imatrix_weights_are_what_the_model_computes_with(tiny, calib):
+    """Each linear holds its weight rounded with its own importance row (collected on the float model), the
+    scales kept for export, and the report's SQNR is of those values."""
+    from engine.methods.imatrix import collect_importance
+    from engine.quant.metrics import sqnr_db
+    from engine.quant.weighted import weighted_fake_quantize, weighted_quantize
+
+    scheme = QuantScheme(4, "int", False, "group", 32)
+    result = quantize_model(tiny, RTNConfig(scheme, imatrix=True), calib=calib)
+    row = collect_importance(tiny, calib)["model.layers.1.mlp.down_proj"]
+    original = tiny.model.layers[1].mlp.down_proj.weight.detach()
+    layer = result.model.model.layers[1].mlp.down_proj
+    assert torch.equal(layer.weight, weighted_fake_quantize(original, scheme, row))
+    assert torch.equal(layer.scale, weighted_quantize(original, scheme, row).scale.float())
+    report = next(r for r in result.layers if r.name == "model.layers.1.mlp.down_proj")
+    assert report.weight_sqnr_db == pytest.approx(sqnr_db(original.float(), layer.weight.float()))
+    assert report.bits_per_weight == pytest.approx(5.0)  # int4 g32 asym: fp16 scale and zero per 32
+
+
+def test_imatrix_needs_calibration_and_a_weight_format(tiny):
+    w4 = QuantScheme(4, "int", True, "group", 32)
+    with pytest.raises(ValueError, match="RTN with an importance matrix needs calibration data"):
+        quantize_model(tiny, RTNConfig(w4, imatrix=True))
+    with pytest.raises(ValueError, match="pick a weight format"):
+        RTNConfig(None, QuantScheme(8), imatrix=True)
+    with pytest.raises(ValueError, match="double quantization"):
+        RTNConfig(QuantScheme.from_label("nf4 g64 dq"), imatrix=True)
