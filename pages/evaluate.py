@@ -23,7 +23,7 @@ from ui import cache, page
 from ui.cache import variants
 from ui.errors import show_error
 from ui.pages import evaluate as evaluate_view
-from ui.pages import evaluate_charts
+from ui.pages import evaluate_charts, evaluate_imatrix
 from ui.progress import progress_bar
 from ui.widgets import NumberBoxes
 
@@ -124,8 +124,6 @@ def run_missing(loaded, cells, token_ids: Tensor, group_size: int, done: dict) -
             "cells are kept for every session, so reruns are instant.",
             icon=":material/play_arrow:",
         )
-        if not done:
-            st.stop()
     elif missing:
         update, clear = progress_bar()
         try:
@@ -167,12 +165,12 @@ def main() -> None:
     done = variants.cached_cells(key)
     run_missing(loaded, choice.cells, token_ids, group_size, done)
     results = [done[c.name] for c in choice.cells if c.name in done]
-    if not results:
-        st.stop()
-    headline(loaded, results, choice, token_ids)
-    evaluate_view.results_ui(evaluate_view.table_rows(results), results)
-    evaluate_view.drift_ui(results)
-    evaluate_view.findings_ui(done | {r.cell: r for r in results})
+    if results:
+        headline(loaded, results, choice, token_ids)
+        evaluate_view.results_ui(evaluate_view.table_rows(results), results)
+        evaluate_view.drift_ui(results)
+        evaluate_view.findings_ui(done | {r.cell: r for r in results})
+    evaluate_imatrix.section(loaded, text, token_ids)
 
 
 main()

@@ -1,0 +1,54 @@
+"""The Evaluate page's importance-matrix section under AppTest: reachable before any grid run, a run with one
+fast format and the smallest windows gives the table and the grouped chart, a format the model cannot take
+says why while the other still runs, no format picked says so, and a rerun keeps the results."""
+
+from __future__ import annotations
+
+import json
+
+from tests.app.conftest import no_exceptions, open_page
+
+
+def _fast_settings(app, formats):
+    app.number_input(key="evaluate_windows").set_value(1).run()
+    app.select_slider(key="evaluate_window").set_value(128).run()
+    app.select_slider(key="evaluate_imatrix_windows").set_value(1).run()
+    app.multiselect(key="evaluate_imatrix_formats").set_value(formats).run()
+
+
+def test_compare_rounding_gives_the_table_and_chart_and_says_why_a_format_is_refused(app):
+    open_page(app, "evaluate")
+    assert any(sub.value == "Importance-weighted rounding (imatrix)" for sub in app.subheader)
+    assert any("Press **Compare rounding**" in info.value for info in app.info)
+    # Q8_0 is fast (llama.cpp's Q8_0 ignores the matrix: no gain); Q4_K needs rows of 256, SmolLM2's are 576
+    _fast_settings(app, ["Q8_0", "Q4_K"])
+    app.button(key="evaluate_imatrix_run").click().run()
+    no_exceptions(app)
+    refused = [info.value for info in app.info if "**Q4_K** was not run" in info.value]
+    assert refused and "super-blocks of 256 values; this row has 576" in refused[0]
+    table = app.dataframe[0].value  # no grid was run: the section's table is the page's only one
+    assert list(table["format"]) == ["Q8_0"]
+    row = table.iloc[0]
+    assert row["bits/weight"] == 8.5 and 0 < row["KL without"] < 0.01
+    assert row["KL with"] == row["KL without"] and row["gain"] == 0.0
+    assert row["perplexity with"] > 1 and row["KL p99 with"] >= 0
+    chart = next(
+        c for c in app.get("plotly_chart") if "without and with the importance matrix" in c.proto.spec
+    )
+    spec = json.loads(chart.proto.spec)
+    assert [trace["name"] for trace in spec["data"]] == ["round-to-nearest", "importance-weighted"]
+    assert spec["layout"]["barmode"] == "group"
+    app.run()  # a rerun keeps the rows: no button needed
+    no_exceptions(app)
+    assert list(app.dataframe[0].value["format"]) == ["Q8_0"]
+
+
+def test_no_format_picked_says_so(app):
+    open_page(app, "evaluate")
+    app.multiselect(key="evaluate_imatrix_formats").set_value([]).run()
+    no_exceptions(app)
+    assert any(info.value == "Pick at least one format to compare." for info in app.info)
+    app.button(key="evaluate_imatrix_run").click().run()
+    no_exceptions(app)
+    assert any(info.value == "Pick at least one format to compare." for info in app.info)
+    assert not app.dataframe
