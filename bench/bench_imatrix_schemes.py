@@ -7,7 +7,7 @@ make them); KL(P_ref || P_quant) is scored on held-out windows of its evaluation
 (engine.evaluation.perplexity.evaluate_against_reference). Every linear but the head is rounded, as RTN does;
 the times are of that rounding alone (the imatrix collection is timed once, apart).
 
-Run: .venv/bin/python -m bench.imatrix_schemes [--threads N] [--calib 4x256] [--eval 2x256]
+Run: .venv/bin/python -m bench.bench_imatrix_schemes [--threads N] [--calib 4x256] [--eval 2x256]
      [--formats "int4 g32" "int3 g32" nf4 mxfp4 nvfp4]
 (prints a markdown table, with the load average: other jobs on the machine slow every row).
 """
