@@ -12,7 +12,7 @@ gguf.py (llama.cpp's GGUF block types, with its per-tensor fallback),
 packed.py (round to nearest, then pack onto engine.kernels' real low-bit kernels; packing a method's result).
 """
 
-from engine.methods import awq, bnb, gguf, gptq, llm_int8, packed, qat, rtn, smoothquant  # noqa: F401  (each registers its config)
+from engine.methods import awq, bnb, gguf, gptq, llm_int8, packed, qat, rotation, rtn, smoothquant  # noqa: F401  (each registers its config)
 from engine.methods.awq import AWQConfig
 from engine.methods.bnb import BnbConfig
 from engine.methods.gguf import GGUFConfig
@@ -30,6 +30,7 @@ from engine.methods.registry import (
     quantize_model,
     register,
 )
+from engine.methods.rotation import RotationConfig
 from engine.methods.rtn import RTNConfig
 from engine.methods.smoothquant import SmoothQuantConfig
 
@@ -46,6 +47,7 @@ __all__ = [
     "QATConfig",
     "QuantizedModel",
     "RTNConfig",
+    "RotationConfig",
     "SmoothQuantConfig",
     "pack_quantized_model",
     "pack_refusal",
