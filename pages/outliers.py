@@ -12,7 +12,7 @@ from ui import cache, page
 from ui.cache import outliers as outlier_cache
 from ui.errors import show_error
 from ui.pages import outliers as tabs
-from ui.pages import outliers_imatrix
+from ui.pages import outliers_imatrix, outliers_massive, outliers_rotation, outliers_super
 from ui.pages.outliers import Summary
 from ui.widgets import NumberBoxes
 
@@ -152,21 +152,33 @@ def main() -> None:
     summary = tabs.summarise(stats)
     headline_ui(stats, summary)
 
-    weights_tab, activations_tab, kv_tab, sensitivity_tab, importance_tab = st.tabs(
-        ["Weights", "Activations", "KV cache", "Sensitivity", "Importance"]
-    )
-    with weights_tab:
+    names = ["Weights", "Activations", "KV cache", "Sensitivity", "Importance"]
+    names += [
+        "Massive activations",
+        "Super weights",
+        "Rotation",
+    ]  # where outliers come from, how to remove them
+    tab = dict(zip(names, st.tabs(names), strict=True))
+    with tab["Weights"]:
         weights = outlier_cache.weights()
         tabs.weights_tab(weights)
     token_labels = outlier_cache.sample_tokens(key, stats)
-    with activations_tab:
+    with tab["Activations"]:
         tabs.activations_tab(stats, summary, weights, token_labels, form.threshold)
-    with kv_tab:
+    with tab["KV cache"]:
         tabs.kv_tab(stats, summary, token_labels)
-    with sensitivity_tab:
+    with tab["Sensitivity"]:
         tabs.sensitivity_tab(key, stats)
-    with importance_tab:
+    with tab["Importance"]:
         outliers_imatrix.importance_tab(stats)
+    with tab[
+        "Massive activations"
+    ]:  # where the outliers come from (issue 19): the spike, its weights, rotation
+        outliers_massive.massive_tab(key, text)
+    with tab["Super weights"]:
+        outliers_super.super_tab(key, text)
+    with tab["Rotation"]:
+        outliers_rotation.rotation_tab(loaded)
 
 
 main()

@@ -39,7 +39,7 @@ def test_collect_reports_residual_outlier_and_kv_contrast(app):
     assert key_ratio > 2.5 and key_ratio > 1.5 * value_ratio
     assert metrics["Tokens measured"] == "256"
     assert any("Residual-stream channel **#507**" in markdown.value for markdown in app.markdown)
-    assert len(app.tabs) == 5 and len(app.get("plotly_chart")) >= 11
+    assert len(app.tabs) == 8 and len(app.get("plotly_chart")) >= 11
     importance = next(frame.value for frame in app.dataframe if "share of total" in frame.value.columns)
     assert len(importance) == 210 and abs(importance["share of total"].sum() - 1) < 1e-6  # every linear
 
