@@ -12,6 +12,7 @@ from ui.cache import lessons as lesson_cache
 from ui.pages import lesson_charts
 from ui.pages.learn import calibration_tab, qat_tab, takeaway
 from ui.pages.learn_formats import formats_tab
+from ui.pages.learn_outliers import outliers_tab
 
 LAYER_SHAPES = {  # (in_features, out_features)
     "SmolLM2-135M down_proj (1536 → 576)": (1536, 576),
@@ -26,6 +27,7 @@ TAB_LABELS = (
     "QAT & the STE",
     "Why not faster?",
     "Today's formats",
+    "Outliers and rotation",
 )
 
 
@@ -141,7 +143,16 @@ def main() -> None:
         "Learn",
         "One concept per tab: a few sentences, a live experiment, and a takeaway computed from its numbers.",
     )
-    draws = (mapping_tab, symmetry_tab, granularity_tab, calibration_tab, qat_tab, speed_tab, formats_tab)
+    draws = (
+        mapping_tab,
+        symmetry_tab,
+        granularity_tab,
+        calibration_tab,
+        qat_tab,
+        speed_tab,
+        formats_tab,
+        outliers_tab,
+    )
     for tab, draw in zip(st.tabs(list(TAB_LABELS)), draws, strict=True):
         with tab:
             draw()

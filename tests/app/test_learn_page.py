@@ -32,6 +32,7 @@ def test_learn_page_opens_with_every_lesson(app):
         "QAT & the STE",
         "Why not faster?",
         "Today's formats",
+        "Outliers and rotation",
     ]
     assert "NF4's MSE is" in _takeaway(app, "On gaussian data in blocks of 64")
     assert "asymmetric int4 has" in _takeaway(app, "On ReLU outputs")
@@ -110,7 +111,7 @@ def test_formats_tab_measures_a_real_weight_and_shows_the_table(app):
     open_page(app, "learn")
     assert app.slider(key="learn_fmt_layer").value == 3
     assert any("model.layers.3.mlp.down_proj.weight, 576 rows of 1,536" in c.value for c in app.caption)
-    assert [h.value for h in app.subheader if h.value[0].isdigit()] == [
+    assert [h.value for h in app.subheader if h.value[0].isdigit()][:5] == [
         "1. Why block scales",
         "2. The E2M1 element",
         "3. The scale's own format",
@@ -135,6 +136,29 @@ def test_formats_tab_measures_a_real_weight_and_shows_the_table(app):
         "MXFP8": "8.25",
         "Q8_0": "8.5",
     }
+
+
+def test_outliers_tab_follows_the_outlier_to_rotation(app):
+    open_page(app, "learn")
+    assert [h.value for h in app.subheader if h.value[0].isdigit()][-4:] == [
+        "1. One channel towers over the rest",
+        "2. A couple of weights make it",
+        "3. Why one scale per token fails",
+        "4. Rotation spreads the energy, and 4-bit works",
+    ]
+    assert "channel 507 of the token at position 0" in _takeaway(app, "From layer 11 on")
+    assert "zeroing 2 random ones" in _takeaway(app, "Zeroing these 2 weights of 884,736")
+    assert any("(507, 1229), (507, 1487)" in block.value for block in app.markdown)
+    assert "round to zero" in _takeaway(app, "With one int4 scale for this token, channel 507")
+    assert "lower; √576 = 24" in _takeaway(app, "The rotation brings the largest max / RMS")
+    specs = [chart.proto.spec for chart in app.get("plotly_chart")]
+    for title in (
+        "The residual stream after each layer",
+        "Perplexity on this window",
+        "One token's 576 channels",
+    ):
+        assert any(title in spec for spec in specs), title
+    assert any("before and after the rotation" in spec for spec in specs)
 
 
 def test_formats_tab_says_why_without_a_model(app, monkeypatch):

@@ -12,6 +12,7 @@ import streamlit as st
 
 from engine import lessons
 from engine.lessons.formats import FormatsLesson, formats_lesson
+from engine.lessons.outliers import OutliersLesson, lesson_window, outliers_lesson
 from engine.lessons.qat_spiral import QatReport, Staircase, qat_step_staircase, run_qat_demo
 from engine.models.sources import ModelSource
 from ui import state
@@ -21,6 +22,7 @@ from ui.cache.tensors import WeightKey, tensor
 from ui.progress import progress_bar
 
 QAT_REPORTS_KEPT = 16
+OUTLIER_LESSONS_KEPT = 4  # one per model (a few hundred kB each)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -112,3 +114,26 @@ def speed(device: str, in_features: int, out_features: int, tokens: int) -> less
 def formats(key: WeightKey) -> FormatsLesson:
     """The "Today's formats" lesson on one real weight (tensors.WeightKey)."""
     return formats_lesson(tensor(key), key.name)
+
+
+@st.cache_resource
+def _outlier_lessons() -> LruRegistry:
+    return LruRegistry(OUTLIER_LESSONS_KEPT)
+
+
+def outliers(where=st) -> OutliersLesson:
+    """The "Outliers and rotation" lesson on the sidebar's model, computed once per model (in any session)
+    with a live progress bar; ModelSourceError / ValueError with the reason."""
+    key = state.selection()
+    registry = _outlier_lessons()
+    lesson = registry.get(key)
+    if lesson is not None:
+        return lesson
+    loaded = load(*key)
+    update, clear = progress_bar(where)
+    try:
+        return registry.get_or_create(
+            key, lambda: outliers_lesson(loaded.model, lesson_window(loaded.tokenizer), progress=update)
+        )
+    finally:
+        clear()
