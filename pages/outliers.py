@@ -158,7 +158,8 @@ def main() -> None:
         "Super weights",
         "Rotation",
     ]  # where outliers come from, how to remove them
-    tab = dict(zip(names, st.tabs(names), strict=True))
+    # a tracked tab (key, rerun) stays open when a button inside it reruns the page
+    tab = dict(zip(names, st.tabs(names, key="outliers_tab", on_change="rerun"), strict=True))
     with tab["Weights"]:
         weights = outlier_cache.weights()
         tabs.weights_tab(weights)

@@ -123,11 +123,13 @@ LONGEST_FIRST = (
     "tests/engine/models/test_gguf_export.py",
     "tests/engine/methods/test_crosscheck_gptqmodel.py",
     "tests/app/test_methods_page.py",
-    "tests/app/test_grid_page.py",
     "tests/engine/methods/test_awq.py",
     "tests/e2e/test_dashboard.py",
     "tests/test_memory_growth.py",
     "tests/app/test_scheme_sidebar.py",
+    "tests/app/test_outliers_page.py",
+    "tests/e2e/test_outliers_browser.py",
+    "tests/app/test_outliers_origin.py",
 )
 
 

@@ -140,27 +140,30 @@ def ablation(key: StatsKey, coordinates: tuple[WeightCoordinate, ...]) -> Varian
     return session(key).ablations.get(coordinates)
 
 
-def run_ablation(
-    key: StatsKey, text: str | None, coordinates: tuple[WeightCoordinate, ...], top_k: int, where=st
-) -> VariantTable:
-    """Zero them vs random weights of the same size vs the largest others, with a progress bar."""
+def _scored(key: StatsKey, text: str | None, experiment, where) -> VariantTable:
+    """`experiment(model, windows, tokenizer, reference_cache, progress)` on the held-out windows of the
+    page's text, with a progress bar and this session's reference cache."""
     held = session(key)
     loaded = load(key.source, key.device, key.dtype)
     windows = held_out_windows(key, text)
     update, clear = progress_bar(where)
     try:
-        table = compare_ablations(
-            loaded.model,
-            coordinates,
-            windows,
-            loaded.tokenizer,
-            top_k=top_k,
-            reference_cache=_reference(held, loaded.model),
-            progress=update,
-        )
+        return experiment(loaded.model, windows, loaded.tokenizer, _reference(held, loaded.model), update)
     finally:
         clear()
-    held.ablations[coordinates] = table
+
+
+def run_ablation(
+    key: StatsKey, text: str | None, coordinates: tuple[WeightCoordinate, ...], top_k: int, where=st
+) -> VariantTable:
+    """Zero them vs random weights of the same size vs the largest others, with a progress bar."""
+
+    def experiment(model, windows, tokenizer, reference, update):
+        return compare_ablations(
+            model, coordinates, windows, tokenizer, top_k=top_k, reference_cache=reference, progress=update
+        )
+
+    table = session(key).ablations[coordinates] = _scored(key, text, experiment, where)
     return table
 
 
@@ -174,22 +177,18 @@ def run_protection(
     key: StatsKey, text: str | None, coordinates: tuple[WeightCoordinate, ...], choice: Protection, where=st
 ) -> VariantTable:
     """Round with and without the weights kept in 16-bit, with a progress bar."""
-    held = session(key)
-    loaded = load(key.source, key.device, key.dtype)
-    windows = held_out_windows(key, text)
-    update, clear = progress_bar(where)
-    try:
-        table = protect(
-            loaded.model,
+
+    def experiment(model, windows, tokenizer, reference, update):
+        return protect(
+            model,
             choice.scheme,
             coordinates,
             windows,
             choice.all_linears,
-            loaded.tokenizer,
-            reference_cache=_reference(held, loaded.model),
+            tokenizer,
+            reference_cache=reference,
             progress=update,
         )
-    finally:
-        clear()
-    held.protections[(coordinates, choice)] = table
+
+    table = session(key).protections[(coordinates, choice)] = _scored(key, text, experiment, where)
     return table

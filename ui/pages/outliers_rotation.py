@@ -104,8 +104,8 @@ def before_after_ui(loaded, run: rotation_cache.RotationRun) -> None:
     before, after = stats.before, stats.after
     metrics = st.columns(4)
     metrics[0].metric(
-        "Same function",
-        f"logits within {power_of_ten(run.logit_change)}",
+        "Same function: logits within",
+        power_of_ten(run.logit_change),
         help=f"Relative difference of the rotated copy's logits from the original's on {run.probe_tokens} "
         f"tokens (size of the difference over the size of the logits); rounding alone may cause "
         f"{power_of_ten(run.tolerance)}.",
