@@ -153,7 +153,7 @@ def main() -> None:
         formats_tab,
         outliers_tab,
     )
-    for tab, draw in zip(st.tabs(list(TAB_LABELS)), draws, strict=True):
+    for tab, draw in zip(st.tabs(list(TAB_LABELS), key="learn_tab", on_change="rerun"), draws, strict=True):
         with tab:
             draw()
 

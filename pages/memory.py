@@ -125,7 +125,9 @@ def main() -> None:
     headline(breakdowns, inputs)
     breakdown_chart_and_table(config, breakdowns, inputs)
     sweep, fit, serving, measured = st.tabs(
-        ["Context sweep", "Fits on", "Serving engine what-if", "Estimate vs measured"]
+        ["Context sweep", "Fits on", "Serving engine what-if", "Estimate vs measured"],
+        key="memory_tab",  # tracked: a widget inside a tab reruns the page with that tab still open
+        on_change="rerun",
     )
     with sweep:
         sweep_tab(config, inputs)
