@@ -18,9 +18,8 @@ def test_massive_activations_and_rotation_in_the_browser(server_url, browser):
     page.get_by_role("button", name="Collect statistics").wait_for(timeout=120_000)
     page.get_by_role("spinbutton", name="Windows").fill("1")
     page.keyboard.press("Enter")
-    slider = (
-        page.locator("[data-testid='stSlider']").filter(has_text="Tokens per window").get_by_role("slider")
-    )
+    sliders = page.locator("[data-testid='stSlider']").filter(has_text="Tokens per window")
+    slider = sliders.first.get_by_role("slider")  # the collection form's: the Rotation tab has one too
     slider.focus()
     for _ in range(4):  # 256 -> 64 tokens
         page.keyboard.press("ArrowLeft")
