@@ -31,20 +31,31 @@ def estimates(config, inputs: SizingInputs) -> list[MemoryBreakdown] | None:
 def headline(breakdowns: list[MemoryBreakdown], inputs: SizingInputs) -> None:
     first = breakdowns[0]
     counts = first.parameters
-    cols = st.columns(5)
+    cols = st.columns(6 if first.state else 5)
     cols[0].metric("Parameters", f"{counts.total / 1e9:,.3f} B")
     cols[1].metric(
         "Active per token",
         f"{counts.active / 1e9:,.3f} B",
-        help="MoE: only the routed experts a token visits are read in decode." if counts.experts else None,
+        f"{counts.active_without_input_embedding / 1e9:,.3f} B without the input embedding",
+        delta_color="off",
+        help="Conventions differ: gpt-oss's model card counts active parameters without the input embedding "
+        "(a token reads one row of it); Mixtral's and DeepSeek's figures include it. MoE: only the routed "
+        "experts a token visits are read in decode.",
     )
     cols[2].metric("KV per token", f"{first.kv_bytes_per_token / 1024:,.1f} KiB", help=first.kv_label)
     cols[3].metric(
         "KV cache",
         f"{first.kv_cache / GIB:,.2f} GiB",
-        help=f"{inputs.context:,} tokens × batch {inputs.batch}",
+        help=f"{inputs.context:,} tokens × batch {inputs.batch}, as {first.engine} allocates it",
     )
     cols[4].metric("Activations peak", f"{first.activations.peak / GIB:,.2f} GiB")
+    if first.state:
+        cols[5].metric(
+            "Recurrent state",
+            f"{first.state / 1024**2:,.1f} MiB",
+            help="State-space / linear-attention layers keep a fixed state per sequence (× batch), whatever "
+            "the context.",
+        )
     for note in first.notes:
         st.caption(f"ℹ️ {note}")
 
@@ -96,13 +107,15 @@ def fit_tab(config, breakdowns: list[MemoryBreakdown], inputs: SizingInputs) -> 
     )
 
 
-def serving_tab(breakdowns: list[MemoryBreakdown], inputs: SizingInputs) -> None:
+def serving_tab(config, breakdowns: list[MemoryBreakdown], inputs: SizingInputs) -> None:
     utilization = st.slider("gpu_memory_utilization", 0.5, 0.98, 0.9, 0.01, key="memory_util")
-    rows = memory_ui.serving_rows(breakdowns, inputs, utilization)
+    rows = memory_ui.serving_rows(config, breakdowns, inputs, utilization)
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     st.caption(
-        "A vLLM-style engine reserves this share of the GPU up front and fills what weights, activations and "
-        "overhead leave with KV-cache blocks: nvidia-smi shows it full even for a small model."
+        "vLLM reserves this share of the GPU up front and fills what weights, activations and overhead leave "
+        "with KV-cache blocks of 16 tokens (nvidia-smi shows it full even for a small model). The last two "
+        "columns are the lines vLLM prints at start: its hybrid allocator groups sliding, full and state "
+        "layers, so a model with windows or state serves more requests than its token count suggests."
     )
 
 
@@ -134,7 +147,7 @@ def main() -> None:
     with fit:
         fit_tab(config, breakdowns, inputs)
     with serving:
-        serving_tab(breakdowns, inputs)
+        serving_tab(config, breakdowns, inputs)
     with measured:
         memory_ui.measured_panel()
 

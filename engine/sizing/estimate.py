@@ -24,6 +24,17 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.quant.schemes import QuantScheme
+from engine.sizing.engines import TRANSFORMERS, Engine
+from engine.sizing.engines import engine as engine_rules
+from engine.sizing.layers import (
+    CacheKind,
+    TokenCache,
+    _head_dim,
+    _kv_heads,
+    attention_values_per_token,
+    layer_counts,
+    layer_plan,
+)
 from engine.sizing.parameters import (  # noqa: F401  (parameters_by_kind re-exported)
     ConfigError,
     ParameterCount,
@@ -48,78 +59,70 @@ def _positive_int(config, name: str, default: int | None = None) -> int:
 
 
 def head_dim(config) -> int:
-    config = _text_config(config)
-    explicit = getattr(config, "head_dim", None)
-    if explicit:
-        return _positive_int(config, "head_dim")
-    hidden, heads = _positive_int(config, "hidden_size"), _positive_int(config, "num_attention_heads")
-    if hidden % heads:
-        raise ConfigError(
-            f"hidden_size {hidden} is not divisible by num_attention_heads {heads}; set head_dim"
-        )
-    return hidden // heads
+    return _head_dim(_text_config(config))
 
 
 def layer_windows(config) -> list[int | None]:
-    """Per layer: the sliding window in tokens, or None for full attention."""
-    config = _text_config(config)
-    layers = _positive_int(config, "num_hidden_layers")
-    window = getattr(config, "sliding_window", None)
-    types = getattr(config, "layer_types", None)
-    if not window:
-        return [None] * layers
-    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
-        raise ConfigError(f"sliding_window must be a positive number of tokens (got {window!r})")
-    if types:
-        if not isinstance(types, list | tuple) or not all(isinstance(kind, str) for kind in types):
-            raise ConfigError("layer_types must be a list of layer kinds such as 'sliding_attention'")
-        if len(types) != layers:
-            raise ConfigError(f"layer_types has {len(types)} entries for {layers} layers")
-        return [window if kind == "sliding_attention" else None for kind in types]
-    if getattr(config, "model_type", "") == "gemma2":  # even layers slide, odd layers attend fully
-        return [window if index % 2 == 0 else None for index in range(layers)]
-    if getattr(config, "use_sliding_window", True) is False:
-        return [None] * layers
-    return [window] * layers  # Mistral-7B v0.1 style: every layer slides
+    """Per layer: the tokens its attention keeps at most (sliding window or chunk), or None for all of
+    them (full attention, and layers that keep a fixed state instead)."""
+    spans = []
+    for layer in layer_plan(config):
+        tokens = [cache.span for cache in layer.caches if isinstance(cache, TokenCache)]
+        spans.append(tokens[0] if tokens else None)
+    return spans
 
 
 def key_value_heads(config) -> int:
     """KV heads: `num_key_value_heads`, Falcon's `num_kv_heads`, or 1 for multi-query; else every head."""
-    config = _text_config(config)
-    heads = _positive_int(config, "num_attention_heads")
-    if getattr(config, "model_type", "") == "falcon":
-        if getattr(config, "new_decoder_architecture", False):
-            return _positive_int(config, "num_kv_heads", heads)
-        return 1 if getattr(config, "multi_query", True) else heads
-    return _positive_int(config, "num_key_value_heads", heads)
+    return _kv_heads(_text_config(config))
 
 
 def kv_values_per_token_per_layer(config) -> int:
-    """Cached values (not bytes) one token adds to one layer: keys + values, or the MLA latent."""
-    config = _text_config(config)
-    rank = getattr(config, "kv_lora_rank", None)
-    if rank:  # MLA: compressed latent plus the decoupled RoPE key, shared by all heads
-        return _positive_int(config, "kv_lora_rank") + _positive_int(config, "qk_rope_head_dim")
-    heads = _positive_int(config, "num_attention_heads")
-    kv_heads = key_value_heads(config)
-    if heads % kv_heads:
-        raise ConfigError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
-    return 2 * kv_heads * head_dim(config)
+    """Cached values (not bytes) one token adds to one attention layer: keys + values, or the MLA latent."""
+    return attention_values_per_token(_text_config(config))
 
 
 def kv_bytes_per_token(config, kv_bits: float = 16) -> float:
-    """KV-cache bytes per token across all layers at full attention (the usual headline figure)."""
-    layers = _positive_int(_text_config(config), "num_hidden_layers")
-    return layers * kv_values_per_token_per_layer(config) * kv_bits / 8
+    """KV-cache bytes per token across the layers that cache tokens, none capped (the headline figure;
+    layers that keep a fixed state add nothing per token)."""
+    return sum(
+        cache.values_per_token * kv_bits / 8
+        for layer in layer_plan(config)
+        for cache in layer.caches
+        if isinstance(cache, TokenCache)
+    )
+
+
+def cache_bytes_by_layer(
+    config,
+    context: int,
+    batch: int = 1,
+    kv_bits: float = 16,
+    engine: Engine | str = TRANSFORMERS,
+    state_bits: float = 16,
+) -> tuple[tuple[float, float], ...]:
+    """Per layer: (token-cache bytes, state bytes) for `batch` sequences of `context` tokens, by the
+    engine's rules (windows, blocks, how much convolution input and at what precision state is kept);
+    `state_bits` is the activation precision a state defaults to."""
+    if context < 0 or batch < 1:
+        raise ConfigError("context must be >= 0 and batch >= 1")
+    rules = engine_rules(engine)
+    rows = []
+    for layer in layer_plan(config):
+        tokens = state = 0.0
+        for cache in layer.caches:
+            if isinstance(cache, TokenCache):
+                tokens += batch * rules.tokens_held(cache, context) * cache.values_per_token * kv_bits / 8
+            else:
+                state += batch * rules.state_bytes(cache, state_bits)
+        rows.append((tokens, state))
+    return tuple(rows)
 
 
 def kv_cache_bytes(config, context: int, batch: int = 1, kv_bits: float = 16) -> float:
-    """KV-cache bytes for `batch` sequences of `context` tokens; sliding-window layers cap at the window."""
-    if context < 0 or batch < 1:
-        raise ConfigError("context must be >= 0 and batch >= 1")
-    per_layer = kv_values_per_token_per_layer(config) * kv_bits / 8
-    tokens = sum(context if window is None else min(context, window) for window in layer_windows(config))
-    return batch * tokens * per_layer
+    """KV-cache bytes for `batch` sequences of `context` tokens, as transformers keeps them; sliding and
+    chunked layers cap at their window (recurrent state not included: `cache_bytes_by_layer`)."""
+    return sum(tokens for tokens, _ in cache_bytes_by_layer(config, context, batch, kv_bits))
 
 
 @dataclass(frozen=True)
@@ -277,16 +280,20 @@ class MemoryBreakdown:
     batch: int
     kv_bytes_per_token: float  # all layers at full attention, for the headline figure
     notes: tuple[str, ...] = field(default=())
+    state: float = 0.0  # recurrent state of state-space / linear-attention layers, fixed per sequence
+    kv_by_layer: tuple[float, ...] = ()  # token cache + state bytes, layer by layer
+    engine: str = TRANSFORMERS.label
 
     @property
     def total(self) -> float:
-        return self.weights.total + self.kv_cache + self.activations.peak + self.overhead
+        return self.weights.total + self.kv_cache + self.state + self.activations.peak + self.overhead
 
     def rows(self) -> list[tuple[str, float]]:
         """(component, bytes) in the order the page stacks them."""
         return [
             ("weights", self.weights.total),
             ("KV cache", self.kv_cache),
+            *([("recurrent state", self.state)] if self.state else []),
             ("activations", self.activations.peak),
             ("overhead", self.overhead),
         ]
@@ -298,7 +305,7 @@ class MemoryBreakdown:
         if counts.experts and counts.by_kind.get("mlp"):
             mlp_bytes_per_param = by_kind["mlp"] / counts.by_kind["mlp"]
             read -= (counts.total - counts.active) * mlp_bytes_per_param
-        return read + self.kv_cache
+        return read + self.kv_cache + self.state
 
 
 def estimate(
@@ -313,10 +320,12 @@ def estimate(
     all_logits: bool = False,
     prefill_chunk: int | None = None,
     kv_values: KVFormat | str | int | None = None,
+    engine: Engine | str = TRANSFORMERS,
 ) -> MemoryBreakdown:
     """Memory for serving `batch` sequences of `context` tokens, from the config alone. `kv` is the
     keys' format and the values' too unless `kv_values` gives theirs (each half of the cache at its own
-    bits; an MLA latent, which is keys and values at once, takes `kv`)."""
+    bits; an MLA latent, which is keys and values at once, takes `kv`). `engine` says how the cache and
+    state are allocated (`engine.sizing.engines`: transformers, vLLM, llama.cpp)."""
     if isinstance(context, bool) or not isinstance(context, int) or context < 1:
         raise ConfigError(f"context must be a positive number of tokens (got {context!r})")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -337,13 +346,20 @@ def estimate(
     max_positions = getattr(text, "max_position_embeddings", None)
     if isinstance(max_positions, int) and context > max_positions:
         notes.append(f"context {context:,} is beyond the model's max_position_embeddings {max_positions:,}")
-    if any(window is not None for window in layer_windows(text)):
-        notes.append("sliding-window layers keep at most their window of tokens in the KV cache")
-    if getattr(text, "kv_lora_rank", None):
+    rules = engine_rules(engine)
+    kinds = layer_counts(layer_plan(text))
+    if kinds.get(CacheKind.SLIDING) or kinds.get(CacheKind.CHUNKED):
+        notes.append("sliding-window and chunked layers keep at most their window of tokens in the KV cache")
+    if kinds.get(CacheKind.LATENT):
         notes.append("MLA: the cache holds one compressed latent per token and layer")
+    if kinds.get(CacheKind.MAMBA) or kinds.get(CacheKind.LINEAR):
+        notes.append(
+            "state-space / linear-attention layers keep a fixed state per sequence instead of a per-token cache"
+        )
+    by_layer = cache_bytes_by_layer(text, context, batch, kv_bits, rules, 8 * activation_bytes)
     return MemoryBreakdown(
         weights=_weights(config, counts.by_kind, preset, _positive_int(text, "hidden_size")),
-        kv_cache=kv_cache_bytes(text, context, batch, kv_bits),
+        kv_cache=sum(tokens for tokens, _ in by_layer),
         activations=activations(text, context, batch, activation_bytes, attention, all_logits, prefill_chunk),
         overhead=float(overhead),
         parameters=counts,
@@ -353,6 +369,9 @@ def estimate(
         batch=batch,
         kv_bytes_per_token=kv_bytes_per_token(text, kv_bits),
         notes=tuple(notes),
+        state=sum(state for _, state in by_layer),
+        kv_by_layer=tuple(tokens + state for tokens, state in by_layer),
+        engine=rules.label,
     )
 
 

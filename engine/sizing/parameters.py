@@ -41,6 +41,15 @@ class ParameterCount:
             return self.total
         return self.total - round(self.routed_experts * (1 - self.experts_per_token / self.experts))
 
+    @property
+    def active_without_input_embedding(self) -> int:
+        """Active parameters less the input embedding, of which a token reads one row (gpt-oss's model card
+        counts this way; Mixtral's and DeepSeek's figures include it). A tied embedding is the output head
+        too, read whole every token, so it stays."""
+        if not self.by_kind.get("head"):
+            return self.active
+        return self.active - self.by_kind.get("embeddings", 0)
+
 
 def moe_fields(config) -> tuple[int, int]:
     experts = 0

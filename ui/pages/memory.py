@@ -12,7 +12,8 @@ from engine.quant.gguf import GGUFType
 from engine.quant.schemes import QuantScheme
 from engine.sizing.catalog import catalog_models
 from engine.sizing.configs import config_from_hub, config_from_json
-from engine.sizing.estimate import KV_FORMATS, MemoryBreakdown, estimate
+from engine.sizing.engines import ENGINES, vllm_report
+from engine.sizing.estimate import KV_FORMATS, MemoryBreakdown, estimate, kv_bytes_per_token
 from engine.sizing.gpus import (
     GPU,
     all_devices,
@@ -22,6 +23,7 @@ from engine.sizing.gpus import (
     native_support,
     serving_what_if,
 )
+from engine.sizing.layers import layer_plan
 from engine.sizing.measure import measure_generation_peak, peak_vs_estimate, weights_vs_real_bytes
 from engine.sizing.presets import PRESETS, WeightPreset
 from ui import cache, state
@@ -49,6 +51,7 @@ class SizingInputs:
     device: GPU  # the GPU the page sizes for
     devices: list[GPU]  # every GPU the catalog knows
     kv_values_name: str | None = None  # the values' format when it differs; None: same as the keys
+    engine_name: str = "transformers"  # a key of engine.sizing.engines.ENGINES: how the cache is allocated
 
     def estimate(self, config, preset: WeightPreset, context: int | None = None, batch: int | None = None):
         """The estimate for one format at this form's workload (or another context / batch)."""
@@ -61,6 +64,7 @@ class SizingInputs:
             attention=self.attention,
             prefill_chunk=self.prefill_chunk,
             kv_values=self.kv_values_name,
+            engine=self.engine_name,
         )
 
 
@@ -160,6 +164,15 @@ def sizing_inputs() -> SizingInputs | None:
         help="Serving engines prefill long prompts in chunks (vLLM: 8,192 batched tokens), which caps "
         "activations.",
     )
+    engine_name = middle.selectbox(
+        "Engine",
+        list(ENGINES),
+        format_func=lambda name: ENGINES[name].label,
+        key="memory_engine",
+        help="How the KV cache and recurrent state are allocated: transformers grows the cache token by "
+        "token; vLLM pages it in blocks of 16 from a pool reserved at start; llama.cpp allocates the whole "
+        "context at load. Sliding windows and state-space layers follow each engine's own rules.",
+    )
     context = right.select_slider(
         "Context (tokens per sequence)", CONTEXTS, value=8192, key="memory_context", format_func="{:,}".format
     )
@@ -184,7 +197,16 @@ def sizing_inputs() -> SizingInputs | None:
         st.info("Pick at least one weight format.", icon=":material/tune:")
         return None
     return SizingInputs(
-        presets, kv_name, attention, prefill_chunk, int(context), int(batch), device, devices, kv_values_name
+        presets,
+        kv_name,
+        attention,
+        prefill_chunk,
+        int(context),
+        int(batch),
+        device,
+        devices,
+        kv_values_name,
+        engine_name,
     )
 
 
@@ -296,20 +318,28 @@ def fit_rows(config, breakdowns: list[MemoryBreakdown], inputs: SizingInputs) ->
     return rows
 
 
-def serving_rows(breakdowns: list[MemoryBreakdown], inputs: SizingInputs, utilization: float) -> list[dict]:
-    """A vLLM-style engine's reservation at `utilization`: what is left for KV, in tokens and sequences."""
+def serving_rows(
+    config, breakdowns: list[MemoryBreakdown], inputs: SizingInputs, utilization: float
+) -> list[dict]:
+    """A vLLM engine's reservation at `utilization`: what is left for the KV cache, and the two lines vLLM
+    prints from it ("GPU KV cache size: N tokens", "Maximum concurrency for N tokens per request")."""
+    plan, values = layer_plan(config), kv_bytes_per_token(config, 8)
     rows = []
     for b in breakdowns:
         serving = serving_what_if(b, inputs.device, utilization)
-        rows.append(
-            {
-                "weights": b.weights_label,
-                "reserved GiB": serving.reserved / GIB,
-                "KV capacity GiB": serving.kv_capacity / GIB,
-                "KV tokens": serving.kv_tokens,
-                f"sequences of {inputs.context:,}": serving.concurrent_sequences,
-            }
-        )
+        row = {
+            "weights": b.weights_label,
+            "reserved GiB": serving.reserved / GIB,
+            "KV capacity GiB": serving.kv_capacity / GIB,
+            "GPU KV cache size (tokens)": 0,
+            f"max concurrency at {inputs.context:,}": 0.0,
+        }
+        if serving.kv_capacity > 0:
+            kv_bits = 8 * b.kv_bytes_per_token / values if values else 16
+            report = vllm_report(plan, serving.kv_capacity, inputs.context, kv_bits=kv_bits)
+            row["GPU KV cache size (tokens)"] = report.kv_tokens
+            row[f"max concurrency at {inputs.context:,}"] = report.max_concurrency
+        rows.append(row)
     return rows
 
 
