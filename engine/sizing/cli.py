@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from engine.sizing.engines import ENGINES
 from engine.sizing.estimate import KV_FORMATS, ConfigError, estimate
 from engine.sizing.gpus import all_devices, decode_estimate, fits, gpu, min_tensor_parallel
 from engine.sizing.presets import PRESETS
@@ -44,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--prefill-chunk", type=int, default=None, help="tokens per prefill forward (default: whole prompt)"
+    )
+    parser.add_argument(
+        "--engine",
+        default="transformers",
+        choices=list(ENGINES),
+        help="how the KV cache and recurrent state are allocated (windows, blocks, state precision)",
     )
     parser.add_argument("--gpu", default=None, help="only this GPU in the fit table (substring of its name)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -80,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 attention=args.attention,
                 prefill_chunk=args.prefill_chunk,
                 kv_values=args.kv_values,
+                engine=args.engine,
             )
             for w in args.weights.split(",")
         ]
@@ -92,11 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     first = breakdowns[0]
     params = first.parameters
-    active = f"; {params.active / 1e9:.2f} B active per token" if params.experts else ""
+    active = (
+        f"; {params.active / 1e9:.2f} B active per token "
+        f"({params.active_without_input_embedding / 1e9:.2f} B without the input embedding)"
+        if params.experts
+        else ""
+    )
     print(f"{args.config}: {params.total / 1e9:.3f} B parameters{active}")
     print(
         f"context {args.context:,} tokens x batch {args.batch}; {first.kv_label}; "
-        f"KV {first.kv_bytes_per_token:,.0f} bytes/token at full attention\n"
+        f"KV {first.kv_bytes_per_token:,.0f} bytes/token at full attention; {first.engine}"
+        + (f"; recurrent state {first.state / 1024**2:,.1f} MiB" if first.state else "")
+        + "\n"
     )
     rows = [
         [
@@ -159,10 +174,13 @@ def _as_dict(b) -> dict:
         "bits_per_weight": b.weights.bits_per_weight,
         "parameters": b.parameters.total,
         "active_parameters": b.parameters.active,
+        "active_parameters_without_input_embedding": b.parameters.active_without_input_embedding,
         "weights_bytes": b.weights.total,
         "kv_cache_bytes": b.kv_cache,
         "kv": b.kv_label,
         "kv_bytes_per_token": b.kv_bytes_per_token,
+        "state_bytes": b.state,
+        "engine": b.engine,
         "activation_bytes": b.activations.peak,
         "overhead_bytes": b.overhead,
         "total_bytes": b.total,
