@@ -4,6 +4,10 @@ Each model is one JSON file in `assets/catalog/models/<slug>.json`: display name
 published total parameter count (with where it comes from), a sentence on what matters for memory, and
 the model's `config.json` fields as published (minus `auto_map` and `quantization_config`). Configs are
 built with transformers' native classes only: no remote code, no network.
+
+A published figure that is rounded ("8.2B", "51.6B") carries `published_precision`, the rounding unit in
+parameters (0.1B = 100,000,000): the exact count is within half a unit of it. Exact figures (an index's
+total_size, a model card's table) leave it out.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from pathlib import Path
 
 CATALOG_DIR = Path(__file__).resolve().parents[2] / "assets" / "catalog" / "models"
 FIELDS = ("name", "hub_id", "family", "published_parameters", "parameters_source", "notes", "config")
+OPTIONAL_FIELDS = ("published_precision",)  # goes right after published_parameters
+FIELD_ORDER = FIELDS[:4] + OPTIONAL_FIELDS + FIELDS[4:]
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,12 @@ class CatalogModel:
     parameters_source: str
     notes: str
     config_dict: dict = field(compare=False, hash=False, repr=False)
+    published_precision: int | None = None  # rounding unit of a rounded published figure, in parameters
+
+    @property
+    def published_margin(self) -> float:
+        """How far the exact count may be from the published figure by rounding alone (0 for an exact one)."""
+        return self.published_precision / 2 if self.published_precision else 0.0
 
     @property
     def model_type(self) -> str:
@@ -49,6 +61,9 @@ def _load(path: Path) -> CatalogModel:
     missing = [name for name in FIELDS if name not in data]
     if missing:
         raise ValueError(f"{path.name}: missing {', '.join(missing)}")
+    unknown = [name for name in data if name not in FIELD_ORDER]
+    if unknown:
+        raise ValueError(f"{path.name}: unknown field {', '.join(unknown)}")
     config = data["config"]
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise ValueError(f"{path.name}: config must be an object with a model_type")
@@ -57,6 +72,13 @@ def _load(path: Path) -> CatalogModel:
     published = data["published_parameters"]
     if isinstance(published, bool) or not isinstance(published, int) or published <= 0:
         raise ValueError(f"{path.name}: published_parameters must be a positive integer")
+    precision = data.get("published_precision")
+    if precision is not None and (
+        isinstance(precision, bool) or not isinstance(precision, int) or not 0 < precision < published
+    ):
+        raise ValueError(
+            f"{path.name}: published_precision must be a positive integer below the published figure"
+        )
     return CatalogModel(
         slug=path.stem,
         name=str(data["name"]),
@@ -66,6 +88,7 @@ def _load(path: Path) -> CatalogModel:
         parameters_source=str(data["parameters_source"]),
         notes=str(data["notes"]),
         config_dict=config,
+        published_precision=precision,
     )
 
 

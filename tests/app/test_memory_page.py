@@ -95,3 +95,23 @@ def test_values_in_their_own_kv_format(app):
     assert table["KV GiB"][0] == 6.25 and table["total GiB"][0] == pytest.approx(total_fp16 - 9.75)
     per_token = next(metric for metric in app.metric if metric.label == "KV per token")
     assert per_token.value == "50.0 KiB" and "V int4" in per_token.help  # 128 KiB x 6.25 / 16
+
+
+def test_engines_and_vllm_lines_for_gpt_oss(app):
+    """gpt-oss-120b: half its layers slide over 128 tokens, so transformers keeps 18 full layers' tokens
+    plus 18 x 128; vLLM's pages hold window - 1 + 8,192 batched tokens; the serving tab prints vLLM's two
+    start-up lines, and the active count without the input embedding is the model card's 5.13B."""
+    from engine.sizing.catalog import catalog_model
+
+    open_page(app, "memory")
+    app.selectbox(key="memory_catalog").set_value(catalog_model("gpt-oss-120b")).run()
+    app.select_slider(key="memory_context").set_value(131072).run()
+    no_exceptions(app)
+    active = next(metric for metric in app.metric if metric.label == "Active per token")
+    assert "5.133 B without the input embedding" in active.delta  # the card: 5.13B
+    assert _metric(app, "KV cache") == "4.50 GiB"  # 18 x 2,048 B x (131,072 + 128)
+    app.selectbox(key="memory_engine").set_value("vllm").run()
+    no_exceptions(app)
+    assert _metric(app, "KV cache") == "4.79 GiB"  # sliding layers: 8,319 tokens in 521 blocks of 16
+    serving = next(frame.value for frame in app.dataframe if "GPU KV cache size (tokens)" in frame.value)
+    assert (serving["GPU KV cache size (tokens)"] > 0).any()
