@@ -14,7 +14,7 @@ from engine.sizing.gpus import largest_fitting
 from ui import page
 from ui.errors import show_error
 from ui.pages import memory as memory_ui
-from ui.pages import memory_charts
+from ui.pages import memory_charts, memory_offload
 from ui.pages.memory import CONTEXTS, GIB, SizingInputs
 
 
@@ -137,8 +137,15 @@ def main() -> None:
         st.stop()
     headline(breakdowns, inputs)
     breakdown_chart_and_table(config, breakdowns, inputs)
-    sweep, fit, serving, measured = st.tabs(
-        ["Context sweep", "Fits on", "Serving engine what-if", "Estimate vs measured"],
+    sweep, fit, best, offload, serving, measured = st.tabs(
+        [
+            "Context sweep",
+            "Fits on",
+            "Best fit",
+            "Offload to CPU",
+            "Serving engine what-if",
+            "Estimate vs measured",
+        ],
         key="memory_tab",  # tracked: a widget inside a tab reruns the page with that tab still open
         on_change="rerun",
     )
@@ -146,6 +153,10 @@ def main() -> None:
         sweep_tab(config, inputs)
     with fit:
         fit_tab(config, breakdowns, inputs)
+    with best:
+        memory_offload.best_fit_tab(config, inputs)
+    with offload:
+        memory_offload.offload_tab(config, breakdowns[0], inputs.device)
     with serving:
         serving_tab(config, breakdowns, inputs)
     with measured:

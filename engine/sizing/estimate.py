@@ -299,9 +299,11 @@ class MemoryBreakdown:
         ]
 
     def decode_bytes_per_token(self) -> float:
-        """Bytes one decode step reads: the weights a token visits (one embedding row) and the KV cache."""
+        """Bytes one decode step reads: the weights a token visits (one embedding row, but a tied embedding is
+        the output head too and is read whole), the KV cache and the recurrent state."""
         by_kind, counts = self.weights.by_kind, self.parameters
-        read = self.weights.total - by_kind.get("embeddings", 0.0)
+        tied = not counts.by_kind.get("head")
+        read = self.weights.total - (0.0 if tied else by_kind.get("embeddings", 0.0))
         if counts.experts and counts.by_kind.get("mlp"):
             mlp_bytes_per_param = by_kind["mlp"] / counts.by_kind["mlp"]
             read -= (counts.total - counts.active) * mlp_bytes_per_param

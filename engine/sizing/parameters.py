@@ -79,6 +79,8 @@ def _count(config_json: str) -> ParameterCount:
         if ROUTED_EXPERT.search(name):
             routed += parameter.numel()
     experts, per_token = moe_fields(_text_config(config))
+    if not routed:  # a config class's default MoE fields (Nemotron-H) on a model built without experts
+        experts, per_token = 0, 0
     return ParameterCount(counts, routed, experts, per_token)
 
 

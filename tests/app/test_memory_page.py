@@ -115,3 +115,20 @@ def test_engines_and_vllm_lines_for_gpt_oss(app):
     assert _metric(app, "KV cache") == "4.79 GiB"  # sliding layers: 8,319 tokens in 521 blocks of 16
     serving = next(frame.value for frame in app.dataframe if "GPU KV cache size (tokens)" in frame.value)
     assert (serving["GPU KV cache size (tokens)"] > 0).any()
+
+
+def test_best_fit_and_offload_tabs_on_mixtral(app):
+    """Mixtral-8x7B on an RTX 4090: the best format that fits one card, and how many layers of Q4_K_M fit on
+    it at 8,192 tokens (the rest decoded from host memory, llama.cpp's -ngl)."""
+    from engine.sizing.catalog import catalog_model
+    from engine.sizing.gpus import gpu
+
+    open_page(app, "memory")
+    app.selectbox(key="memory_catalog").set_value(catalog_model("mixtral-8x7b-v0.1")).run()
+    app.multiselect(key="memory_formats").set_value(["Q4_K_M", "bf16"]).run()
+    app.selectbox(key="memory_gpu").set_value(gpu("RTX 4090")).run()
+    no_exceptions(app)
+    assert any("Best fit on one NVIDIA RTX 4090" in message.value for message in app.success)
+    layers = next(slider for slider in app.slider if slider.key.startswith("memory_offload_layers"))
+    assert layers.value == 25
+    assert any("The speed cliff" in chart.proto.spec for chart in app.get("plotly_chart"))
