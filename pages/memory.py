@@ -9,12 +9,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from engine.sizing.catalog import catalog_model
+from engine.sizing.checkpoints import CheckpointRecipe
 from engine.sizing.estimate import MemoryBreakdown
 from engine.sizing.gpus import largest_fitting
 from ui import page
 from ui.errors import show_error
 from ui.pages import memory as memory_ui
-from ui.pages import memory_charts, memory_offload
+from ui.pages import memory_charts, memory_offload, memory_recipes
 from ui.pages.memory import CONTEXTS, GIB, SizingInputs
 
 
@@ -119,6 +121,26 @@ def serving_tab(config, breakdowns: list[MemoryBreakdown], inputs: SizingInputs)
     )
 
 
+def layout_tab(config, inputs: SizingInputs, model_name: str | None) -> None:
+    """The checkpoint layout picked in the form, priced part by part (against the published checkpoint
+    for a catalog model that has one)."""
+    recipe = next((p for p in inputs.presets if isinstance(p, CheckpointRecipe)), None)
+    if recipe is None:
+        st.info(
+            "Pick a checkpoint layout in the form above (gpt-oss's MXFP4 experts, DeepSeek's FP8 blocks, "
+            "NVFP4, llama.cpp's Q4_K_M, or a format per module kind) to price the model part by part.",
+            icon=":material/tune:",
+        )
+        return
+    slug = None
+    if model_name:
+        try:
+            slug = catalog_model(model_name).slug
+        except KeyError:
+            slug = None
+    memory_recipes.recipe_table(config, recipe, slug)
+
+
 def main() -> None:
     page.start(
         "Memory sizing",
@@ -126,10 +148,10 @@ def main() -> None:
         "MLA, activations and overhead, for any catalog or uploaded config, GPU by GPU. No weights are read.",
         scheme_use="the bar that “Add the sidebar's scheme” adds (linear layers only).",
     )
-    config, _model_name = memory_ui.config_picker()
+    config, model_name = memory_ui.config_picker()
     if config is None:
         st.stop()
-    inputs = memory_ui.sizing_inputs()
+    inputs = memory_ui.sizing_inputs(config)
     if inputs is None:
         st.stop()
     breakdowns = estimates(config, inputs)
@@ -137,9 +159,10 @@ def main() -> None:
         st.stop()
     headline(breakdowns, inputs)
     breakdown_chart_and_table(config, breakdowns, inputs)
-    sweep, fit, best, offload, serving, measured = st.tabs(
+    sweep, layout, fit, best, offload, serving, measured = st.tabs(
         [
             "Context sweep",
+            "Checkpoint layout",
             "Fits on",
             "Best fit",
             "Offload to CPU",
@@ -151,6 +174,8 @@ def main() -> None:
     )
     with sweep:
         sweep_tab(config, inputs)
+    with layout:
+        layout_tab(config, inputs, model_name)
     with fit:
         fit_tab(config, breakdowns, inputs)
     with best:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.quant.schemes import QuantScheme
+from engine.sizing.checkpoints import CheckpointRecipe, checkpoint_bytes
 from engine.sizing.engines import TRANSFORMERS, Engine
 from engine.sizing.engines import engine as engine_rules
 from engine.sizing.layers import (
@@ -180,6 +181,7 @@ def kv_format(name: str | int | KVFormat) -> KVFormat:
 class WeightBytes:
     by_kind: dict[str, float]  # bytes per parameter kind (embeddings, attention, mlp, norms, head, other)
     bits_per_weight: float  # effective bits over all parameters
+    decode_read: float | None = None  # weight bytes one decode step reads, where the pricing knows it
 
     @property
     def total(self) -> float:
@@ -302,6 +304,8 @@ class MemoryBreakdown:
         """Bytes one decode step reads: the weights a token visits (one embedding row, but a tied embedding is
         the output head too and is read whole), the KV cache and the recurrent state."""
         by_kind, counts = self.weights.by_kind, self.parameters
+        if self.weights.decode_read is not None:  # a checkpoint recipe prices its routed experts apart
+            return self.weights.decode_read + self.kv_cache + self.state
         tied = not counts.by_kind.get("head")
         read = self.weights.total - (0.0 if tied else by_kind.get("embeddings", 0.0))
         if counts.experts and counts.by_kind.get("mlp"):
@@ -312,7 +316,7 @@ class MemoryBreakdown:
 
 def estimate(
     config,
-    weights: WeightPreset | QuantScheme | str = "bf16",
+    weights: WeightPreset | QuantScheme | CheckpointRecipe | str = "bf16",
     kv: KVFormat | str | int = "fp16",
     context: int = 4096,
     batch: int = 1,
@@ -333,7 +337,14 @@ def estimate(
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch must be a positive integer (got {batch!r})")
     text = _text_config(config)
-    preset = weight_preset(weights)
+    if isinstance(weights, CheckpointRecipe):  # a format per module kind, priced tensor by tensor
+        priced = checkpoint_bytes(config, weights)
+        weights_label = weights.label
+        priced_weights = WeightBytes(priced.by_kind, priced.bits_per_weight, priced.decode_read_bytes())
+    else:
+        preset = weight_preset(weights)
+        weights_label = preset.label
+        priced_weights = None
     kv_fmt = kv_format(kv)
     values_fmt = kv_fmt if kv_values is None else kv_format(kv_values)
     mla = bool(getattr(text, "kv_lora_rank", None))
@@ -360,12 +371,13 @@ def estimate(
         )
     by_layer = cache_bytes_by_layer(text, context, batch, kv_bits, rules, 8 * activation_bytes)
     return MemoryBreakdown(
-        weights=_weights(config, counts.by_kind, preset, _positive_int(text, "hidden_size")),
+        weights=priced_weights
+        or _weights(config, counts.by_kind, preset, _positive_int(text, "hidden_size")),
         kv_cache=sum(tokens for tokens, _ in by_layer),
         activations=activations(text, context, batch, activation_bytes, attention, all_logits, prefill_chunk),
         overhead=float(overhead),
         parameters=counts,
-        weights_label=preset.label,
+        weights_label=weights_label,
         kv_label=kv_label(kv_fmt, values_fmt, dim),
         context=context,
         batch=batch,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from engine.quant.microscaling import MX_SCALE_DTYPES, TWO_LEVEL_SCALE_DTYPES
 from engine.quant.schemes import QuantScheme
+from engine.sizing.checkpoints import CheckpointRecipe
 from engine.sizing.estimate import ConfigError, MemoryBreakdown, _text_config, key_value_heads
 from engine.sizing.presets import WeightPreset, weight_preset
 
@@ -244,6 +245,13 @@ def _(weights: WeightPreset) -> str | None:
     if weights.scheme is not None:
         return tensor_core_format(weights.scheme)
     return "16/32-bit" if weights.linear_bits >= 16 else None  # GGUF blocks: llama.cpp dequantizes
+
+
+@tensor_core_format.register
+def _(weights: CheckpointRecipe) -> str | None:  # the format of the biggest part: experts, else the MLP
+    formats = dict(weights.formats)
+    main = formats.get("routed_experts") or formats.get("dense_mlp") or weights.default
+    return tensor_core_format(main)
 
 
 @tensor_core_format.register

@@ -132,3 +132,19 @@ def test_best_fit_and_offload_tabs_on_mixtral(app):
     layers = next(slider for slider in app.slider if slider.key.startswith("memory_offload_layers"))
     assert layers.value == 25
     assert any("The speed cliff" in chart.proto.spec for chart in app.get("plotly_chart"))
+
+
+def test_gpt_oss_checkpoint_layout_matches_the_published_size(app):
+    """gpt-oss-120b ships its routed experts in MXFP4 and the rest in bf16: picked as the checkpoint layout,
+    it becomes one more bar, and its tab prices it part by part against the model card's 60.8 GiB."""
+    from engine.sizing.catalog import catalog_model
+
+    open_page(app, "memory")
+    app.selectbox(key="memory_catalog").set_value(catalog_model("gpt-oss-120b")).run()
+    app.multiselect(key="memory_formats").set_value(["bf16"]).run()
+    app.selectbox(key="memory_recipe_choice").set_value("gpt-oss").run()
+    no_exceptions(app)
+    table = _table(app)
+    assert list(table["weights"]) == ["bf16 / fp16", "gpt-oss: routed experts MXFP4, the rest bf16"]
+    assert table["weights GiB"][1] == pytest.approx(60.77, abs=0.01)
+    assert any("published 60.80 GiB" in caption.value for caption in app.caption)

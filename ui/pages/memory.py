@@ -11,6 +11,7 @@ from engine.models.sources import MAX_CONFIG_BYTES
 from engine.quant.gguf import GGUFType
 from engine.quant.schemes import QuantScheme
 from engine.sizing.catalog import catalog_models
+from engine.sizing.checkpoints import CheckpointRecipe
 from engine.sizing.configs import config_from_hub, config_from_json
 from engine.sizing.engines import ENGINES, vllm_report
 from engine.sizing.estimate import KV_FORMATS, MemoryBreakdown, estimate, kv_bytes_per_token
@@ -28,7 +29,7 @@ from engine.sizing.measure import measure_generation_peak, peak_vs_estimate, wei
 from engine.sizing.presets import PRESETS, WeightPreset
 from ui import cache, state
 from ui.errors import show_error
-from ui.pages import memory_charts
+from ui.pages import memory_charts, memory_recipes
 from ui.widgets import NumberBoxes
 
 SOURCES = ["Catalog", "Loaded model", "Upload config.json", "Hub id"]
@@ -42,7 +43,7 @@ GIB = 1024**3
 class SizingInputs:
     """What the form asks: the formats to compare and the workload to size them for."""
 
-    presets: list[WeightPreset]  # one bar each; the sidebar's scheme last when asked for
+    presets: list[WeightPreset | CheckpointRecipe]  # one bar each; the sidebar's scheme, then a layout
     kv_name: str  # a key of engine.sizing.estimate.KV_FORMATS: the keys' format (and the values')
     attention: str  # "sdpa" or "eager" (eager materialises the score matrix)
     prefill_chunk: int | None  # None: the whole prompt at once
@@ -116,7 +117,7 @@ def config_picker():
         return None, None
 
 
-def sizing_inputs() -> SizingInputs | None:
+def sizing_inputs(config) -> SizingInputs | None:
     """The formats, KV cache, attention kernel, prefill, context, batch and GPU; None (after saying why) when
     no format is picked or the batch is out of range."""
     number = NumberBoxes()
@@ -130,6 +131,8 @@ def sizing_inputs() -> SizingInputs | None:
         help="Each becomes a bar. Embeddings and head stay 16-bit except in llama.cpp (GGUF) formats.",
     )
     add_sidebar = left.checkbox("Add the sidebar's scheme", key="memory_add_sidebar")
+    with left:
+        recipe = memory_recipes.recipe_picker(config, state.scheme())
     keys, values = middle.columns(2)
     kv_name = keys.selectbox(
         "KV cache",
@@ -193,6 +196,8 @@ def sizing_inputs() -> SizingInputs | None:
     sidebar_scheme = state.scheme()
     if add_sidebar and sidebar_scheme is not None:
         presets.append(sidebar_preset(sidebar_scheme))
+    if recipe is not None:  # a format per module kind: one more bar
+        presets.append(recipe)
     if not presets:
         st.info("Pick at least one weight format.", icon=":material/tune:")
         return None
@@ -233,7 +238,7 @@ SIZE_COLUMNS = {  # the summary table's GiB columns: their short headers and wid
 
 
 def summary_rows(
-    config, breakdowns: list[MemoryBreakdown], presets: list[WeightPreset], device: GPU
+    config, breakdowns: list[MemoryBreakdown], presets: list[WeightPreset | CheckpointRecipe], device: GPU
 ) -> list[dict]:
     """One row per format: bytes by component, whether one GPU holds it and runs it natively, the decode
     roofline."""
