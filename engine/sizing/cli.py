@@ -3,6 +3,13 @@
 
     python -m engine.sizing --config llama-3.1-8b --weights bf16,int4-g128 --kv int8 --context 32768 --batch 4
     python -m engine.sizing --config llama-3.1-8b --weights Q4_K_M --kv fp8 --kv-values int4
+    python -m engine.sizing --config gpt-oss-120b --weights gpt-oss,mxfp4 --engine vllm --gpu H100 --vllm 0.9
+    python -m engine.sizing --config mixtral-8x7b-v0.1 --weights Q4_K_M --gpu "RTX 4090" --offload experts
+    python -m engine.sizing --config qwen3-32b --gpu "L40S" --gpus 2 --context 32768 --best-fit --json
+
+`--weights` takes formats and checkpoint layouts (gpt-oss, deepseek-fp8, nvfp4-modelopt, gguf-q4_k_m).
+With `--offload`, `--best-fit` or `--vllm` (each needs `--gpu`), `--json` prints an object: the estimates
+under "estimates" and each answer under its own key; without them, the list of estimates as before.
 """
 
 from __future__ import annotations
@@ -11,6 +18,9 @@ import argparse
 import json
 import sys
 
+from engine.sizing import cli_queries
+from engine.sizing.checkpoints import CHECKPOINT_RECIPES
+from engine.sizing.cli_queries import OFFLOAD_MODES
 from engine.sizing.engines import ENGINES
 from engine.sizing.estimate import KV_FORMATS, ConfigError, estimate
 from engine.sizing.gpus import all_devices, decode_estimate, fits, gpu, min_tensor_parallel
@@ -53,6 +63,30 @@ def _parser() -> argparse.ArgumentParser:
         help="how the KV cache and recurrent state are allocated (windows, blocks, state precision)",
     )
     parser.add_argument("--gpu", default=None, help="only this GPU in the fit table (substring of its name)")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs for tensor parallelism in --best-fit")
+    parser.add_argument(
+        "--offload",
+        choices=list(OFFLOAD_MODES),
+        default=None,
+        help="layers: llama.cpp -ngl (CPU layers computed from RAM); experts: routed experts on the CPU "
+        "(--n-cpu-moe); stream: accelerate's CPU offload, weights copied over PCIe every token",
+    )
+    parser.add_argument(
+        "--gpu-layers", type=int, default=None, help="layers on the GPU (default: most that fit)"
+    )
+    parser.add_argument("--ram", type=float, default=64.0, help="host RAM in GiB for --offload")
+    parser.add_argument(
+        "--host-memory", default=None, help="host memory preset, e.g. DDR4, 'DDR5-5600', '8 channels'"
+    )
+    parser.add_argument("--pcie", default=None, help="PCIe preset, e.g. 'PCIe 3.0', 'PCIe 5.0'")
+    parser.add_argument("--best-fit", action="store_true", help="the best format that fits --gpus x --gpu")
+    parser.add_argument(
+        "--vllm",
+        type=float,
+        default=None,
+        metavar="UTIL",
+        help="vLLM's start-up lines at this gpu_memory_utilization",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -80,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         breakdowns = [
             estimate(
                 config,
-                w.strip(),
+                CHECKPOINT_RECIPES.get(w.strip().lower(), w.strip()),
                 args.kv,
                 args.context,
                 args.batch,
@@ -92,11 +126,16 @@ def main(argv: list[str] | None = None) -> int:
             for w in args.weights.split(",")
         ]
         devices = [gpu(args.gpu)] if args.gpu else all_devices()
+        answers = _queries(args, config, breakdowns, devices[0])
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps([_as_dict(b) for b in breakdowns], indent=2))
+        estimates = [_as_dict(b) for b in breakdowns]
+        payload = (
+            {"estimates": estimates} | {k: data for k, (data, _) in answers.items()} if answers else estimates
+        )
+        print(json.dumps(payload, indent=2))
         return 0
     first = breakdowns[0]
     params = first.parameters
@@ -160,12 +199,43 @@ def main(argv: list[str] | None = None) -> int:
             fit_rows,
         )
     )
+    for _, text in answers.values():
+        print()
+        print(text)
     for note in first.notes:
         print(f"note: {note}")
     print(
         "note: decode tok/s is the bandwidth roofline (bytes per token / datasheet bandwidth); expect 60-90%."
     )
     return 0
+
+
+def _queries(args, config, breakdowns, device) -> dict[str, tuple[dict, str]]:
+    """The answers asked for (offload, best fit, vLLM's lines), keyed as in the JSON."""
+    asked = args.offload or args.best_fit or args.vllm is not None
+    if not asked:
+        return {}
+    if not args.gpu:
+        raise ConfigError("--offload, --best-fit and --vllm need --gpu (which GPU to answer for)")
+    answers = {}
+    if args.offload:
+        computer = cli_queries.host(args.ram, args.host_memory, args.pcie)
+        answers["offload"] = cli_queries.offload(
+            breakdowns[0], config, device, computer, args.offload, args.gpu_layers
+        )
+    if args.best_fit:
+        options = dict(
+            attention=args.attention,
+            prefill_chunk=args.prefill_chunk,
+            kv_values=args.kv_values,
+            engine=args.engine,
+        )
+        answers["best_fit"] = cli_queries.best_fit(
+            config, device, args.gpus, args.context, args.batch, args.kv, **options
+        )
+    if args.vllm is not None:
+        answers["vllm"] = cli_queries.vllm_lines(breakdowns[0], config, device, args.vllm)
+    return answers
 
 
 def _as_dict(b) -> dict:

@@ -17,12 +17,14 @@ vLLM (V1: `vllm/v1/kv_cache_interface.py`, `vllm/v1/core/kv_cache_utils.py`): th
 of `block_size` tokens (16); a sliding layer needs `min(sliding_window - 1 + max_num_batched_tokens,
 max_model_len)` tokens plus one block, a chunked one `min(chunk + max_num_batched_tokens, max_model_len)`;
 Mamba layers keep `d_conv - 1` inputs and their state in the model's dtype (`mamba_ssm_cache_dtype="auto"`).
-The pool and what vLLM prints from it are in `vllm_report`.
+The pool and what vLLM prints from it are in `vllm_report`. Prompts are prefilled 8,192 tokens at a time
+(max_num_batched_tokens with chunked prefill), which caps activations.
 
 llama.cpp (`llama-kv-cache.cpp`, `llama-memory-recurrent.cpp`, `llama-model.cpp`): the cache is sized at
 load for the whole `n_ctx` (padded to 256); a sliding-window (or chunked) layer's cache holds
 `min(n_ctx, n_swa x n_seq + n_ubatch)` cells padded to 256 (`n_ubatch` 512 by default; `--swa-full` gives
-them the whole context); recurrent layers keep `d_conv - 1` inputs and their state in F32.
+them the whole context); recurrent layers keep `d_conv - 1` inputs and their state in F32; prompts are
+computed `n_ubatch` (512) tokens at a time.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Engine:
     conv_keeps_kernel: bool = True  # transformers keeps d_conv inputs, vLLM and llama.cpp d_conv - 1
     state_bits: float | None = None  # recurrent state precision; None: the model's dtype
     linear_state_bits: float | None = None  # linear-attention state, when it differs (transformers: fp32)
+    prefill_chunk: int | None = None  # tokens per prefill forward by default (None: the whole prompt)
 
     def tokens_held(self, cache: TokenCache, context: int) -> int:
         """Tokens one sequence of `context` tokens keeps in a layer's token cache, blocks rounded up."""
@@ -95,6 +98,7 @@ VLLM = Engine(
     window_extra_block=True,
     window_minus_one=True,
     conv_keeps_kernel=False,
+    prefill_chunk=8192,
 )
 LLAMA_CPP = Engine(
     "llama.cpp",
@@ -105,6 +109,7 @@ LLAMA_CPP = Engine(
     batched_tokens=512,
     conv_keeps_kernel=False,
     state_bits=32,
+    prefill_chunk=512,
 )
 ENGINES: dict[str, Engine] = {e.name: e for e in (TRANSFORMERS, VLLM, LLAMA_CPP)}
 

@@ -370,6 +370,8 @@ def estimate(
             "state-space / linear-attention layers keep a fixed state per sequence instead of a per-token cache"
         )
     by_layer = cache_bytes_by_layer(text, context, batch, kv_bits, rules, 8 * activation_bytes)
+    if prefill_chunk is None:  # the engine's own chunking (vLLM 8,192 tokens, llama.cpp 512)
+        prefill_chunk = rules.prefill_chunk
     return MemoryBreakdown(
         weights=priced_weights
         or _weights(config, counts.by_kind, preset, _positive_int(text, "hidden_size")),

@@ -161,7 +161,9 @@ def sizing_inputs(config) -> SizingInputs | None:
         "Prefill",
         [None, 8192, 2048, 512],
         format_func=lambda n: (
-            "whole prompt at once (transformers)" if n is None else f"chunks of {n:,} tokens"
+            "the engine's own (transformers: whole prompt; vLLM 8,192; llama.cpp 512)"
+            if n is None
+            else f"chunks of {n:,} tokens"
         ),
         key="memory_prefill",
         help="Serving engines prefill long prompts in chunks (vLLM: 8,192 batched tokens), which caps "
