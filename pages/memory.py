@@ -38,8 +38,6 @@ def headline(breakdowns: list[MemoryBreakdown], inputs: SizingInputs) -> None:
     cols[1].metric(
         "Active per token",
         f"{counts.active / 1e9:,.3f} B",
-        f"{counts.active_without_input_embedding / 1e9:,.3f} B without the input embedding",
-        delta_color="off",
         help="Conventions differ: gpt-oss's model card counts active parameters without the input embedding "
         "(a token reads one row of it); Mixtral's and DeepSeek's figures include it. MoE: only the routed "
         "experts a token visits are read in decode.",
@@ -57,6 +55,12 @@ def headline(breakdowns: list[MemoryBreakdown], inputs: SizingInputs) -> None:
             f"{first.state / 1024**2:,.1f} MiB",
             help="State-space / linear-attention layers keep a fixed state per sequence (× batch), whatever "
             "the context.",
+        )
+    if counts.active_without_input_embedding != counts.active:
+        st.caption(
+            f"Active per token: {counts.active / 1e9:,.3f} B with the input embedding, "
+            f"{counts.active_without_input_embedding / 1e9:,.3f} B without the input embedding (a token reads "
+            "one row of it; published figures differ on which they quote)."
         )
     for note in first.notes:
         st.caption(f"ℹ️ {note}")

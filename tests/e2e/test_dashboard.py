@@ -108,6 +108,10 @@ def test_memory_estimate_in_the_browser(server_url, browser):
     page.get_by_role("option").filter(has_text="Mixtral-8x7B").first.click()
     page.get_by_text("46.703 B").first.wait_for(timeout=30_000)  # total parameters
     assert "12.880 B" in page.inner_text("body")  # active per token: 2 of 8 experts
+    page.get_by_role("tab", name="Offload to CPU").click()  # the speed cliff as layers leave the GPU
+    page.get_by_text("The speed cliff").first.wait_for(timeout=30_000)
+    page.get_by_role("tab", name="Best fit").click()
+    page.get_by_text("Best fit on one").first.wait_for(timeout=30_000)
     assert page.locator("[data-testid='stException']").count() == 0
     page.screenshot(path=str(ARTIFACTS / "memory-mixtral.png"), full_page=True)
     page.close()
