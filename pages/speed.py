@@ -5,9 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from engine import speed
+from engine.sizing.catalog import catalog_models
 from ui import cache, page
 from ui.pages import speed as speed_view
 from ui.pages import speed_charts as charts
+from ui.pages import speed_sweep
 from ui.widgets import NumberBoxes
 
 
@@ -81,8 +83,6 @@ def synthetic_form(on_gpu: bool):
         help=speed_view.SYNTHETIC_HELP,
     ):
         return None
-    from engine.sizing.catalog import catalog_models
-
     models = {m.name: m for m in catalog_models()}
     names = list(models)
     default_name = "Llama-2-7B" if on_gpu else "Qwen2.5-0.5B"  # a small default where decode is slow
@@ -193,6 +193,7 @@ def main() -> None:
     if decode is not None:
         speed_view.run_decode_request(decode, loaded, lab_runs)
     decode_results(device.startswith("cuda"))
+    speed_sweep.sweep_section(loaded, lab_runs)
     speed_view.kernel_fallback_notes(fallback_notes)
 
 

@@ -8,6 +8,8 @@ Read in order:
 - microbench.py: one linear layer per format at several batch sizes (KernelTiming);
 - bandwidth.py: a measured copy bandwidth and the bytes a model stores and a decode step reads;
 - decode_bench.py: prefill and decode through several decode loops, beside the roofline (DecodeTiming);
+- sweep.py: rounds over context lengths x new tokens, as AutoAWQ's benchmark reports a model: prefill and
+  decode times and tokens/s, and the weights and KV cache measured beside our memory estimate;
 - synthetic.py: any catalog config with random weights, and a one-character-per-token tokenizer;
 - roofline.py: the Learn page's idealised roofline (a model, not a measurement).
 
