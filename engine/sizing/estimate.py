@@ -1,20 +1,21 @@
 """Memory sizing from a config alone: parameters by kind, weights under a scheme, and the KV cache.
 
-The first building block of the Memory page (issue 7): no weights are read; parameters are counted by
-building the model on the meta device. The KV cache follows `2 x layers x kv_heads x head_dim x bytes`
-per token with the details calculators get wrong:
+No weights are read: parameters are counted by building the model on the meta device. The KV cache is sized
+layer by layer from `engine.sizing.layers` (what each layer keeps: full, sliding-window or chunked attention,
+an MLA latent, or the fixed state of a Mamba / linear-attention mixer) under one engine's rules
+(`engine.sizing.engines`: how transformers, vLLM and llama.cpp allocate it), with the details calculators get
+wrong:
 - `head_dim` from the config when present (it need not be hidden_size / heads);
 - grouped-query / multi-query attention through `num_key_value_heads` (Falcon: `num_kv_heads`);
-- sliding-window layers (`sliding_window` with `layer_types`, or Gemma-2-style alternation) hold at most
-  `sliding_window` tokens;
-- MLA (DeepSeek-V2/V3) caches one compressed latent of `kv_lora_rank + qk_rope_head_dim` values per
-  token and layer instead of keys and values per head.
-`estimate()` adds activations (the largest transient of one layer in prefill or decode, attention scores
-when not using fused SDPA/flash attention, the logits buffer) and framework overhead as its own line, and
-returns a `MemoryBreakdown`. GPUs, fitting and splitting live in `engine.sizing.gpus`; the CLI in
-`engine.sizing.cli` (`python -m engine.sizing --config llama-3.1-8b --weights int4-g128 --kv int8`).
-Where we simplify: activations assume one sequence batch is prefilled at once and nothing is freed
-mid-layer; overhead is a typical CUDA context plus allocator slack, not a measurement.
+- sliding and chunked layers hold at most their window; state-space layers hold a fixed state per sequence;
+- MLA (DeepSeek-V2/V3) caches one compressed latent of `kv_lora_rank + qk_rope_head_dim` values per token.
+Weights take one format (a `WeightPreset` or scheme) or a checkpoint layout with a format per module kind
+(`engine.sizing.checkpoints`). `estimate()` adds activations (the largest transient of one layer in prefill or
+decode, attention scores when not using fused SDPA/flash attention, the logits buffer) and framework overhead as
+its own line, and returns a `MemoryBreakdown`. GPUs, fitting and splitting live in `engine.sizing.gpus`;
+offload in `offload`, reverse queries in `bestfit`; the CLI in `engine.sizing.cli`.
+Where we simplify: activations assume nothing is freed mid-layer; overhead is a typical CUDA context plus
+allocator slack, not a measurement.
 """
 
 from __future__ import annotations
