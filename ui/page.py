@@ -1,4 +1,5 @@
-"""The common start of every page: the shared sidebar, then the page title.
+"""The common start of every page: the link's selections (ui.links), the shared sidebar, the page title,
+the "Link to this view" control, then presenter mode (ui.presenter).
 
 The sidebar is drawn by each page rather than by app.py so that it is part of the page's own script run
 (Streamlit's AppTest drops main-script sidebar elements after a rerun with `st.navigation`).
@@ -10,7 +11,7 @@ import threading
 
 import streamlit as st
 
-from ui import sidebar, state
+from ui import links, presenter, sidebar, state
 
 _run = threading.local()  # one script run at a time per ScriptRunner thread
 
@@ -65,8 +66,13 @@ def start(title: str, caption: str | None = None, *, scheme_use: str | None = No
     """The sidebar, the page's style rules and its title. `scheme_use`: what this page uses the sidebar's
     scheme for (the sidebar shows the scheme picker only then)."""
     _leave_legacy_multipage_mode()
+    restored = links.restore(title)  # before any widget: a link's values become the widgets' state
     st.html(FULL_CHIPS_CSS)
     sidebar.render(scheme_use)
+    links.write(title, uses_scheme=bool(scheme_use))  # after the sidebar: its scheme is this run's
     st.title(title)
     if caption:
         st.caption(caption)
+    links.report(restored)
+    links.link_control(title)
+    presenter.apply(title)

@@ -76,33 +76,35 @@ def model_section() -> None:
     sidebar.subheader("Model")
     with sidebar.form("model_picker", border=False):
         kinds = list(SOURCE_LABELS)
+        # seeded, not passed as index= / value=: a link (ui.links) may have filled these fields already
+        state.seed("qe_pick_kind", current.kind, kinds)
+        state.seed("qe_pick_location", current.location)
+        state.seed("qe_pick_pickle", current.allow_pickle)
         kind = st.radio(
             "Source",
             kinds,
-            index=kinds.index(current.kind),
             format_func=SOURCE_LABELS.get,
             key="qe_pick_kind",
         )
         location = st.text_input(
             "Folder, Hub id or .gguf path",
-            value=current.location,
             placeholder=PLACEHOLDERS.get(kind, "not needed for the default model"),
             key="qe_pick_location",
             help="Ignored for the offline default.",
         )
         allow_pickle = st.checkbox(
             "Allow pickle weights (.bin)",
-            value=current.allow_pickle,
             key="qe_pick_pickle",
             help="Pickle files can execute code when loaded. Only tick this for sources you trust.",
         )
         devices = available_devices()
-        device = st.selectbox("Device", devices, index=devices.index(device_now), key="qe_pick_device")
         dtypes = list(DTYPES)
+        state.seed("qe_pick_device", device_now, devices)
+        state.seed("qe_pick_dtype", dtype_now, dtypes)
+        device = st.selectbox("Device", devices, key="qe_pick_device")
         dtype = st.selectbox(
             "dtype",
             dtypes,
-            index=dtypes.index(dtype_now),
             key="qe_pick_dtype",
             help=f"Fast default: {default_dtype('cpu')} on CPU, {default_dtype('cuda')} on CUDA.",
         )

@@ -199,6 +199,43 @@ def scheme_picker(
     return _build_scheme(keys, where, default, fit)
 
 
+def picker_values(scheme: QuantScheme | GGUFType, prefix: str) -> dict[str, object]:
+    """The widget values under which `scheme_picker(prefix)` returns `scheme` (for a link that names a
+    scheme, ui.links); ValueError when the picker cannot show it (bits, clip, tile or scale it lacks)."""
+    keys = {name: f"{prefix}_{name}" for name in PICKER_FIELDS}
+    if isinstance(scheme, GGUFType):
+        if scheme.name not in GGUF_ORDER:
+            raise ValueError(f"the picker does not offer {scheme.name}")
+        return {keys["start"]: scheme.name}
+    rceil = scheme.scale_dtype == "e8m0_rceil"
+    named = scheme.label.removesuffix(" rceil") if rceil else scheme.label
+    if named in PRESET_NAMES:
+        return {keys["start"]: named, keys["rceil"]: rceil}
+    values: dict[str, object] = {keys["start"]: BUILD, keys["format"]: scheme.format}
+    if scheme.format == "int":
+        if scheme.bits not in INT_BITS:
+            raise ValueError(f"the picker offers {INT_BITS[0]} to {INT_BITS[-1]} integer bits")
+        values[keys["bits"]] = scheme.bits
+        values[keys["range"]] = "symmetric" if scheme.symmetric else f"asymmetric ({scheme.zero_kind} zero)"
+    values[keys["granularity"]] = scheme.granularity
+    if scheme.granularity == "group":
+        if scheme.group_size not in CANDIDATE_GROUP_SIZES:
+            raise ValueError(f"the picker offers groups of {', '.join(map(str, CANDIDATE_GROUP_SIZES))}")
+        values[keys["group"]] = scheme.group_size
+    elif scheme.granularity == "block":
+        if scheme.group_size not in TILE_SIZES:
+            raise ValueError(f"the picker offers tiles of {', '.join(map(str, TILE_SIZES))}")
+        values[keys["tile"]] = scheme.group_size
+        if scheme.scale_dtype != "float32":
+            raise ValueError("the picker's tiles take float32 scales")
+    if not 0.5 <= scheme.clip_ratio <= 1.0:
+        raise ValueError("the picker's clip ratio goes from 0.5 to 1.0")
+    values[keys["clip"]] = scheme.clip_ratio
+    values[keys["scale_dtype"]] = scheme.scale_dtype
+    values[keys["dq"]] = scheme.double_quant
+    return values
+
+
 def _gguf_choice(t: GGUFType, where, fit: GroupSizeFit | None) -> GGUFType:
     where.caption(f"**{t.name}**: {t.description}; {t.bits_per_weight:g} bits per weight, scales included.")
     widths = sorted(fit.widths) if fit is not None else []
