@@ -20,6 +20,8 @@ from engine.models.data import CORPORA
 from engine.models.sources import ModelSource, allowed_roots
 from engine.quant.gguf import GGUF_TYPES, GGUFType
 from engine.quant.schemes import QuantScheme, parse_label
+from ui.pages.memory_recipes import SAME as SAME_LAYOUT
+from ui.tour import STEPS as TOUR_STEPS
 
 MAX_CHARS = 200  # longer values are refused whatever their type (prompts and uploads never go in a URL)
 NO_DEFAULT = object()  # a parameter written whatever its value
@@ -237,6 +239,13 @@ def _kv_formats():
     return list(KV_FORMATS)
 
 
+def _recipe_choices():
+    from engine.sizing.checkpoints import CHECKPOINT_RECIPES
+    from ui.pages.memory_recipes import CUSTOM, SAME
+
+    return [SAME, *CHECKPOINT_RECIPES, CUSTOM]
+
+
 def _engines():
     from engine.sizing.engines import ENGINES
 
@@ -287,7 +296,7 @@ SHARED = {
     SCHEME: SchemeLabel(),
     MODEL: ModelFolder(),
     "present": Flag(),
-    "tour": IntRange(1, 99),
+    "tour": IntRange(1, len(TOUR_STEPS)),
     "from": Text(80),
 }
 
@@ -311,7 +320,7 @@ PAGE_PARAMS: dict[str, tuple[Param, ...]] = {
     ),
     "Outliers": (
         Param("outliers_tab", LABEL, "Weights"),
-        Param("outliers_corpus", Choice(CORPUS_CHOICES)),
+        Param("outliers_corpus", Choice(CORPUS_CHOICES), CORPUS_CHOICES[0]),
         Param("outliers_windows", IntRange(1, 32), 8),
         Param("outliers_window", Choice((64, 128, 256, 512, 1024)), 256),
         Param("outliers_threshold", FloatRange(0.5, 100_000.0), 6.0),
@@ -365,6 +374,7 @@ PAGE_PARAMS: dict[str, tuple[Param, ...]] = {
         ),
         Param("memory_batch", IntRange(1, 4096), 1),
         Param("memory_gpu", Choice(_gpus, to_text=_name), "NVIDIA H100 80GB SXM"),
+        Param("memory_recipe_choice", Choice(_recipe_choices), SAME_LAYOUT),
         Param("memory_tab", LABEL, "Context sweep"),
     ),
     "Speed": (
