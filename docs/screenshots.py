@@ -64,8 +64,20 @@ def compare(page, url):
 
 
 def memory(page, url):
-    page.goto(f"{url}/memory")
+    page.goto(
+        f"{url}/memory?memory_catalog=mixtral-8x7b-v0.1&memory_formats=Q4_K_M%2Cbf16&memory_gpu=NVIDIA+RTX+4090+24GB"
+    )
     page.get_by_text("Memory by component").first.wait_for(timeout=120_000)
+    page.get_by_role("tab", name="Offload to CPU").click()
+    page.get_by_text("The speed cliff").first.wait_for(timeout=60_000)
+
+
+def tour(page, url):
+    """Presenter mode on the tour's step 8 (gpt-oss-120b as it ships)."""
+    from ui.tour import step_link
+
+    page.goto(f"{url}{step_link(8)}")
+    page.get_by_text("Step 8 of 10").first.wait_for(timeout=120_000)
 
 
 def speed(page, url):
@@ -93,7 +105,7 @@ def learn(page, url):
     page.locator(".js-plotly-plot").first.wait_for(timeout=300_000)  # the first lesson's chart
 
 
-PAGES = [overview, grid, outliers, evaluate, compare, memory, speed, methods, planner, learn]
+PAGES = [overview, grid, outliers, evaluate, compare, memory, speed, methods, planner, learn, tour]
 
 
 def main(names: list[str]) -> None:

@@ -149,8 +149,10 @@ def offload_tab(config, breakdown: MemoryBreakdown, device: GPU) -> None:
     cols[0].metric(
         "Decode", f"{plan.tokens_per_s:,.1f} tok/s", help="Batch 1 roofline at datasheet bandwidths"
     )
-    cols[1].metric("On the GPU", f"{plan.gpu_bytes / GIB:,.1f} GiB", f"of {device.usable_bytes / GIB:,.0f}")
-    cols[2].metric("In RAM", f"{plan.cpu_bytes / GIB:,.1f} GiB", f"of {host.ram_bytes / GIB:,.0f}")
+    cols[1].metric(
+        f"On the GPU (of {device.usable_bytes / GIB:,.0f} GiB)", f"{plan.gpu_bytes / GIB:,.1f} GiB"
+    )
+    cols[2].metric(f"In RAM (of {host.ram_bytes / GIB:,.0f} GiB)", f"{plan.cpu_bytes / GIB:,.1f} GiB")
     cols[3].metric("All on the GPU", f"{cliff[-1].tokens_per_s:,.1f} tok/s")
     if not plan.fits_gpu:
         st.warning(f"{chosen} {mode.unit} do not fit on one {device.name}.", icon=":material/warning:")
