@@ -1,7 +1,8 @@
 """Compare generations: the reference and 1-3 quantized variants on one prompt, side by side.
 
-Models run one after another with the same settings and seed; tokens stream into each column. Results
-live in session state (ui.pages.compare.CompareRun), so reruns redraw them without generating again.
+Models run one after another with the same settings and seed, in a background job (ui.jobs) that other
+clicks and other pages leave running; tokens stream into each column. Results live in session state
+(ui.pages.compare.CompareRun), so reruns redraw them without generating again.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from engine.runtime.generation import MAX_NEW_TOKENS_CAP, GenerationError, GenerationSettings
-from ui import cache, page
+from ui import cache, jobs, page
 from ui.cache.variants import model_key
 from ui.errors import show_error
 from ui.pages import compare as view
@@ -20,6 +21,7 @@ from ui.pages import compare_variants as variants_view
 from ui.widgets import NumberBoxes, prompt_area, prompt_problem
 
 RUN_KEY = "compare_run"  # the CompareRun shown on this page
+JOB_KEY = "compare_job"  # the background job generating it (ui.jobs)
 TOP_P_HELP = "Nucleus mass; used when temperature > 0."
 DEFAULT_PROMPT = "What is the capital of France? Answer in one sentence."
 DEFAULT_VARIANTS = [view.MODEL_GRID, "W4", "KV4"]  # default model: its own 4-bit grid, a second rounding, KV
@@ -83,13 +85,10 @@ def stop_and_shade():
 
 
 def stop_button(slot) -> None:
-    """Shown only while generating: any click reruns the page, which stops the run (`mark_interrupted`)."""
+    """Shown only while a generation runs; other clicks leave it running."""
+    kept = "Stop the running generation; the tokens generated so far are kept."
     slot.button(
-        "Stop",
-        icon=":material/stop:",
-        key="compare_stop",
-        help="Stop the running generation; the tokens generated so far are kept. (Any other click while "
-        "generating stops it too: Streamlit reruns the page.)",
+        "Stop", icon=":material/stop:", key="compare_stop", on_click=jobs.stop, args=(JOB_KEY,), help=kept
     )
 
 
@@ -110,17 +109,24 @@ def new_run(loaded, options: dict[str, view.VariantSpec], request: Request) -> v
     return view.CompareRun(loaded.source.label, request.prompt, settings, columns, model_key=model_key())
 
 
-def generate_run(run: view.CompareRun, loaded, built_in_lab: dict, shade_kl: bool) -> None:
-    st.session_state[RUN_KEY] = run  # before any work: a Stop click finds the run and keeps what it made
-    building = st.container()
-    models = view.prepare_models(run, loaded, variants_view.lab_or_catalog(loaded, built_in_lab, building))
-    st.caption(f"Model: {run.model_label} · {LEGEND}")
-    bodies = []
-    for col, column in zip(st.columns(len(run.columns), border=True), run.columns, strict=True):
-        col.markdown(f"**{column.label}**")
-        bodies.append(col.empty())
-        bodies[-1].caption("Waiting for its turn…")
-    view.stream_run(run, models, loaded, bodies, shade_kl)
+def start_run(run: view.CompareRun, loaded, built_in_lab: dict) -> None:
+    """Generate `run` in the background (`ui.jobs`); refused, in words, while one still runs."""
+    build = variants_view.builder(loaded, built_in_lab)
+    try:
+        jobs.start(JOB_KEY, lambda job: view.generate_columns(job, run, build, loaded), "generation")
+    except jobs.JobRunning as exc:
+        st.warning(str(exc), icon=":material/hourglass_top:")
+    else:
+        st.session_state[RUN_KEY] = run  # kept per session, as finished runs are
+
+
+def collect_run(run: view.CompareRun, loaded) -> None:
+    """The job ended: say why if it failed, and keep whatever it produced."""
+    job = jobs.finished(JOB_KEY)
+    if job is not None and job.error is not None:
+        show_error(job.error)
+    if not run.finished:  # stopped while a variant was built, or failed
+        view.mark_interrupted(run, loaded.tokenizer)
 
 
 def redraw_run(run: view.CompareRun, shade_kl: bool) -> None:
@@ -137,7 +143,7 @@ def redraw_run(run: view.CompareRun, shade_kl: bool) -> None:
 
 
 def summary_table(run: view.CompareRun) -> None:
-    rows = view.summary_rows(run)
+    rows = figures.summary_rows(run)
     if rows:
         st.dataframe(
             rows,
@@ -173,23 +179,19 @@ def main() -> None:
     options, built_in_lab = variants_view.variant_options(loaded)
     request = settings_form(options)
     stop_slot, shade_kl = stop_and_shade()
-    previous = st.session_state.get(RUN_KEY)
-    if previous is not None and not previous.finished:  # a click (Stop or any widget) interrupted that run
-        view.mark_interrupted(previous, loaded.tokenizer)
-    run = new_run(loaded, options, request) if request.clicked else None
-    if run is not None:
-        stop_button(stop_slot)
-        try:
-            generate_run(run, loaded, built_in_lab, shade_kl)
-        finally:
-            stop_slot.empty()  # the run ended (or failed): nothing left to stop
-    elif previous is not None:
-        run = previous
+    if request.clicked and (run := new_run(loaded, options, request)) is not None:
+        start_run(run, loaded, built_in_lab)
+    run, job = st.session_state.get(RUN_KEY), jobs.current(JOB_KEY)
+    if job is not None and job.running:
+        stop_button(stop_slot)  # the run goes on through other clicks; its columns redraw on their own
+        st.caption(f"Model: {run.model_label} · {LEGEND}")
+        jobs.watch(JOB_KEY, lambda job: view.draw_running(job, run, shade_kl))
+    elif run is not None:
+        collect_run(run, loaded)
         redraw_run(run, shade_kl)
+        summary_table(run)
     else:
         st.info("Pick variants and press **Generate**.", icon=":material/compare:")
-    if run is not None and run.finished:
-        summary_table(run)
 
 
 main()

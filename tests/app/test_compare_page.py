@@ -15,6 +15,14 @@ def _metric(app, label):
     return [m.group(1) for md in app.markdown if (m := pattern.search(md.value))]
 
 
+def _generate(app, timeout: float = 120):
+    """Press Generate, let the background generation (ui.jobs) finish, and rerun to draw its result."""
+    app.button(key="compare_generate").click().run()
+    no_exceptions(app)
+    assert app.session_state["compare_job"].wait(timeout), "the generation did not finish"
+    return app.run()
+
+
 def _token_boxes(app):
     return [markdown.value for markdown in app.markdown if 'title="token 0:' in markdown.value]
 
@@ -23,7 +31,7 @@ def test_reference_and_int8_side_by_side(app):
     open_page(app, "compare")
     app.multiselect(key="compare_variants").set_value(["W8"])
     app.slider(key="compare_max_new_tokens").set_value(8)
-    app.button(key="compare_generate").click().run()
+    _generate(app)
     no_exceptions(app)
     assert not app.error, [error.value for error in app.error]
     boxes = _token_boxes(app)
@@ -46,13 +54,13 @@ def test_reference_and_int8_side_by_side(app):
 def test_empty_prompt_is_a_clear_error_and_the_page_keeps_working(app):
     open_page(app, "compare")
     app.text_area(key="compare_prompt").set_value("   ")
-    app.button(key="compare_generate").click().run()
+    app.button(key="compare_generate").click().run()  # refused: nothing starts
     no_exceptions(app)
     assert any("prompt is empty" in error.value for error in app.error)
     app.text_area(key="compare_prompt").set_value("Name a colour.")
     app.multiselect(key="compare_variants").set_value(["KV4"])
     app.slider(key="compare_max_new_tokens").set_value(4)
-    app.button(key="compare_generate").click().run()
+    _generate(app)
     no_exceptions(app)
     assert not app.error
     assert len(_token_boxes(app)) == 2
@@ -77,13 +85,13 @@ def test_out_of_memory_is_explained_and_the_app_stays_up(app, monkeypatch):
     app.multiselect(key="compare_variants").set_value(["W8"])
     app.slider(key="compare_max_new_tokens").set_value(4)
     monkeypatch.setattr(ui.pages.compare, "generate_measured", out_of_memory)
-    app.button(key="compare_generate").click().run()
+    _generate(app)
     no_exceptions(app)
     errors = [error.value for error in app.error]
     assert errors and all("Out of memory" in e and "max new tokens" in e for e in errors), errors
     assert freed, "the cache was not freed"
     monkeypatch.setattr(ui.pages.compare, "generate_measured", real_generate)
-    app.button(key="compare_generate").click().run()
+    _generate(app)
     no_exceptions(app)
     assert not app.error and len(_token_boxes(app)) == 2
 
@@ -98,7 +106,7 @@ def test_the_models_own_4_bit_grid_is_a_default_column_and_matches_the_reference
     assert len(notes) == 1 and len(notes[0]) < 190 and "](overview)" in notes[0], notes
     picker.set_value(["W4 Q4_1"])
     app.slider(key="compare_max_new_tokens").set_value(8)
-    app.button(key="compare_generate").click().run()
+    _generate(app)
     no_exceptions(app)
     run = app.session_state["compare_run"]
     assert run.columns[1].label == "W4 Q4_1 (int4 asym_min g32)"
@@ -116,7 +124,7 @@ def test_a_4_bit_column_shows_packed_memory_below_the_reference_and_what_the_pro
     open_page(app, "compare")
     app.multiselect(key="compare_variants").set_value(["W4"])
     app.slider(key="compare_max_new_tokens").set_value(4)
-    app.button(key="compare_generate").click().run()
+    _generate(app)
     no_exceptions(app)
     assert not app.error, [error.value for error in app.error]
     reference_line, w4_line = _column_captions(app, "memory **")
@@ -151,7 +159,7 @@ def test_each_variant_shows_this_prompts_figure_beside_evaluates_corpus_figure(a
     open_page(app, "compare")
     app.multiselect(key="compare_variants").set_value(["W4", "KV4"])
     app.slider(key="compare_max_new_tokens").set_value(4)
-    app.button(key="compare_generate").click().run()
+    _generate(app)
     no_exceptions(app)
     prompt_lines = _column_captions(app, "**This prompt** (4 tokens, same prefix): mean KL")
     assert len(prompt_lines) == 2
@@ -184,3 +192,77 @@ def test_a_first_token_divergence_shows_the_reference_near_tie():
     lines = prompt_vs_corpus(variant, reference, None)
     assert any("At token 0" in line and "41% vs 38% likely — a near-tie" in line for line in lines)
     assert "not computed yet" in lines[1]
+
+
+@pytest.fixture
+def held_generation(monkeypatch):
+    """Each column's generation waits at its start until the test opens the gate (or Stop is pressed), so
+    the test clicks while the run is under way; yields the gate."""
+    import threading
+
+    import ui.pages.compare
+
+    real_generate = ui.pages.compare.generate_measured
+    gate = threading.Event()
+
+    def held(*args, **kwargs):
+        should_stop = args[6]
+        while not gate.wait(0.02) and not should_stop():
+            pass
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(ui.pages.compare, "generate_measured", held)
+    yield gate
+    gate.set()
+
+
+def _stop_buttons(app):
+    return [button for button in app.button if button.label == "Stop"]
+
+
+def test_a_generation_goes_on_while_other_widgets_change(app, held_generation):
+    """Generation runs in the background: a checkbox, a new prompt and a second Generate press rerun the
+    page without cancelling it; progress and Stop stay visible, and the run finishes normally."""
+    open_page(app, "compare")
+    app.multiselect(key="compare_variants").set_value(["KV4"])
+    app.slider(key="compare_max_new_tokens").set_value(4)
+    app.button(key="compare_generate").click().run()
+    no_exceptions(app)
+    job = app.session_state["compare_job"]
+    assert job.running and _stop_buttons(app)
+    assert [
+        bar for bar in app.get("progress") if "Starting" in bar.proto.text or "Generating" in bar.proto.text
+    ]
+    app.checkbox(key="compare_shade_kl").check().run()
+    app.text_area(key="compare_prompt").set_value("Name a colour.")
+    app.button(key="compare_generate").click().run()  # refused while the first one runs
+    no_exceptions(app)
+    assert any("still running" in warning.value for warning in app.warning)
+    assert app.session_state["compare_job"] is job and job.running and _stop_buttons(app)
+    held_generation.set()
+    assert job.wait(60)
+    app.run()
+    no_exceptions(app)
+    run = app.session_state["compare_run"]
+    assert run.finished and not run.interrupted and run.prompt != "Name a colour."
+    assert len(_token_boxes(app)) == 2 and app.dataframe and not _stop_buttons(app)
+    assert "border-bottom:3px" in _token_boxes(app)[1]  # the checkbox changed mid-run applies
+
+
+def test_stop_keeps_the_tokens_so_far_and_skips_the_rest(app, held_generation):
+    open_page(app, "compare")
+    app.multiselect(key="compare_variants").set_value(["KV4"])
+    app.slider(key="compare_max_new_tokens").set_value(16)
+    app.button(key="compare_generate").click().run()
+    job = app.session_state["compare_job"]
+    app.button(key="compare_stop").click().run()
+    assert job.wait(60)
+    app.run()
+    no_exceptions(app)
+    run = app.session_state["compare_run"]
+    assert run.interrupted
+    reference, kv4 = run.columns
+    assert reference.status == "stopped" and 1 <= len(reference.token_ids) < 16
+    assert kv4.status == "waiting"
+    assert any("The last run was stopped" in info.value for info in app.info)
+    assert any("Not generated: the run was stopped first." in info.value for info in app.info)

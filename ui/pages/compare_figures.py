@@ -1,14 +1,18 @@
 """The Compare page's figures beside the tokens: memory (what the format takes packed, and what this process
-holds) and this prompt's teacher-forced scores beside Evaluate's corpus figure for the same recipe.
+holds), speed and agreement per column, this prompt's teacher-forced scores beside Evaluate's corpus figure
+for the same recipe, and the table under the columns.
 
-`column` arguments are `ui.pages.compare.ColumnRun`s (not imported: that module imports this one).
+`column` and `run` arguments are `ui.pages.compare.ColumnRun`s and `CompareRun`s (not imported: that
+module imports this one).
 """
 
 from __future__ import annotations
 
+import streamlit as st
+
 from engine.evaluation.evalset import DEFAULT_EVAL_SET
 from engine.evaluation.study import FULL_GRID, CellResult
-from engine.evaluation.token_compare import TokenComparison, first_divergence
+from engine.evaluation.token_compare import TokenComparison, agreement, first_divergence
 from engine.runtime.measured import MemoryUse
 from ui.cache import variants
 
@@ -126,3 +130,76 @@ def corpus_figure(run, column) -> CellResult | None:
     if column.spec is None or column.spec.key not in EVALUATE_CELLS:
         return None
     return evaluate_figure(variants.grid_results(), run.model_key, column.spec.key)
+
+
+# -- one column's figures and the table under the columns ----------------------------------------------
+
+
+def column_metrics(column, reference, where=st, corpus: CellResult | None = None) -> None:
+    """Agreement, first divergence, speed and memory of one finished (or stopped) column; for a variant,
+    this prompt's teacher-forced figures beside Evaluate's corpus figures (`corpus`) for its recipe."""
+    is_reference = column.spec is None
+    # one line, not two st.metric boxes: four columns at 1280 px cut a metric's label and value to "…"
+    if is_reference:
+        where.markdown(
+            "Agreement **—** · first divergence **—**",
+            help="This is the reference: the other columns are compared with it.",
+        )
+    else:
+        share = agreement(reference.token_ids, column.token_ids)
+        diverge = first_divergence(reference.token_ids, column.token_ids)
+        where.markdown(
+            f"Agreement **{share:.0%}** · first divergence **{'none' if diverge is None else f'token {diverge}'}**",
+            help="Agreement: the share of the reference's tokens this column reproduced at the same position. "
+            "First divergence: the index (from 0) of the first generated token that differs from the reference.",
+        )
+    lines = []
+    result = column.result
+    if result is not None:
+        lines.append(
+            f"**{len(result.token_ids)}** tokens · prefill **{result.prefill_tokens_per_s:,.0f}** tok/s · "
+            f"decode **{result.decode_tokens_per_s:,.1f}** tok/s · first token **{result.prefill_seconds * 1000:,.0f}** ms"
+        )
+    elif column.token_ids:
+        lines.append(f"**{len(column.token_ids)}** tokens (stopped before timings were recorded)")
+    memory = column.memory
+    if memory is not None:
+        lines.append(memory_line(memory))
+        if memory.cuda_peak_bytes is not None:
+            lines.append(f"CUDA allocator peak **{mib(memory.cuda_peak_bytes)}**")
+    if column.bits_per_weight is not None:
+        lines.append(f"{column.bits_per_weight:.2f} bits per quantized weight")
+    if lines:
+        where.caption("  \n".join(lines), help=memory_help(column) if memory is not None else None)
+    if not is_reference:
+        where.caption("  \n".join(prompt_vs_corpus(column, reference, corpus)), help=RECONCILE_HELP)
+
+
+def summary_rows(run) -> list[dict]:
+    """One row per column for the table under the columns."""
+    reference = run.reference
+    rows = []
+    for column in run.columns:
+        if column.error is not None or column.status == "waiting":
+            continue
+        result, memory, stats = column.result, column.memory, column.stats
+        diverge = None if column.spec is None else first_divergence(reference.token_ids, column.token_ids)
+        rows.append(
+            {
+                "model": column.label,
+                "tokens": len(column.token_ids),
+                "prefill tok/s": result.prefill_tokens_per_s if result else None,
+                "decode tok/s": result.decode_tokens_per_s if result else None,
+                "first token ms": result.prefill_seconds * 1000 if result else None,
+                "packed MiB": memory.packed_total / 1024**2 if memory else None,
+                "held MiB": memory.total / 1024**2 if memory else None,
+                "agreement": agreement(reference.token_ids, column.token_ids),
+                "first divergence": "—"
+                if column.spec is None
+                else ("none" if diverge is None else str(diverge)),
+                "mean KL (nats)": 0.0
+                if column.spec is None
+                else (TokenComparison(stats).mean_kl if stats else None),
+            }
+        )
+    return rows

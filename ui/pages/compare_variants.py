@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from engine.methods import quantize_model
 from engine.runtime.generation import GenerationError
 from ui import state
-from ui.cache.variants import variant
+from ui.cache.variants import model_key, variants
 from ui.pages import compare as compare_view
 from ui.pages import methods as methods_view
 
@@ -31,14 +32,20 @@ def variant_options(loaded) -> tuple[dict[str, compare_view.VariantSpec], dict]:
     return options, lab
 
 
-def lab_or_catalog(loaded, lab: dict, where) -> Callable:
-    """`build(config)` for prepare_models: a Methods-lab model as the lab built it (never rebuilt here:
-    GPTQ / AWQ need their calibration), otherwise the shared cached variant."""
+def builder(loaded, lab: dict) -> Callable:
+    """`build(config, progress)` for the Compare job (`ui.pages.compare.prepare_models`, run in the job's
+    thread, so it reads no session state and draws nothing): a Methods-lab model as the lab built it (never
+    rebuilt here: GPTQ / AWQ need their calibration), otherwise the variant shared by every session
+    (`ui.cache.variants`: the same registry and key as `variant()`, read here in the script thread)."""
+    registry, reference_key = variants(), model_key()
 
-    def build(config):
+    def build(config, progress: Callable[[float, str], None]):
         held = lab.get(config)
         if isinstance(held, str):
             raise GenerationError(held)
-        return held if held is not None else variant(loaded, config, where=where)
+        if held is not None:
+            return held
+        create = lambda: quantize_model(loaded.model, config, progress=progress)  # noqa: E731
+        return registry.get_or_create((reference_key, config), create)
 
     return build
