@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import streamlit as st
 from torch import Tensor
@@ -19,11 +20,12 @@ from engine.models.data import (
     text_fingerprint,
     token_windows,
 )
-from ui import cache, page
+from ui import cache, page, state
 from ui.cache import variants
 from ui.errors import show_error
 from ui.pages import evaluate as evaluate_view
 from ui.pages import evaluate_charts, evaluate_imatrix
+from ui.pages.compare import quick_variants
 from ui.progress import progress_bar
 from ui.widgets import NumberBoxes
 
@@ -148,6 +150,11 @@ def headline(loaded, results: list, choice: Choice, token_ids: Tensor) -> None:
     st.caption(evaluate_view.windows_caption(int(windows), int(window), choice.corpus, "the Methods lab"))
 
 
+def compare_variants(loaded) -> list[str]:
+    """The variants the Compare page offers for this model."""
+    return list(quick_variants(loaded.model, state.scheme()))
+
+
 def main() -> None:
     page.start(
         "Evaluate",
@@ -167,7 +174,8 @@ def main() -> None:
     results = [done[c.name] for c in choice.cells if c.name in done]
     if results:
         headline(loaded, results, choice, token_ids)
-        evaluate_view.results_ui(evaluate_view.table_rows(results), results)
+        offered = partial(compare_variants, loaded)  # a click on a cell opens that variant on Compare
+        evaluate_view.results_ui(evaluate_view.table_rows(results), results, offered)
         evaluate_view.drift_ui(results)
         evaluate_view.findings_ui(done | {r.cell: r for r in results})
     evaluate_imatrix.section(loaded, text, token_ids)

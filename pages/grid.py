@@ -7,7 +7,7 @@ import streamlit as st
 from engine.analysis.blocks import block_count
 from engine.quant.gguf import GGUFType
 from engine.quant.schemes import QuantScheme
-from ui import cache, charts, page, state
+from ui import cache, charts, clickthrough, page, state
 from ui.cache import grid_formats as format_cache
 from ui.errors import show_error
 from ui.pages import grid as pickers
@@ -50,6 +50,8 @@ def block_ui(choice: TensorChoice, scheme: QuantScheme | GGUFType) -> tuple[int,
         show_error(exc, prefix=f"{scheme.label} does not fit this tensor: ")
         st.stop()
     pickers.prior_grid_warning(choice.prior)
+    pickers.keep_in_range("grid_row", n_rows - 1)  # a click-through or a link may name one past the end
+    pickers.keep_in_range("grid_block", n_blocks - 1)
     cols = st.columns(2)
     row_label = "Row of tiles" if getattr(scheme, "granularity", None) == "block" else choice.row_label
     row = cols[0].slider(row_label, 0, n_rows - 1, 0, key="grid_row") if n_rows > 1 else 0
@@ -108,6 +110,7 @@ def main() -> None:
         "mapping, what gets clipped, and how every standard scheme ranks on the same tensor.",
         scheme_use="the tensor shown (levels, errors, metrics) and the star in the all-schemes chart.",
     )
+    clickthrough.origin_note(clickthrough.GRID_PAGE)
     scheme = scheme_ui()
     choice = tensor_ui()
     row, block = block_ui(choice, scheme)

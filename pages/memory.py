@@ -73,12 +73,14 @@ def breakdown_chart_and_table(config, breakdowns: list[MemoryBreakdown], inputs:
         width="stretch",
         key="memory_stacked",
     )
-    st.dataframe(
+    picked = st.dataframe(
         pd.DataFrame(memory_ui.summary_rows(config, breakdowns, inputs.presets, device)),
         hide_index=True,
         width="stretch",
         column_config=memory_ui.summary_columns(device),
+        **memory_charts.SUMMARY_SELECTION,
     )
+    memory_charts.speed_on_click(picked, breakdowns, inputs.presets)
     st.caption(
         f"Sizes in GiB; 1 GPU?: whether one {device.name} holds it; runs: whether its tensor cores take the "
         "format natively, only as weight-only kernels, or not at all (emulated). Overhead is a typical CUDA context plus "

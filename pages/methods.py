@@ -12,7 +12,7 @@ import streamlit as st
 
 from engine.evaluation.evalset import DEFAULT_EVAL_SET
 from engine.evaluation.study import pick_group_size
-from ui import cache, page
+from ui import cache, clickthrough, page
 from ui.cache import method_runs
 from ui.cache.method_runs import MethodRun
 from ui.errors import show_error
@@ -161,12 +161,13 @@ def results(all_runs: list[MethodRun], loaded) -> None:
     for run in all_runs:
         if run.missing is not None:
             st.info(f"**{run.label}**: {run.missing}", icon=":material/memory:")
-    figure = methods_charts.output_error(
-        all_runs
-    )  # their models may have been freed: the reports stay  # first: what GPTQ and AWQ minimise
-    if figure is not None:
-        st.plotly_chart(figure, width="stretch", key="methods_output_error")
-    st.plotly_chart(methods_charts.per_layer_error(all_runs), width="stretch", key="methods_sqnr")
+    targets = clickthrough.weight_points(cache.weight_list())  # a click on a layer opens it on the grid page
+    figure = methods_charts.output_error(all_runs, targets)  # first: what GPTQ and AWQ minimise
+    if figure is not None:  # their models may have been freed: the reports stay
+        clickthrough.grid_chart(st, figure, "methods_output_error", "methods:per-layer")
+    clickthrough.grid_chart(
+        st, methods_charts.per_layer_error(all_runs, targets), "methods_sqnr", "methods:per-layer"
+    )
     methods_drift.render(all_runs)  # after the per-layer charts: which tokens moved, per run
     for run in all_runs:
         methods_view.method_figure(run)

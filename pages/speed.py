@@ -6,7 +6,7 @@ import streamlit as st
 
 from engine import speed
 from engine.sizing.catalog import catalog_models
-from ui import cache, page
+from ui import cache, clickthrough, page
 from ui.pages import speed as speed_view
 from ui.pages import speed_charts as charts
 from ui.pages import speed_sweep
@@ -176,11 +176,11 @@ def main() -> None:
         "Is the quantized model actually faster? Time one linear layer per format at growing batch sizes "
         "(decode is a batch of 1, prefill a batch of the whole prompt), then whole-model prefill and decode.",
     )
+    clickthrough.origin_note(clickthrough.SPEED_PAGE)  # a Memory sizing row's format, pre-selected
     loaded = cache.current_model_or_stop()
     device = loaded.device
     speed_view.device_note(device)
     fallback_notes = st.container()
-
     st.subheader("Linear-layer microbenchmarks")
     kernels = kernel_form(loaded.model, device)
     if kernels is not None:

@@ -4,6 +4,8 @@ note on the default model's Q4_1 origin that Evaluate, the Methods lab and Compa
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 import streamlit as st
 
@@ -11,6 +13,7 @@ from engine.evaluation.drift import DriftStats
 from engine.evaluation.evalset import DEFAULT_EVAL_SET, corpus_name, describe_windows, is_default
 from engine.evaluation.study import MODEL_GRID, CellResult, findings
 from engine.models.sources import DEFAULT_MODEL_NAME
+from ui import clickthrough
 from ui.pages import evaluate_charts
 
 ORIGIN_LINK = "overview"  # the Overview page, which gives the model's provenance in full
@@ -70,14 +73,28 @@ def table_rows(results: list[CellResult]) -> list[dict]:
     return [reference] + [dict(cell=r.cell, **{f: getattr(r, f) for f in fields}) for r in results]
 
 
-def results_ui(rows: list[dict], results: list[CellResult]) -> None:
-    st.plotly_chart(evaluate_charts.grid_heatmap(rows), width="stretch", key="evaluate_heatmap")
-    st.caption(evaluate_charts.band_caption())
+def compare_on_click(clicked, picked, rows: list[dict], offered: Callable[[], list[str]]) -> None:
+    """A click on a heatmap cell or a table row opens Compare with that variant beside the reference;
+    `offered()`: the Compare page's variants."""
+    chosen = picked.selection.rows if picked is not None else []
+    points = [{"customdata": data} for data in clickthrough.clicked_customdata(clicked)]
+    points += [{"customdata": [clickthrough.VARIANT_TAG, rows[index]["cell"]]} for index in chosen]
+    clickthrough.open_compare_on_click({"selection": {"points": points}}, "evaluate:grid", offered)
+
+
+def results_ui(rows: list[dict], results: list[CellResult], offered: Callable[[], list[str]]) -> None:
+    """The grid's heatmap, table and charts; a click on a variant opens it on Compare (`offered()`: the
+    variants Compare offers)."""
+    clicked = clickthrough.chart(st, evaluate_charts.grid_heatmap(rows), "evaluate_heatmap")
+    st.caption(evaluate_charts.band_caption() + " Click a cell or a row to compare that variant's text.")
     table = pd.DataFrame(rows)
-    st.dataframe(
+    picked = st.dataframe(
         table,
         hide_index=True,
         width="stretch",
+        key="evaluate_table",
+        on_select="rerun",
+        selection_mode="single-row",
         column_config={
             "perplexity": st.column_config.NumberColumn(format="%.3f"),
             "relative_change": st.column_config.NumberColumn("Δ perplexity", format="percent"),
@@ -100,6 +117,7 @@ def results_ui(rows: list[dict], results: list[CellResult]) -> None:
         mime="text/csv",
         key="evaluate_csv",
     )
+    compare_on_click(clicked, picked, rows, offered)
     reference = rows[0]["perplexity"]
     st.plotly_chart(evaluate_charts.perplexity_bars(results, reference), width="stretch", key="evaluate_bars")
     if len({r.bits_per_weight for r in results if r.bits_per_weight is not None}) > 1:

@@ -10,6 +10,7 @@ import torch
 
 from engine.evaluation.drift import DriftStats
 from engine.evaluation.study import BAND_LIMITS, BANDS, CellResult, band
+from ui import clickthrough
 from ui.charts import decade_ticks, layout
 
 AXIS_COLORS = {
@@ -109,6 +110,21 @@ def grid_heatmap(rows: list[dict]) -> go.Figure:
             ),
             hovertemplate="%{x} · %{y}: %{text} (%{customdata})<extra></extra>",
         )
+    )
+    cells = [  # a click on a variant's cell opens it on Compare (the reference has none)
+        (
+            r["cell"],
+            label,
+            [clickthrough.VARIANT_TAG, r["cell"], FORMATS[key](value(r)), BANDS[band(key, value(r))]],
+        )
+        for r in rows
+        if r.get("axis") != "reference"
+        for label, key, value in METRICS
+    ]
+    clickthrough.selectable_cells(
+        figure,
+        cells,
+        "%{x} · %{y}: %{customdata[2]} (%{customdata[3]})<br>click to compare it<extra></extra>",
     )
     figure.update_layout(
         title="Quality cost of each cell (colour: a fixed scale, from close to the reference to broken)",

@@ -106,6 +106,13 @@ def model_weight() -> TensorChoice:
     return TensorChoice(key, "Row (output channel)", cache.prior_grid(key))
 
 
+def keep_in_range(key: str, highest: int) -> None:
+    """Bring slider `key`'s value (set by a click-through or a link) within 0..highest before it is drawn."""
+    value = st.session_state.get(key)
+    if isinstance(value, int) and not 0 <= value <= highest:
+        st.session_state[key] = min(max(value, 0), highest)
+
+
 def prior_grid_warning(prior: PriorGrid | None) -> None:
     if prior is None or not prior.detected:
         return

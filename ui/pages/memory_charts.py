@@ -1,11 +1,13 @@
 """Plotly figures for the Memory page: stacked breakdowns, a context sweep with GPU lines, measured vs
-estimated bytes. Inputs are the engine's plain values; sizes are drawn in GiB."""
+estimated bytes. Inputs are the engine's plain values; sizes are drawn in GiB. Also the summary table's
+click-through to the Speed page (`speed_on_click`)."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
 from engine.sizing.estimate import MemoryBreakdown
+from ui import clickthrough
 from ui.charts import layout
 
 GIB = 1024**3
@@ -100,3 +102,16 @@ def measured_vs_estimated(rows: list[tuple[str, float, float]]) -> go.Figure:
     figure.add_bar(x=names, y=[r[2] / 1024**2 for r in rows], name="measured", marker_color="#ff7f0e")
     figure.update_layout(barmode="group")
     return _layout(figure, "Loaded model: estimate vs measurement", "", "MiB", height=320)
+
+
+# the summary table's rows can be clicked: the Speed page's measured decode for that format
+SUMMARY_SELECTION = dict(key="memory_summary", on_select="rerun", selection_mode="single-row")
+
+
+def speed_on_click(picked, breakdowns: list[MemoryBreakdown], presets: list) -> None:
+    """A click on a summary row opens the Speed page on that format (where a kernel there runs it)."""
+    rows = picked.selection.rows if picked is not None else []
+    if rows:
+        clickthrough.open_speed_for(
+            presets[rows[0]].name, breakdowns[rows[0]].weights_label, "memory:summary"
+        )

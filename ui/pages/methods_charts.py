@@ -36,19 +36,27 @@ def sqnr_note(all_runs: list) -> str | None:
     )
 
 
-def per_layer_error(all_runs: list) -> go.Figure:
+def _clickable(targets: dict[str, list] | None, layers: list) -> dict:
+    """Small markers carrying each layer's tensor customdata (`targets`: module path -> customdata), so
+    that a click on a point selects it (plotly selects no points on a line without markers)."""
+    if not targets:
+        return dict(mode="lines")
+    return dict(mode="lines+markers", marker=dict(size=4), customdata=[targets.get(r.name) for r in layers])
+
+
+def per_layer_error(all_runs: list, targets: dict[str, list] | None = None) -> go.Figure:
     """Weight SQNR of every quantized linear, one line per method (higher is better), with a note on
-    GPTQ / AWQ, whose weight SQNR is expected to sit below RTN's."""
+    GPTQ / AWQ, whose weight SQNR is expected to sit below RTN's. `targets`: see `_clickable`."""
     figure = go.Figure()
     for index, run in enumerate(all_runs):
         layers = run.layers
         figure.add_scatter(
             x=[_layer_index(r.name) for r in layers],
             y=[r.weight_sqnr_db for r in layers],
-            mode="lines",
             name=run.label,
             line=dict(color=COLORS[index % len(COLORS)], width=1.5),
             hovertemplate="%{x}: %{y:.1f} dB<extra>" + run.label + "</extra>",
+            **_clickable(targets, layers),
         )
     figure.update_layout(
         height=360,
@@ -73,8 +81,9 @@ def per_layer_error(all_runs: list) -> go.Figure:
     return figure
 
 
-def output_error(all_runs: list) -> go.Figure | None:
-    """Relative error of each layer's output on calibration inputs, for methods that measure it."""
+def output_error(all_runs: list, targets: dict[str, list] | None = None) -> go.Figure | None:
+    """Relative error of each layer's output on calibration inputs, for methods that measure it.
+    `targets`: see `_clickable`."""
     measured = [r for r in all_runs if any(layer.output_error is not None for layer in r.layers)]
     if not measured:
         return None
@@ -84,9 +93,9 @@ def output_error(all_runs: list) -> go.Figure | None:
         figure.add_scatter(
             x=[_layer_index(r.name) for r in layers],
             y=[r.output_error for r in layers],
-            mode="lines",
             name=run.label,
             line=dict(color=COLORS[index % len(COLORS)]),
+            **_clickable(targets, layers),
         )
         rtn = [getattr(layer.detail, "rtn_output_error", None) for layer in layers]  # GPTQ, AWQ
         if all(v is not None for v in rtn):

@@ -9,6 +9,7 @@ import numpy
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ui import clickthrough
 from ui.charts import CLIP_COLOR, VALUE_COLOR, layout
 
 HEAD_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
@@ -19,8 +20,11 @@ TOKEN_TICKS = 32  # labelled token rows at most on the heatmap
 HOTTEST_TOKENS = 3  # at most this many outlier rows (largest |x| ≥ 3× the median row's) always labelled
 
 
-def layer_heatmap(labels: list[str], layers: list[int], values, title: str, log: bool) -> go.Figure:
-    """Rows are tensors, columns are layers; `log` colours by log10 (hover shows the real value)."""
+def layer_heatmap(
+    labels: list[str], layers: list[int], values, title: str, log: bool, targets: dict | None = None
+) -> go.Figure:
+    """Rows are tensors, columns are layers; `log` colours by log10 (hover shows the real value). `targets`:
+    {(label, layer): tensor customdata} of the cells a click opens on the grid page."""
     raw = values.tolist()
     shown = [[math.log10(v) if log and v and v > 0 else v for v in row] for row in raw]
     figure = go.Figure(
@@ -36,6 +40,16 @@ def layer_heatmap(labels: list[str], layers: list[int], values, title: str, log:
     )
     figure.update_yaxes(autorange="reversed")
     figure.update_xaxes(dtick=1 if len(layers) <= 32 else None)
+    if targets:
+        cells = [
+            (layer, label, [*data, raw[labels.index(label)][layers.index(layer)]])
+            for (label, layer), data in targets.items()
+        ]
+        clickthrough.selectable_cells(
+            figure,
+            cells,
+            "layer %{x}<br>%{y}<br>%{customdata[7]:.4g}<br>click to open it on the Quantization grid<extra></extra>",
+        )
     return layout(figure, title, "layer", "", height=110 + 34 * len(labels))
 
 
@@ -48,9 +62,12 @@ def channel_profile(
     weight_title: str = "",
     threshold: float | None = None,
     log: bool = False,
+    points: list | None = None,
+    weight_points: list | None = None,
 ) -> go.Figure:
     """Per-channel magnitudes as bars, notable channels labelled by index; with `weight`, the abs-max of
-    the weight columns that read each channel below it on the same channel axis (SmoothQuant's picture)."""
+    the weight columns that read each channel below it on the same channel axis (SmoothQuant's picture).
+    `points` / `weight_points`: each bar's tensor customdata, for a click to open it on the grid page."""
     rows = 2 if weight is not None else 1
     figure = make_subplots(
         rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.65, 0.35][:rows] or None
@@ -59,6 +76,7 @@ def channel_profile(
         y=values.numpy(),
         name=y_title,
         marker_color=VALUE_COLOR,
+        customdata=points,
         hovertemplate="channel %{x}<br>%{y:.4g}<extra></extra>",
         row=1,
         col=1,
@@ -84,6 +102,7 @@ def channel_profile(
             y=weight.numpy(),
             name=weight_title,
             marker_color="#ff7f0e",
+            customdata=weight_points,
             hovertemplate="channel %{x}<br>%{y:.4g}<extra></extra>",
             row=2,
             col=1,
@@ -255,6 +274,7 @@ def sensitivity(rows: list[dict], worst: list[dict], scheme_label: str) -> go.Fi
             name=kind,
             marker=dict(color=color, size=7),
             text=[r["tensor"] for r in subset],
+            customdata=[r.get("target") for r in subset],  # the tensor a click opens on the grid page
             hovertemplate="%{text}<br>%{y:.1f} dB<extra>" + kind + "</extra>",
         )
     by_layer: dict[int, float] = {}

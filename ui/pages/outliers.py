@@ -14,10 +14,12 @@ import pandas as pd
 import streamlit as st
 
 from engine.analysis import outliers
-from engine.analysis.site_stats import Stats, histogram_edges
-from ui import state
+from engine.analysis.site_stats import SiteStats, Stats, histogram_edges
+from ui import cache, clickthrough, state
 from ui.cache import outliers as outlier_cache
 from ui.pages import outlier_charts as charts
+
+CLICK = "Click a cell or a bar to open that tensor on the Quantization grid. "
 
 
 class Summary(NamedTuple):
@@ -42,12 +44,15 @@ def weights_tab(weights: list[outliers.WeightStats]) -> None:
         "Statistic", outliers.WEIGHT_STATISTICS, horizontal=True, key="outliers_w_stat", index=2
     )
     modules, layers, values = outliers.weight_matrix(weights, statistic)
-    st.plotly_chart(
-        charts.layer_heatmap(modules, layers, values, f"Weights: {statistic}", log=statistic == "abs-max"),
-        width="stretch",
+    targets = {(w.module, w.layer): weight_point(w) for w in weights if w.layer is not None}
+    figure = charts.layer_heatmap(
+        modules, layers, values, f"Weights: {statistic}", statistic == "abs-max", targets
     )
+    clicked = clickthrough.chart(st, figure, "outliers_w_heatmap")
+    clickthrough.open_grid_on_click(clicked, "outliers:weights")
     st.caption(
-        "Bright cells are weights with a few dominant values or input channels: they stretch a per-tensor "
+        CLICK
+        + "Bright cells are weights with a few dominant values or input channels: they stretch a per-tensor "
         "or per-row scale. Kurtosis is 3 for a Gaussian; 'max/median input channel' compares the largest "
         f"column abs-max with the median column (SmoothQuant's max |W_j|); kσ uses k = {weights[0].k:g}."
     )
@@ -56,20 +61,39 @@ def weights_tab(weights: list[outliers.WeightStats]) -> None:
     module = cols[1].radio("Weight", modules, horizontal=True, key="outliers_w_module")
     picked = next(w for w in weights if w.layer == layer and w.module == module)
     left, right = st.columns(2)
-    for column, values, side, y_title in (
-        (left, picked.in_absmax, "input", "max |W[:, j]|"),
-        (right, picked.out_absmax, "output", "max |W[i, :]|"),
+    for column, values, side, y_title, axis in (
+        (left, picked.in_absmax, "input", "max |W[:, j]|", "column"),
+        (right, picked.out_absmax, "output", "max |W[i, :]|", "row"),
     ):
         title = f"{module} (layer {layer}): abs-max per {side} channel"
-        column.plotly_chart(
-            charts.channel_profile(values, outliers.notable_channels(values), title, y_title), width="stretch"
+        points = [weight_point(picked, **{axis: index}) for index in range(len(values))]
+        figure = charts.channel_profile(
+            values, outliers.notable_channels(values), title, y_title, points=points
         )
+        clicked = clickthrough.chart(column, figure, f"outliers_w_{side}_channels")
+        clickthrough.open_grid_on_click(clicked, "outliers:weight-channels")
     st.caption(
         f"{picked.shape[0]}×{picked.shape[1]}: abs-max {picked.absmax:.3g}, kurtosis {picked.kurtosis:.1f}, "
         f"{100 * picked.beyond_k:.2f}% of weights beyond {picked.k:g}σ. Labelled channels are at least 3× "
         "the median channel: per-output-channel scales absorb tall rows, but a tall input column hurts "
         "every row's scale."
     )
+
+
+def weight_point(w: outliers.WeightStats, row: int | None = None, column: int | None = None) -> list:
+    """The customdata of a chart point that stands for weight `w` (or one of its rows / columns)."""
+    return weight_point_of(w.layer, w.module, w.shape, row, column)
+
+
+def weight_point_of(layer, module: str, shape, row: int | None = None, column: int | None = None) -> list:
+    return clickthrough.tensor_customdata("weight", layer, module, shape, row, column)
+
+
+def site_point(site: SiteStats, column: int | None = None) -> list | None:
+    """The customdata of a chart point that stands for `site` (None: no sample to show on the grid)."""
+    if not site.sample.numel():
+        return None
+    return clickthrough.tensor_customdata("site", site.layer, site.name, site.sample.shape, None, column)
 
 
 def llm_int8_section(stats: Stats, threshold: float) -> None:
@@ -129,21 +153,24 @@ def channel_section(
     reader = None
     if site.consumers:
         reader = next((w for w in weights if w.name == site.consumers[0] + ".weight"), None)
-    st.plotly_chart(
-        charts.channel_profile(
-            site.absmax,
-            outliers.notable_channels(site.absmax),
-            f"Layer {layer}, {site.label}: abs-max per channel over {site.tokens:,} tokens (log scale)",
-            "max |X[:, j]|",
-            weight=None if reader is None else reader.in_absmax,
-            weight_title="" if reader is None else f"max |W[:, j]|, {reader.module}",
-            threshold=threshold,
-            log=True,
-        ),
-        width="stretch",
+    channels = range(site.channels)
+    figure = charts.channel_profile(
+        site.absmax,
+        outliers.notable_channels(site.absmax),
+        f"Layer {layer}, {site.label}: abs-max per channel over {site.tokens:,} tokens (log scale)",
+        "max |X[:, j]|",
+        weight=None if reader is None else reader.in_absmax,
+        weight_title="" if reader is None else f"max |W[:, j]|, {reader.module}",
+        threshold=threshold,
+        log=True,
+        points=[site_point(site, j) for j in channels] if site.sample.numel() else None,
+        weight_points=None if reader is None else [weight_point(reader, column=j) for j in channels],
     )
+    clicked = clickthrough.chart(st, figure, "outliers_a_channels")
+    clickthrough.open_grid_on_click(clicked, "outliers:activation-channels")
     st.caption(
-        "SmoothQuant's picture: a few activation channels (labelled: at least 3× the median channel) tower "
+        CLICK
+        + "SmoothQuant's picture: a few activation channels (labelled: at least 3× the median channel) tower "
         "over the rest, while the weight columns that read them (orange, shown for linear inputs) stay flat, "
         "so the outliers set every per-token activation scale. The dotted line is the threshold."
     )
@@ -176,12 +203,19 @@ def activations_tab(
     title = f"Activations: {statistic}" + (
         f" (|x| ≥ {threshold:g})" if statistic == "outlier channels" else ""
     )
-    st.plotly_chart(
-        charts.layer_heatmap(labels, layers, values, title, log=statistic in ("abs-max", "kurtosis")),
-        width="stretch",
+    targets = {
+        (site.label, site.layer): site_point(site)
+        for site in stats.sites
+        if site.kind in ("activation", "residual") and site.sample.numel()
+    }
+    figure = charts.layer_heatmap(
+        labels, layers, values, title, statistic in ("abs-max", "kurtosis"), targets
     )
+    clicked = clickthrough.chart(st, figure, "outliers_a_heatmap")
+    clickthrough.open_grid_on_click(clicked, "outliers:activations")
     st.caption(
-        "Rows are the inputs of the linear layers (q/k/v and gate/up share one input) and the residual "
+        CLICK
+        + "Rows are the inputs of the linear layers (q/k/v and gate/up share one input) and the residual "
         "stream after each layer. Watch the residual row: a handful of channels grow by orders of magnitude "
         "and the normalised inputs inherit outlier features from them."
     )
@@ -240,14 +274,36 @@ def kv_tab(stats: Stats, summary: Summary, token_labels: list[str]) -> None:
     right.plotly_chart(charts.kivi_bars(outliers.kivi_summary(stats, layer), layer), width="stretch")
 
 
+def sensitivity_points(rows: list[dict], stats: Stats) -> list[tuple[dict, list | None]]:
+    """Each ranking row with the customdata of its tensor (a weight by its module, an activation, key or
+    value by its statistics site)."""
+    sites = {site.name: site for site in stats.sites}
+    shapes = {w.name: w.shape for w in cache.weight_list()}
+    points = []
+    for row in rows:
+        if row["kind"] == "weight":
+            shape = shapes.get(row["name"] + ".weight")
+            point = None if shape is None else weight_point_of(row["layer"], row["tensor"], shape)
+        else:
+            point = site_point(sites[row["name"]]) if row["name"] in sites else None
+        points.append((row, point))
+    return points
+
+
 def sensitivity_tab(key: outlier_cache.StatsKey, stats: Stats) -> None:
     scheme = state.scheme()
     if scheme is None:
         st.warning("Pick a valid scheme in the sidebar to rank the tensors.", icon=":material/tune:")
         return
-    rows = outlier_cache.sensitivity(key, scheme, stats)
+    rows = [
+        dict(row, target=point)
+        for row, point in sensitivity_points(outlier_cache.sensitivity(key, scheme, stats), stats)
+    ]
     worst = outliers.layer_sensitivity(rows)
-    st.plotly_chart(charts.sensitivity(rows, worst, scheme.label), width="stretch")
+    clicked = clickthrough.chart(
+        st, charts.sensitivity(rows, worst, scheme.label), "outliers_sensitivity_chart"
+    )
+    clickthrough.open_grid_on_click(clicked, "outliers:sensitivity")
     usable = [row for row in rows if not math.isnan(row["SQNR (dB)"])]
     if usable:
         first = usable[0]
@@ -257,8 +313,21 @@ def sensitivity_tab(key: outlier_cache.StatsKey, stats: Stats) -> None:
             "candidate to keep in higher precision. Activations are quantized per token, keys and values "
             "per token and head, on the first tokens of the first window."
         )
-    frame = pd.DataFrame(rows)
-    st.dataframe(frame.style.format({"SQNR (dB)": "{:.1f}"}), hide_index=True, height=360, width="stretch")
+    frame = pd.DataFrame(rows).drop(columns="target")
+    st.caption(CLICK.replace("a cell or a bar", "a point or a row"))
+    picked = st.dataframe(
+        frame.style.format({"SQNR (dB)": "{:.1f}"}),
+        hide_index=True,
+        height=360,
+        width="stretch",
+        key="outliers_sensitivity_table",
+        on_select="rerun",
+        selection_mode="single-row",
+    )
+    chosen = picked.selection.rows if picked is not None else []
+    if chosen:
+        point = {"customdata": rows[chosen[0]]["target"]}
+        clickthrough.open_grid_on_click({"selection": {"points": [point]}}, "outliers:sensitivity")
     st.download_button(
         "Download the ranking (CSV)",
         frame.to_csv(index=False).encode(),
