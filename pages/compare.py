@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from engine.runtime.generation import MAX_NEW_TOKENS_CAP, GenerationError, GenerationSettings
-from ui import cache, jobs, page
+from ui import cache, clickthrough, jobs, page
 from ui.cache.variants import model_key
 from ui.errors import show_error
 from ui.pages import compare as view
@@ -174,6 +174,7 @@ def main() -> None:
         "from one prompt with the same settings; hover a token for its probability under both models and the KL.",
         scheme_use="the “sidebar scheme” variant, the whole model quantized with it by round-to-nearest.",
     )
+    clickthrough.origin_note(clickthrough.COMPARE_PAGE)
     loaded = cache.current_model_or_stop()
     view.origin_note(loaded)
     options, built_in_lab = variants_view.variant_options(loaded)

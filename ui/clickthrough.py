@@ -263,7 +263,7 @@ def open_speed_for(preset: str, label: str, origin: str) -> None:
             icon=":material/speed:",
         )
         return
-    open_view(SPEED_PAGE, params, origin, session_only=("speed_variants",))  # not among the Speed links
+    open_view(SPEED_PAGE, params, origin)
 
 
 # -- going to a page and coming back ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.analysis.outliers import ACTIVATION_STATISTICS
 from engine.models.data import CORPORA
 from engine.models.sources import ModelSource, allowed_roots
 from engine.quant.gguf import GGUF_TYPES, GGUFType
@@ -271,6 +272,21 @@ def _candidate_sets():
     return list(CANDIDATE_SETS)
 
 
+def _speed_variants():  # the catalog's variants on this device (Methods-lab runs are per session: not linked)
+    from engine.speed.variants import available_variants
+    from ui import state
+
+    return available_variants(state.selection()[1])
+
+
+def _evaluate_cells():  # the Evaluate page's pickable cells (pages/evaluate.py's PICKABLE), by name
+    from engine import recipes
+    from engine.evaluation.study import FORMATS_GRID, FULL_GRID
+
+    cells = (*FULL_GRID, *FORMATS_GRID, *recipes.on_axis("formats", "gguf"))
+    return list(dict.fromkeys(cell.name for cell in cells))
+
+
 def _speed_formats():
     from engine.speed.variants import available_formats
     from ui import state
@@ -308,7 +324,7 @@ PAGE_PARAMS: dict[str, tuple[Param, ...]] = {
         Param("grid_weight", Choice(_weights, to_text=lambda w: w.name)),
         Param("grid_row", IntRange(0, 1_000_000), 0),
         Param("grid_block", IntRange(0, 1_000_000), 0),
-        Param("grid_act_layer", LABEL),
+        Param("grid_act_layer", IntRange(0, 1024)),
         Param("grid_act_site", LABEL),
         Param("grid_syn_kind", LABEL),
         Param("grid_syn_rows", IntRange(1, 1024), 64),
@@ -329,6 +345,7 @@ PAGE_PARAMS: dict[str, tuple[Param, ...]] = {
         Param("outliers_w_module", MODULE_NAME),
         Param("outliers_a_layer", Choice(_model_layers)),
         Param("outliers_a_site", LABEL),
+        Param("outliers_a_stat", Choice(ACTIVATION_STATISTICS), ACTIVATION_STATISTICS[0]),
         Param("outliers_a_view", Choice(("Heatmap", "3-D surface")), "Heatmap"),
         Param("outliers_kv_layer", Choice(_model_layers)),
     ),
@@ -359,6 +376,7 @@ PAGE_PARAMS: dict[str, tuple[Param, ...]] = {
         Param("evaluate_corpus", Choice(CORPUS_CHOICES)),
         Param("evaluate_grid", LABEL),
         Param("evaluate_windows", IntRange(1, 16)),
+        Param("evaluate_cells", Choices(_evaluate_cells)),
         Param("evaluate_window", Choice((128, 256, 512))),
     ),
     "Memory sizing": (
@@ -382,6 +400,7 @@ PAGE_PARAMS: dict[str, tuple[Param, ...]] = {
         Param("speed_batches", Choices(BATCH_SIZES), list(BATCH_SIZES)),
         Param("speed_formats", Choices(_speed_formats)),
         Param("speed_repeats", IntRange(3, 200)),
+        Param("speed_variants", Choices(_speed_variants)),
     ),
     "Learn": (
         Param("learn_tab", LABEL, "Linear vs quantile grids"),
