@@ -130,6 +130,10 @@ LONGEST_FIRST = (
     "tests/app/test_outliers_page.py",
     "tests/e2e/test_outliers_browser.py",
     "tests/app/test_outliers_origin.py",
+    "tests/app/test_links.py",
+    "tests/app/test_compare_page.py",
+    "tests/e2e/test_tour_browser.py",
+    "tests/app/test_presenter.py",
 )
 
 

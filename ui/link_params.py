@@ -385,6 +385,8 @@ PAGE_PARAMS: dict[str, tuple[Param, ...]] = {
         Param("memory_formats", Choices(_weight_presets), ["bf16", "int8", "int4-g128", "nf4"]),
         Param("memory_add_sidebar", Flag(), False),
         Param("memory_kv", Choice(_kv_formats), "fp16"),
+        Param("memory_kv_values", Choice(lambda: [None, *_kv_formats()]), None),
+        Param("memory_prefill", Choice((None, 8192, 2048, 512)), None),
         Param("memory_attention", Choice(("sdpa", "eager")), "sdpa"),
         Param("memory_engine", Choice(_engines), "transformers"),
         Param(

@@ -118,7 +118,9 @@ def test_memory_estimate_in_the_browser(server_url, browser):
 
 
 def test_compare_generation_in_the_browser(server_url, browser):
-    """A short generation on the Compare page: the reference and two variants stream, then the summary."""
+    """A short generation on the Compare page: the reference and its variants stream, then the summary. It
+    survives other clicks (issue 21): a checkbox and a trip to another page while it runs leave it going,
+    and it finishes with every column."""
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     page.goto(f"{server_url}/compare")
     page.get_by_role("button", name="Generate").wait_for(timeout=90_000)
@@ -129,11 +131,18 @@ def test_compare_generation_in_the_browser(server_url, browser):
     for _ in range(40):
         page.keyboard.press("ArrowLeft")
     page.get_by_role("button", name="Generate").click()
+    page.get_by_role("button", name="Stop").wait_for(timeout=60_000)  # it runs (variants are built first)
+    page.get_by_text("Underline tokens by KL").click()  # another widget: the page reruns
+    page.get_by_role("link", name="Memory sizing").click()  # another page, then back
+    page.get_by_text("Memory by component").first.wait_for(timeout=60_000)
+    page.get_by_role("link", name="Compare generations").click()
     page.get_by_text("Agreement counts identical tokens").first.wait_for(
         timeout=300_000
     )  # after every column
     body = page.inner_text("body")
     assert "Paris" in body  # the reference answers the default prompt
+    assert "The last run was stopped" not in body and "Not generated" not in body
+    assert body.count("first divergence") >= 4  # every column finished: the reference and 3 variants
     assert page.locator("[data-testid='stException']").count() == 0
     page.wait_for_timeout(1500)  # let the summary table render
     page.screenshot(path=str(ARTIFACTS / "compare-generation.png"), full_page=True)

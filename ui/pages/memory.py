@@ -265,14 +265,15 @@ def summary_rows(
 
 def summary_columns(device: GPU) -> dict:
     """The summary table's columns: short headers (unit and meaning in each header's tooltip) and fixed
-    widths, 800 px in all, so the ten columns fit a 1280-pixel window beside the sidebar: with headers
+    widths, 762 px in all (and the row-selection column), so the ten columns fit a 1280-pixel window beside
+    the sidebar: with headers
     sized to their text the last one, decode tok/s, sat past the right edge."""
     sizes = {
         key: st.column_config.NumberColumn(label, width=width, format="%.2f", help=f"{label}, in GiB")
         for key, (label, width) in SIZE_COLUMNS.items()
     }
     return {
-        "weights": st.column_config.TextColumn("format", width=234, help="Weight format"),
+        "weights": st.column_config.TextColumn("format", width=196, help="Weight format"),
         "bits/weight": st.column_config.NumberColumn(
             "bits/w", width=52, format="%.3f", help="Bits per weight, scales included"
         ),
