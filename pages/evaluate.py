@@ -10,7 +10,7 @@ from torch import Tensor
 
 from engine import recipes
 from engine.evaluation.evalset import DEFAULT_EVAL_SET
-from engine.evaluation.study import FORMATS_GRID, FULL_GRID, MODEL_GRID, QUICK_GRID, pick_group_size, run_grid
+from engine.evaluation.study import FORMATS_GRID, FULL_GRID, MODEL_GRID, QUICK_GRID, pick_group_size
 from engine.models.data import (
     CORPORA,
     DataError,
@@ -20,13 +20,12 @@ from engine.models.data import (
     text_fingerprint,
     token_windows,
 )
-from ui import cache, page, state
+from ui import cache, jobs, page, state
 from ui.cache import variants
 from ui.errors import show_error
 from ui.pages import evaluate as evaluate_view
 from ui.pages import evaluate_charts, evaluate_imatrix
 from ui.pages.compare import quick_variants
-from ui.progress import progress_bar
 from ui.widgets import NumberBoxes
 
 GRIDS = {
@@ -40,6 +39,7 @@ PICKABLE = tuple(
     {c.name: c for c in (*FULL_GRID, *FORMATS_GRID, *recipes.on_axis("formats", "gguf"))}.values()
 )
 CORPUS_CHOICES = [*CORPORA, "upload"]
+JOB_KEY = evaluate_view.GRID_JOB  # this session's grid run in the background (ui.jobs)
 REQUESTED = "evaluate_run_requested"  # set by the button's callback, so no rerun can lose the click
 SECONDS_PER_1K_TOKENS = 4  # per cell, for the "roughly N s" hint (see docs/benchmarks.md for the machine)
 
@@ -116,9 +116,16 @@ def load_windows(loaded, choice: Choice) -> tuple[str, Tensor, int]:
 
 
 def run_missing(loaded, cells, token_ids: Tensor, group_size: int, done: dict) -> None:
-    """Score the cells not cached yet, once Run grid was pressed; otherwise say what it would take."""
+    """Start scoring the cells not cached yet once Run grid was pressed (a background job that other clicks
+    leave running); while it runs, its progress and Stop; otherwise say what the missing cells would take."""
     missing = [c for c in cells if c.name not in done]
-    if missing and not st.session_state.pop(REQUESTED, False):
+    if st.session_state.pop(REQUESTED, False) and missing:
+        evaluate_view.start_grid(loaded.model, missing, token_ids, group_size, done)
+    if evaluate_view.grid_running_ui():
+        return
+    if (finished := jobs.finished(JOB_KEY)) is not None and finished.error is not None:
+        show_error(finished.error, prefix="The grid stopped: ")  # the finished cells stay cached
+    if missing := [c for c in cells if c.name not in done]:
         per_cell = SECONDS_PER_1K_TOKENS * token_ids.numel() / 1024
         st.info(
             f"Press **Run grid** to score {len(missing)} cell(s) on {token_ids.shape[0]} windows × "
@@ -126,14 +133,6 @@ def run_missing(loaded, cells, token_ids: Tensor, group_size: int, done: dict) -
             "cells are kept for every session, so reruns are instant.",
             icon=":material/play_arrow:",
         )
-    elif missing:
-        update, clear = progress_bar()
-        try:
-            run_grid(loaded.model, token_ids, missing, done=done, group_size=group_size, progress=update)
-        except Exception as exc:  # a cell that fails leaves the finished ones cached
-            show_error(exc, prefix="The grid stopped: ")
-        finally:
-            clear()
 
 
 def headline(loaded, results: list, choice: Choice, token_ids: Tensor) -> None:

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import streamlit as st
 
-from engine.analysis.site_stats import Stats, StatsError
+from engine.analysis.site_stats import Stats
 from engine.models.data import CORPORA, MAX_UPLOAD_BYTES, DataError, decode_upload
 from ui import cache, page
 from ui.cache import outliers as outlier_cache
@@ -84,27 +84,22 @@ def uploaded_text_ui(corpus: str) -> str | None:
         st.stop()
 
 
-def statistics_ui(
-    form: Collection, text: str | None, model_label: str
-) -> tuple[outlier_cache.StatsKey, Stats]:
-    """Statistics for the form, from the cache or, after a click, collected now; stops until there are some."""
+def statistics_ui(form: Collection, text: str | None, loaded) -> tuple[outlier_cache.StatsKey, Stats]:
+    """Statistics for the form from the cache; after a click, collected in the background (other clicks
+    leave it running; its progress shows meanwhile). Stops the page until there are some."""
     key = outlier_cache.stats_key(form.corpus, form.windows, form.window, text)
-    stats = outlier_cache.cached(key)
-    if stats is not None:
+    requested = st.session_state.pop(REQUESTED, False) and outlier_cache.cached(key) is None
+    running = tabs.collection_ui(requested, key, loaded, text)
+    if (stats := outlier_cache.cached(key)) is not None:
         return key, stats
-    if not st.session_state.pop(REQUESTED, False):
+    if not running:
         st.info(
             f"Press **Collect statistics** to run {int(form.windows)} windows × {form.window} tokens through "
-            f"{model_label}: about 10–20 s on two CPU cores for 8 × 256; results are kept for "
+            f"{loaded.source.label}: about 10–20 s on two CPU cores for 8 × 256; results are kept for "
             "every session.",
             icon=":material/play_arrow:",
         )
-        st.stop()
-    try:
-        return key, outlier_cache.collect(key, text)  # the request was consumed above: no retry on failure
-    except (DataError, StatsError, ValueError) as exc:
-        show_error(exc, prefix="Could not collect statistics. ")
-        st.stop()
+    st.stop()
 
 
 def headline_ui(stats: Stats, summary: Summary) -> None:
@@ -148,7 +143,7 @@ def main() -> None:
     loaded = cache.current_model_or_stop()
     form = collection_form_ui()
     text = uploaded_text_ui(form.corpus)
-    key, stats = statistics_ui(form, text, loaded.source.label)
+    key, stats = statistics_ui(form, text, loaded)
     summary = tabs.summarise(stats)
     headline_ui(stats, summary)
 

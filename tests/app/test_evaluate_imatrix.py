@@ -16,6 +16,14 @@ def _fast_settings(app, formats):
     app.multiselect(key="evaluate_imatrix_formats").set_value(formats).run()
 
 
+def _compare_rounding(app, timeout: float = 300):
+    """Press Compare rounding, let the background comparison (ui.jobs) finish, and rerun to draw it."""
+    app.button(key="evaluate_imatrix_run").click().run()
+    no_exceptions(app)
+    assert app.session_state["evaluate_imatrix_job"].wait(timeout), "the comparison did not finish"
+    return app.run()
+
+
 def _tables(app) -> list:
     """The section's tables (the grid's results table shows too when another test in this process ran the
     default grid: its cells are cached for every session)."""
@@ -28,8 +36,9 @@ def test_compare_rounding_gives_the_table_and_chart_and_says_why_a_format_is_ref
     assert any("Press **Compare rounding**" in info.value for info in app.info)
     # Q8_0 is fast (llama.cpp's Q8_0 ignores the matrix: no gain); Q4_K needs rows of 256, SmolLM2's are 576
     _fast_settings(app, ["Q8_0", "Q4_K"])
-    app.button(key="evaluate_imatrix_run").click().run()
+    _compare_rounding(app)
     no_exceptions(app)
+    assert not [button for button in app.button if button.key == "evaluate_imatrix_stop"]
     refused = [info.value for info in app.info if "**Q4_K** was not run" in info.value]
     assert refused and "super-blocks of 256 values; this row has 576" in refused[0]
     (table,) = _tables(app)
@@ -57,4 +66,41 @@ def test_no_format_picked_says_so(app):
     app.button(key="evaluate_imatrix_run").click().run()
     no_exceptions(app)
     assert any(info.value == "Pick at least one format to compare." for info in app.info)
-    assert not _tables(app)
+    assert not _tables(app) and "evaluate_imatrix_job" not in app.session_state  # nothing started
+
+
+def test_a_held_comparison_survives_other_clicks_refuses_a_grid_run_and_stops(app, monkeypatch):
+    """The comparison runs in the background: other widgets and a second press leave it running, the grid
+    waits for it (one job at a time on this page), and Stop ends it with nothing measured."""
+    import threading
+
+    import ui.pages.evaluate_imatrix
+
+    gate = threading.Event()  # never opened: only Stop ends the held matrix collection
+
+    def held(model, calib, progress):
+        while not gate.wait(0.02):
+            progress(0.0, "Held by the test")  # raises Stopped once Stop is pressed
+
+    monkeypatch.setattr(ui.pages.evaluate_imatrix, "collect_importance", held)
+    open_page(app, "evaluate")
+    _fast_settings(app, ["Q8_0"])
+    app.button(key="evaluate_imatrix_run").click().run()
+    no_exceptions(app)
+    job = app.session_state["evaluate_imatrix_job"]
+    assert job.running and [b for b in app.button if b.key == "evaluate_imatrix_stop"]
+    assert not any("Press **Compare rounding**" in info.value for info in app.info)
+    app.select_slider(key="evaluate_imatrix_windows").set_value(2).run()
+    app.button(key="evaluate_imatrix_run").click().run()  # refused while it runs
+    app.button(key="evaluate_run").click().run()  # so is the grid
+    no_exceptions(app)
+    warnings = [warning.value for warning in app.warning]
+    assert any("A rounding comparison is still running" in warning for warning in warnings), warnings
+    assert "evaluate_grid_job" not in app.session_state
+    assert app.session_state["evaluate_imatrix_job"] is job and job.running
+    app.button(key="evaluate_imatrix_stop").click().run()
+    assert job.wait(30) and job.error is None
+    app.run()
+    no_exceptions(app)
+    assert not [b for b in app.button if b.key == "evaluate_imatrix_stop"] and not _tables(app)
+    assert any("Press **Compare rounding** to measure Q8_0" in info.value for info in app.info)

@@ -4,6 +4,9 @@ shared default evaluation set, the Q4_1 cell and one-line note, the heatmap's ex
 from __future__ import annotations
 
 import json
+import threading
+
+import pytest
 
 from engine.evaluation.evalset import DEFAULT_EVAL_SET
 from engine.evaluation.study import BANDS, MODEL_GRID, QUICK_GRID
@@ -12,6 +15,15 @@ from tests.app.conftest import no_exceptions, open_page
 
 def _metric(app, label):
     return next(metric.value for metric in app.metric if metric.label == label)
+
+
+def _run_grid(app, timeout: float = 300):
+    """Press Run grid, let the background grid run (ui.jobs) finish, and rerun to draw its result."""
+    app.button(key="evaluate_run").click().run()
+    no_exceptions(app)
+    if "evaluate_grid_job" in app.session_state:  # none starts when every cell is cached
+        assert app.session_state["evaluate_grid_job"].wait(timeout), "the grid did not finish"
+    return app.run()
 
 
 def _origin_notes(app) -> list[str]:
@@ -39,7 +51,7 @@ def test_evaluate_waits_for_the_button_then_runs_and_caches(app):
     app.multiselect(key="evaluate_cells").set_value(["W8", "W4 Q4_1", "W2"]).run()
     app.number_input(key="evaluate_windows").set_value(1).run()
     app.select_slider(key="evaluate_window").set_value(128).run()
-    app.button(key="evaluate_run").click().run()
+    _run_grid(app)
     no_exceptions(app)
     table = app.dataframe[0].value
     assert list(table["cell"]) == ["W16 / KV16", "W8", "W4 Q4_1", "W2"]
@@ -111,7 +123,7 @@ def test_todays_formats_show_their_bits_and_quality_against_size(app):
     app.multiselect(key="evaluate_cells").set_value(["W4 MXFP4", "W4 NVFP4", "KV4 NVFP4"]).run()
     app.number_input(key="evaluate_windows").set_value(1).run()
     app.select_slider(key="evaluate_window").set_value(128).run()
-    app.button(key="evaluate_run").click().run()
+    _run_grid(app)
     no_exceptions(app)
     table = app.dataframe[0].value
     bits = dict(zip(table["cell"], table["bits_per_weight"], strict=True))
@@ -119,3 +131,71 @@ def test_todays_formats_show_their_bits_and_quality_against_size(app):
     assert bits["KV4 NVFP4"] != bits["KV4 NVFP4"]  # NaN: the KV-cache cell keeps the weights
     charts = [chart.proto.spec for chart in app.get("plotly_chart")]
     assert any("Quality vs size: mean KL" in spec for spec in charts)
+
+
+@pytest.fixture
+def held_grid(monkeypatch):
+    """The grid run waits at its start until the test opens the gate (or Stop is pressed), so the test
+    clicks while it is under way; yields the gate."""
+    import ui.pages.evaluate
+
+    real_run_grid = ui.pages.evaluate.run_grid
+    gate = threading.Event()
+
+    def held(*args, progress, **kwargs):
+        while not gate.wait(0.02):
+            progress(0.0, "Held by the test")  # raises Stopped once Stop is pressed
+        return real_run_grid(*args, progress=progress, **kwargs)
+
+    monkeypatch.setattr(ui.pages.evaluate, "run_grid", held)
+    yield gate
+    gate.set()
+
+
+def _stop_buttons(app):
+    return [button for button in app.button if button.key == "evaluate_stop"]
+
+
+def _held_run(app, cell: str):
+    """Start a held grid run of one cell on 1 window of 128 tokens (a cell no other test scores so)."""
+    open_page(app, "evaluate")
+    app.selectbox(key="evaluate_grid").set_value("Pick cells").run()
+    app.multiselect(key="evaluate_cells").set_value([cell]).run()
+    app.number_input(key="evaluate_windows").set_value(1).run()
+    app.select_slider(key="evaluate_window").set_value(128).run()
+    app.button(key="evaluate_run").click().run()
+    no_exceptions(app)
+    job = app.session_state["evaluate_grid_job"]
+    assert job.running and _stop_buttons(app)
+    return job
+
+
+def test_a_grid_run_goes_on_while_other_widgets_change(app, held_grid):
+    """The grid runs in the background: other widgets and a second Run grid press rerun the page without
+    cancelling it; progress and Stop stay visible, and the run finishes with its cell."""
+    job = _held_run(app, "KV8")
+    assert any(text in bar.proto.text for bar in app.get("progress") for text in ("Starting", "Held by"))
+    assert not any("Press **Run grid**" in info.value for info in app.info)
+    app.multiselect(key="evaluate_imatrix_formats").set_value(["Q8_0"]).run()
+    app.select_slider(key="evaluate_window").set_value(256).run()
+    app.button(key="evaluate_run").click().run()  # refused while the first one runs
+    no_exceptions(app)
+    assert any("still running" in warning.value for warning in app.warning)
+    assert app.session_state["evaluate_grid_job"] is job and job.running and _stop_buttons(app)
+    app.select_slider(key="evaluate_window").set_value(128).run()
+    held_grid.set()
+    assert job.wait(120)
+    app.run()
+    no_exceptions(app)
+    assert list(app.dataframe[0].value["cell"]) == ["W16 / KV16", "KV8"]
+    assert not _stop_buttons(app) and not app.error
+
+
+def test_stop_ends_the_grid_run(app, held_grid):
+    job = _held_run(app, "KV3")  # stopped before it scores: never cached
+    app.button(key="evaluate_stop").click().run()
+    assert job.wait(30) and job.error is None
+    app.run()
+    no_exceptions(app)
+    assert not _stop_buttons(app) and not app.error
+    assert any("Press **Run grid** to score 1 cell(s)" in info.value for info in app.info)

@@ -16,11 +16,20 @@ from tests.app.conftest import ROOT, TIMEOUT, no_exceptions, open_page
 pytestmark = pytest.mark.slow
 
 
+def _press_collect(app: AppTest) -> AppTest:
+    """Press Collect statistics and wait for the background collection (ui.jobs) before a rerun."""
+    app.button(key="outliers_collect").click().run()
+    no_exceptions(app)
+    if "outliers_collect_job" in app.session_state:  # none starts when the statistics are cached
+        assert app.session_state["outliers_collect_job"].wait(TIMEOUT), "the collection did not finish"
+    return app.run()
+
+
 def _collect(app: AppTest) -> AppTest:
     open_page(app, "outliers")
     app.number_input(key="outliers_windows").set_value(1)
     app.select_slider(key="outliers_window").set_value(64)
-    app.button(key="outliers_collect").click().run()
+    _press_collect(app)
     no_exceptions(app)
     return app
 
@@ -90,7 +99,7 @@ def test_a_model_without_massive_activations_says_so(tiny_model_dir):
     no_exceptions(app)
     app.number_input(key="outliers_windows").set_value(1)
     app.select_slider(key="outliers_window").set_value(64)
-    app.button(key="outliers_collect").click().run()
+    _press_collect(app)
     no_exceptions(app)
     _click(app, "outliers_massive_find")
     _click(app, "outliers_super_find")

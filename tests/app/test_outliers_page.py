@@ -8,6 +8,7 @@ the first reuse them.
 from __future__ import annotations
 
 import importlib.util
+import threading
 
 import pytest
 
@@ -16,12 +17,21 @@ from tests.app.conftest import no_exceptions, open_page
 pytestmark = pytest.mark.slow
 
 
+def collect(app, timeout: float = 300):
+    """Press Collect statistics, let the background collection (ui.jobs) finish, and rerun to draw it."""
+    app.button(key="outliers_collect").click().run()
+    no_exceptions(app)
+    if "outliers_collect_job" in app.session_state:  # none starts when the statistics are cached
+        assert app.session_state["outliers_collect_job"].wait(timeout), "the collection did not finish"
+    return app.run()
+
+
 def _collected(app):
     open_page(app, "outliers")
     assert any("Collect statistics" in info.value for info in app.info)
     app.number_input(key="outliers_windows").set_value(2)
     app.select_slider(key="outliers_window").set_value(128)
-    app.button(key="outliers_collect").click().run()
+    collect(app)
     no_exceptions(app)
     return app
 
@@ -93,7 +103,7 @@ def test_other_texts_and_clear_errors(app):
     app.selectbox(key="outliers_corpus").set_value("pydoc")
     app.number_input(key="outliers_windows").set_value(1)
     app.select_slider(key="outliers_window").set_value(64)
-    app.button(key="outliers_collect").click().run()
+    collect(app)
     no_exceptions(app)
     assert _metrics(app)["Tokens measured"] == "64"
     app.selectbox(key="outliers_corpus").set_value("upload").run()
@@ -101,5 +111,66 @@ def test_other_texts_and_clear_errors(app):
     if importlib.util.find_spec("datasets") is None:  # offline without `datasets`: a clear message
         app.selectbox(key="outliers_corpus").set_value("wikitext2").run()
         app.button(key="outliers_collect").click().run()
+        assert app.session_state["outliers_collect_job"].wait(60)
+        errors = [error.value for error in app.error]  # said once: on this run if it failed at once
+        app.run()
         no_exceptions(app)
-        assert any("needs the `datasets` package" in error.value for error in app.error)
+        errors += [error.value for error in app.error]  # or on the one after
+        assert len([e for e in errors if "needs the `datasets` package" in e]) == 1, errors
+
+
+@pytest.fixture
+def held_collection(monkeypatch):
+    """The collection waits at its start until the test opens the gate (or Stop is pressed), so the test
+    clicks while it is under way; yields the gate."""
+    import ui.cache.outliers
+
+    real_collect = ui.cache.outliers.collect_stats
+    gate = threading.Event()
+
+    def held(*args, progress, **kwargs):
+        while not gate.wait(0.02):
+            progress(0.0, "Held by the test")  # raises Stopped once Stop is pressed
+        return real_collect(*args, progress=progress, **kwargs)
+
+    monkeypatch.setattr(ui.cache.outliers, "collect_stats", held)
+    yield gate
+    gate.set()
+
+
+def _stop_buttons(app):
+    return [button for button in app.button if button.key == "outliers_stop"]
+
+
+def test_a_collection_goes_on_while_other_widgets_change_and_stop_ends_one(app, held_collection):
+    """The collection runs in the background: the threshold and a second Collect press rerun the page
+    without cancelling it; progress and Stop stay visible and it finishes. Stop ends the next one."""
+    open_page(app, "outliers")
+    app.number_input(key="outliers_windows").set_value(3)  # 3 x 64: a size no other test collects
+    app.select_slider(key="outliers_window").set_value(64)
+    app.button(key="outliers_collect").click().run()
+    no_exceptions(app)
+    job = app.session_state["outliers_collect_job"]
+    assert job.running and _stop_buttons(app) and app.get("progress")
+    assert not any("Press **Collect statistics**" in info.value for info in app.info)
+    app.number_input(key="outliers_threshold").set_value(8.0).run()
+    app.button(key="outliers_collect").click().run()  # refused while the first one runs
+    no_exceptions(app)
+    assert any("still running" in warning.value for warning in app.warning)
+    assert app.session_state["outliers_collect_job"] is job and job.running and _stop_buttons(app)
+    held_collection.set()
+    assert job.wait(120)
+    app.run()
+    no_exceptions(app)
+    assert _metrics(app)["Tokens measured"] == "192" and not _stop_buttons(app)
+    held_collection.clear()  # a second collection, stopped while held: nothing is kept
+    app.number_input(key="outliers_windows").set_value(5).run()
+    app.button(key="outliers_collect").click().run()
+    stopped = app.session_state["outliers_collect_job"]
+    assert stopped is not job and stopped.running
+    app.button(key="outliers_stop").click().run()
+    assert stopped.wait(30) and stopped.error is None
+    app.run()
+    no_exceptions(app)
+    assert not _stop_buttons(app) and not app.error
+    assert any("Press **Collect statistics**" in info.value for info in app.info)

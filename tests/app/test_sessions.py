@@ -26,6 +26,8 @@ def evaluate_w8(app: AppTest) -> None:
     app.number_input(key="evaluate_windows").set_value(1).run()
     app.select_slider(key="evaluate_window").set_value(128).run()
     app.button(key="evaluate_run").click().run()
+    assert app.session_state["evaluate_grid_job"].wait(600)  # the grid runs as a background job
+    app.run()
 
 
 def grid_int8(app: AppTest) -> None:

@@ -1,8 +1,8 @@
 """Cached engine calls for the Outliers page (DESIGN rule 3).
 
-Collecting statistics reports progress, so it runs outside any `st.cache_*` function and its results
-live in a small process-wide LRU keyed by (model, corpus, windows, tokens per window), the pattern
-`ui.cache.load` uses for models. A `Stats` is a few tens of MB and is never mutated, so every session
+Collecting statistics reports progress, so it runs outside any `st.cache_*` function, in a background job
+(`ui.jobs`, `collect_in`) that other clicks leave running, and its results live in a small process-wide
+LRU keyed by (model, corpus, windows, tokens per window), the pattern `ui.cache.load` uses for models. A `Stats` is a few tens of MB and is never mutated, so every session
 shares it. Weight statistics depend on the model only (`st.cache_resource`). Sensitivity depends on the
 sidebar scheme too and is small (`st.cache_data`, keyed by StatsKey and scheme; the Stats itself is an
 unhashed `_stats` argument).
@@ -23,7 +23,7 @@ from engine.quant.weight_formats import Format
 from ui import state
 from ui.cache.models import load
 from ui.cache.registry import LruRegistry
-from ui.progress import progress_bar
+from ui.jobs import Job
 
 FORMAT_HASH = {GGUFType: lambda t: t.name}  # a GGUF type is its name (its codec functions need no hash)
 
@@ -65,17 +65,19 @@ def latest_for_current_model() -> tuple[StatsKey, Stats] | None:
     return None
 
 
-def collect(key: StatsKey, text: str | None = None, where=st) -> Stats:
-    """Collect (or fetch) statistics with a live progress bar; raises DataError / StatsError with reasons."""
-    update, clear = progress_bar(where)
-    try:
-        return _registry().get_or_create(key, lambda: _collect(key, text, update))
-    finally:
-        clear()
+def registry() -> LruRegistry:
+    """The process-wide statistics registry; fetched in the script thread and handed to `collect_in`."""
+    return _registry()
 
 
-def _collect(key: StatsKey, text: str | None, progress) -> Stats:
-    loaded = load(key.source, key.device, key.dtype)
+def collect_in(job: Job, stats: LruRegistry, key: StatsKey, loaded, text: str | None = None) -> Stats:
+    """A collection job's work, in its own thread (no Streamlit): collect (or fetch) statistics for `key`
+    with `loaded` (the model `key` names) into the registry `stats`; raises DataError / StatsError with
+    reasons, or `Stopped` on Stop (nothing is kept then)."""
+    return stats.get_or_create(key, lambda: _collect(loaded, key, text, job.progress))
+
+
+def _collect(loaded, key: StatsKey, text: str | None, progress) -> Stats:
     if text is None:
         progress(0.0, f"Reading the {key.corpus} text")
         text = load_text(key.corpus)

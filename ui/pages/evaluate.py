@@ -1,4 +1,5 @@
-"""The Evaluate page's results: the grid's table (with its CSV), its charts, llama.cpp's drift statistics
+"""The Evaluate page's grid run and results: the run in the background (a `ui.jobs` job, so other clicks and
+pages leave it going), the grid's table (with its CSV), its charts, llama.cpp's drift statistics
 (a table the Methods lab shows too, and a per-token KL histogram) and the study's findings; and the one-line
 note on the default model's Q4_1 origin that Evaluate, the Methods lab and Compare show."""
 
@@ -11,11 +12,13 @@ import streamlit as st
 
 from engine.evaluation.drift import DriftStats
 from engine.evaluation.evalset import DEFAULT_EVAL_SET, corpus_name, describe_windows, is_default
-from engine.evaluation.study import MODEL_GRID, CellResult, findings
+from engine.evaluation.study import MODEL_GRID, CellResult, findings, run_grid
 from engine.models.sources import DEFAULT_MODEL_NAME
-from ui import clickthrough
+from ui import clickthrough, jobs
 from ui.pages import evaluate_charts
 
+GRID_JOB = "evaluate_grid_job"  # this session's grid run (ui.jobs)
+IMATRIX_JOB = "evaluate_imatrix_job"  # its importance-matrix comparison (ui.pages.evaluate_imatrix)
 ORIGIN_LINK = "overview"  # the Overview page, which gives the model's provenance in full
 
 
@@ -42,6 +45,66 @@ def windows_caption(windows: int, window: int, corpus: str, other_page: str) -> 
     return (
         f"Scored on {describe_windows(windows, window, corpus)}: {same}. Perplexity depends on the windows."
     )
+
+
+def score_cells(job: jobs.Job, model, token_ids, cells: list, group_size: int, done: dict) -> dict:
+    """The grid job's work, in its own thread (no Streamlit): score the `cells` missing from `done`, the
+    shared cache, where each cell lands as it finishes, so Stop or a failing cell keeps the finished ones.
+    Publishes the finished cells as (name, CellResult) pairs."""
+
+    def progress(fraction: float, message: str) -> None:
+        job.publish([(c.name, done[c.name]) for c in cells if c.name in done])
+        job.progress(fraction, message)
+
+    return run_grid(model, token_ids, cells, done=done, group_size=group_size, progress=progress)
+
+
+def start_job(key: str, work: Callable[[jobs.Job], object], label: str) -> None:
+    """Start the page's job under `key`; refused, in words, while it or the page's other job runs. One at
+    a time: the importance matrix is collected with hooks on the shared model, which a grid run would feed."""
+    try:
+        for other in (GRID_JOB, IMATRIX_JOB):
+            job = jobs.current(other)
+            if other != key and job is not None and job.running:
+                raise jobs.JobRunning(
+                    f"A {job.label} is still running: wait for it to finish or press Stop, then try again."
+                )
+        jobs.start(key, work, label)
+    except jobs.JobRunning as exc:
+        st.warning(str(exc), icon=":material/hourglass_top:")
+
+
+def start_grid(model, cells: list, token_ids, group_size: int, done: dict) -> None:
+    """Score `cells` in the background; refused, in words, while one of the page's jobs still runs."""
+    start_job(GRID_JOB, lambda job: score_cells(job, model, token_ids, cells, group_size, done), "grid run")
+
+
+def draw_grid_job(job: jobs.Job) -> None:
+    """A running grid, drawn from a fragment (`ui.jobs.watch`): progress and the cells finished so far."""
+    snapshot = job.snapshot()
+    st.progress(snapshot.fraction, text="Stopping…" if snapshot.stopped else snapshot.message)
+    if snapshot.partial:
+        changes = (
+            f"{name} {evaluate_charts.change_label(r.relative_change)}" for name, r in snapshot.partial
+        )
+        st.caption("Finished so far (Δ perplexity): " + ", ".join(changes) + ".")
+
+
+def grid_running_ui() -> bool:
+    """While this session's grid runs: its progress and a Stop button (True); nothing otherwise."""
+    job = jobs.current(GRID_JOB)
+    if job is None or not job.running:
+        return False
+    st.button(
+        "Stop",
+        icon=":material/stop:",
+        key="evaluate_stop",
+        on_click=jobs.stop,
+        args=(GRID_JOB,),
+        help="Stop the grid run; the cells finished so far are kept.",
+    )
+    jobs.watch(GRID_JOB, draw_grid_job)
+    return True
 
 
 def table_rows(results: list[CellResult]) -> list[dict]:

@@ -3,7 +3,8 @@ llama.cpp's importance-weighted rounding, format by format (engine.evaluation.im
 
 The matrix is collected once per model and calibration size on the calibration half of the default text
 (engine.methods.imatrix) and kept in this session, with the reference cache of the page's held-out windows
-and the finished rows (per model, windows and calibration), so a rerun or a Stop keeps what was measured."""
+and the finished rows (per model, windows and calibration), so a rerun or a Stop keeps what was measured.
+The measuring runs in the background (a `ui.jobs` job), so other clicks and pages leave it going."""
 
 from __future__ import annotations
 
@@ -18,17 +19,18 @@ from engine.evaluation.evalset import DEFAULT_EVAL_SET, corpus_name
 from engine.evaluation.imatrix_gain import GainRow, check_gain, measure_gain
 from engine.evaluation.perplexity import ReferenceCache
 from engine.methods.imatrix import ImportanceMatrix, collect_importance
-from engine.models.data import DataError, WindowSpec, load_text, text_fingerprint, token_windows
+from engine.models.data import WindowSpec, load_text, text_fingerprint, token_windows
 from engine.quant.gguf import GGUF_TYPES
 from engine.quant.weight_formats import parse_format
-from ui import charts
+from ui import charts, jobs
 from ui.cache import variants
 from ui.errors import show_error
-from ui.progress import progress_bar
+from ui.pages import evaluate as evaluate_view
 
 TITLE = "Importance-weighted rounding (imatrix)"
 KEY = "evaluate_imatrix_session"  # session key: ImatrixSession
 REQUESTED = "evaluate_imatrix_requested"  # set by the button's callback
+JOB_KEY = evaluate_view.IMATRIX_JOB  # this session's measuring in the background (ui.jobs)
 OURS = ("int4 g32", "int4 g64", "int3 g32", "int2 g32", "nf4 g64", "mxfp4", "nvfp4")
 OFFERED = (*GGUF_TYPES, *OURS)
 DEFAULTS = ("Q4_0", "int4 g32", "mxfp4", "nvfp4")  # all fit SmolLM2's 576-wide rows; ~2 min on two cores
@@ -94,31 +96,65 @@ def matrix_for(loaded, store: ImatrixSession, windows: int, progress) -> Importa
     return store.matrices[windows]
 
 
-def run(loaded, store, key: tuple, formats: list[str], windows: int, token_ids: Tensor) -> None:
-    """Collect the matrix if needed, refuse the formats the model cannot take (saying why), measure the
-    rest with a progress bar and a Stop button; finished formats are kept as they finish."""
+def measure(job: jobs.Job, loaded, store, key: tuple, formats: list[str], windows: int, token_ids: Tensor):
+    """The job's work, in its own thread (no Streamlit): collect the matrix if needed, refuse the formats
+    the model cannot take (saying why), measure the rest; each finished format is kept in `store` at once
+    and published as (format, gain) pairs, so Stop keeps them."""
     done, refused = store.rows.setdefault(key, {}), store.refused.setdefault(key, {})
-    stop = st.empty()
-    stop.button("Stop", key="evaluate_imatrix_stop", help="Stops now; finished formats are kept.")
-    update, clear = progress_bar()
-    try:
-        matrix = matrix_for(loaded, store, windows, update)
-        todo = []
-        for label in formats:
-            fmt = parse_format(label)
-            try:
-                check_gain(loaded.model, fmt, matrix)
-                todo.append(fmt)
-                refused.pop(label, None)
-            except ValueError as exc:
-                refused[label] = str(exc)
-        cache = store.caches.setdefault(key[0], ReferenceCache())
-        measure_gain(loaded.model, todo, matrix, token_ids, cache, progress=update, done=done)
-    except (DataError, ValueError, MemoryError) as exc:
-        show_error(exc, prefix="The comparison stopped: ")
-    finally:
-        clear()
-        stop.empty()
+    matrix = matrix_for(loaded, store, windows, job.progress)
+    todo = []
+    for label in formats:
+        fmt = parse_format(label)
+        try:
+            check_gain(loaded.model, fmt, matrix)
+            todo.append(fmt)
+            refused.pop(label, None)
+        except ValueError as exc:
+            refused[label] = str(exc)
+
+    def progress(fraction: float, message: str) -> None:
+        job.publish([(label, done[label].gain) for label in formats if label in done])
+        job.progress(fraction, message)
+
+    cache = store.caches.setdefault(key[0], ReferenceCache())
+    measure_gain(
+        loaded.model, todo, matrix, token_ids, cache, progress, should_stop=lambda: job.stopped, done=done
+    )
+
+
+def draw_running(job: jobs.Job) -> None:
+    """The running comparison, from a fragment (`ui.jobs.watch`): progress and the formats done so far."""
+    snapshot = job.snapshot()
+    st.progress(snapshot.fraction, text="Stopping…" if snapshot.stopped else snapshot.message)
+    if snapshot.partial:
+        gains = ", ".join(f"{label} {gain:.0%}" for label, gain in snapshot.partial)
+        st.caption(f"Finished so far (gain): {gains}.")
+
+
+def run_ui(loaded, store, key: tuple, formats: list[str], windows: int, token_ids: Tensor) -> bool:
+    """Start the comparison once the button was pressed (refused, in words, while one runs); while it
+    runs, its progress and Stop (True); after it, why it failed, if it did."""
+    if st.session_state.pop(REQUESTED, False) and formats:
+        evaluate_view.start_job(
+            JOB_KEY,
+            lambda job: measure(job, loaded, store, key, formats, windows, token_ids),
+            "rounding comparison",
+        )
+    job = jobs.current(JOB_KEY)
+    if job is not None and job.running:
+        st.button(
+            "Stop",
+            icon=":material/stop:",
+            key="evaluate_imatrix_stop",
+            on_click=jobs.stop,
+            args=(JOB_KEY,),
+            help="Stop the comparison; the formats finished so far are kept.",
+        )
+        jobs.watch(JOB_KEY, draw_running)
+        return True
+    if (finished := jobs.finished(JOB_KEY)) is not None and finished.error is not None:
+        show_error(finished.error, prefix="The comparison stopped: ")
+    return False
 
 
 def table(rows: list[GainRow]) -> pd.DataFrame:
@@ -196,18 +232,16 @@ def section(loaded, text: str, token_ids: Tensor) -> None:
         "above. Gain: the share of the KL it removes."
     )
     formats, windows = settings_ui()
-    if not formats:
-        st.session_state.pop(REQUESTED, None)
-        st.info("Pick at least one format to compare.", icon=":material/tune:")
-        return
     store = session(loaded)
     key = ((text_fingerprint(text), tuple(token_ids.shape)), windows)
-    if st.session_state.pop(REQUESTED, False):
-        run(loaded, store, key, formats, windows, token_ids)
+    running = run_ui(loaded, store, key, formats, windows, token_ids)
+    if not formats:
+        st.info("Pick at least one format to compare.", icon=":material/tune:")
+        return
     done, refused = store.rows.get(key, {}), store.refused.get(key, {})
     rows = [done[label] for label in formats if label in done]
     missing = [label for label in formats if label not in done and label not in refused]
-    if missing:
+    if missing and not running:
         st.info(
             f"Press **Compare rounding** to measure {', '.join(missing)}: each format is quantized and "
             "scored twice, under a minute (ours) to about two (llama.cpp's types) per format on two CPU cores.",

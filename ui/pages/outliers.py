@@ -1,8 +1,10 @@
 """The Outliers page's tabs: weights, activations, the KV cache and sensitivity.
 
-Each function draws one tab from a finished `Stats` (and the plain values `summarise` derives from it); the
-page file (pages/outliers.py) reads the collection form, gets the statistics through ui/cache/outliers.py
-and calls these inside `st.tabs`. Figures come from ui/pages/outlier_charts.py.
+`collection_ui` starts the statistics collection in the background (`ui.jobs`: other clicks, tabs and pages
+leave it running) and draws it while it runs. Each other function draws one tab from a finished `Stats`
+(and the plain values `summarise` derives from it); the page file (pages/outliers.py) reads the collection
+form, gets the statistics through ui/cache/outliers.py and calls these inside `st.tabs`. Figures come from
+ui/pages/outlier_charts.py.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import streamlit as st
 
 from engine.analysis import outliers
 from engine.analysis.site_stats import SiteStats, Stats, histogram_edges
-from ui import cache, clickthrough, state
+from ui import cache, clickthrough, jobs, state
 from ui.cache import outliers as outlier_cache
+from ui.errors import show_error
 from ui.pages import outlier_charts as charts
 
+COLLECT_JOB = "outliers_collect_job"  # this session's statistics collection (ui.jobs)
 CLICK = "Click a cell or a bar to open that tensor on the Quantization grid. "
 
 
@@ -37,6 +41,42 @@ def summarise(stats: Stats) -> Summary:
     key_ratio = sorted(row["key max/median"] for row in contrast)[len(contrast) // 2]
     value_ratio = sorted(row["value max/median"] for row in contrast)[len(contrast) // 2]
     return Summary(residual, contrast, key_ratio, value_ratio)
+
+
+def draw_collection(job: jobs.Job) -> None:
+    """A running collection, from a fragment (`ui.jobs.watch`)."""
+    snapshot = job.snapshot()
+    st.progress(snapshot.fraction, text="Stopping…" if snapshot.stopped else snapshot.message)
+
+
+def collection_ui(requested: bool, key: outlier_cache.StatsKey, loaded, text: str | None) -> bool:
+    """Start collecting statistics for `key` when asked (refused, in words, while a collection runs);
+    while one runs, its progress and Stop (True); after one failed, why."""
+    if requested:
+        stats = outlier_cache.registry()
+        try:
+            jobs.start(
+                COLLECT_JOB,
+                lambda job: outlier_cache.collect_in(job, stats, key, loaded, text),
+                "statistics collection",
+            )
+        except jobs.JobRunning as exc:
+            st.warning(str(exc), icon=":material/hourglass_top:")
+    job = jobs.current(COLLECT_JOB)
+    if job is not None and job.running:
+        st.button(
+            "Stop",
+            icon=":material/stop:",
+            key="outliers_stop",
+            on_click=jobs.stop,
+            args=(COLLECT_JOB,),
+            help="Stop collecting; nothing is kept from an unfinished collection.",
+        )
+        jobs.watch(COLLECT_JOB, draw_collection)
+        return True
+    if (finished := jobs.finished(COLLECT_JOB)) is not None and finished.error is not None:
+        show_error(finished.error, prefix="Could not collect statistics. ")
+    return False
 
 
 def weights_tab(weights: list[outliers.WeightStats]) -> None:
