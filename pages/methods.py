@@ -2,8 +2,9 @@
 and mixes on the loaded model, side by side.
 
 Read widgets -> one config per picked method (ui/pages/methods.py: a form per config type) -> quantize and
-score each (`run_methods`) -> draw: the results table, per-layer errors, each method's own figure (a table
-keyed by its report type), and the export section.
+score each in a background job that other clicks leave running (ui/pages/methods_job.py) -> draw: the
+results table, per-layer errors, each method's own figure (a table keyed by its report type), and the
+export section.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from ui.errors import show_error
 from ui.pages import evaluate as evaluate_view
 from ui.pages import methods as methods_view
 from ui.pages import methods_charts, methods_drift, methods_export
-from ui.pages.methods import TextSettings
+from ui.pages import methods_job as lab_job
+from ui.pages.methods_job import TextSettings
 from ui.widgets import NumberBoxes
-
-REQUESTED = "methods_run_requested"
 
 
 def packed_checkpoint_refused(loaded) -> bool:
@@ -113,31 +113,6 @@ def method_configs(methods: list[str], bits: int, group_size: int, number: Numbe
     return configs
 
 
-def run_controls(
-    runs: dict[str, MethodRun], configs: dict[str, object], loaded, text: TextSettings, number: NumberBoxes
-) -> None:
-    """Run and Clear buttons; runs the configs not run yet (or whose model was freed) when Run was pressed,
-    unless a number is out of range: then each is said under the buttons and nothing runs."""
-    buttons = st.columns([1, 1, 4])
-    buttons[0].button(
-        "Run", type="primary", key="methods_run", on_click=lambda: st.session_state.update({REQUESTED: True})
-    )
-    if buttons[1].button("Clear results", key="methods_clear"):
-        method_runs.clear_runs(runs)
-    if number.show():  # a Run click with a number out of range runs nothing, now or later
-        st.session_state.pop(REQUESTED, None)
-        return
-    todo = methods_view.to_run(configs, runs)
-    if st.session_state.pop(REQUESTED, False) and todo:
-        if not methods_view.run_methods(todo, loaded, text, runs):
-            st.stop()  # the text could not be read: said why, nothing more to draw
-    elif todo:
-        calib_note = " (with calibration)" if set(todo) & methods_view.NEEDS_CALIBRATION else ""
-        st.info(
-            f"Press **Run** to quantize with {', '.join(todo)}{calib_note}.", icon=":material/play_arrow:"
-        )
-
-
 def results(all_runs: list[MethodRun], loaded) -> None:
     """The table against the reference, the per-layer charts and each method's own figure."""
     reference_ppl = all_runs[0].comparison.reference.perplexity
@@ -182,12 +157,12 @@ def main() -> None:
     loaded = cache.current_model_or_stop()
     if packed_checkpoint_refused(loaded):
         st.stop()
-    runs = method_runs.runs()
+    lab_job.guard_model()  # a run for another model keeps nothing more
     number = NumberBoxes()
     methods, bits, group_size = pick_methods(loaded)
     text = text_settings(loaded, number)
     configs = method_configs(methods, bits, group_size, number)
-    run_controls(runs, configs, loaded, text, number)
+    runs = lab_job.run_controls(method_runs.runs(), configs, loaded, text, number)  # goes on through clicks
     if not runs:
         st.stop()
     results(list(runs.values()), loaded)

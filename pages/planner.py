@@ -4,8 +4,9 @@ draws its recipe, which can be scored against the reference, compared with unifo
 heuristics, exported for llama.cpp or as JSON, and kept as a model for Compare, Speed and the Methods lab's
 export (ui/pages/planner_keep.py).
 
-Read widgets -> measure costs (ui/pages/planner.py: `run_measure`, kept per session in ui/cache/planner.py)
--> plan at the slider's budget -> draw (ui/pages/planner_charts.py) -> score and export on request.
+Read widgets -> measure costs (ui/pages/planner.py: `start_measure`, a background job that other clicks
+leave running; kept per session in ui/cache/planner.py) -> plan at the slider's budget -> draw
+(ui/pages/planner_charts.py) -> score and export on request.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def measure_section(loaded, session) -> None:
         help="Quantizes one tensor at a time in each candidate format and prices it by the KL it causes.",
     )
     if st.session_state.pop(MEASURE, False):
-        view.run_measure(loaded, settings, session)
+        view.start_measure(loaded, settings, session)
+    if view.measuring():  # goes on through other clicks; the rest of the page waits for its table
+        st.stop()
     table = session.costs
     if table is None:
         st.info("Press **Measure costs** to price every tensor (about two minutes on two CPU cores).", icon=":material/play_arrow:")  # fmt: skip

@@ -23,6 +23,7 @@ The Outliers page's statistics already hold each linear input's per-channel mean
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,7 +135,9 @@ def layer_index(name: str) -> int | None:
 @torch.no_grad()
 def collect_importance(model: nn.Module, calib, progress: Progress | None = None) -> ImportanceMatrix:
     """Run `calib` ((count, window) token ids) through the model's body and average x_j^2 per input channel
-    of every linear but the head. The model is not changed (hooks are always removed)."""
+    of every linear but the head. The model is not changed (hooks are always removed). The hooks record only
+    forwards on the calling thread, so a model shared with other sessions (their forwards pass through the
+    same hooks meanwhile) does not mix their inputs into this matrix."""
     ids = check_calibration(calib, "The importance matrix")
     names = linear_names(model)
     if not names:
@@ -142,9 +145,12 @@ def collect_importance(model: nn.Module, calib, progress: Progress | None = None
     modules = {name: model.get_submodule(name) for name in names}
     sums = {name: torch.zeros(m.weight.shape[-1], dtype=torch.float64) for name, m in modules.items()}
     counts = dict.fromkeys(names, 0)
+    owner = threading.get_ident()
 
     def record(name: str):
         def hook(module, args):
+            if threading.get_ident() != owner:  # another caller's forward through the shared model
+                return
             x = args[0].detach()
             rows = x.reshape(-1, x.shape[-1])
             sums[name] += rows.double().square().sum(0).cpu()

@@ -25,6 +25,14 @@ def _stop_buttons(app) -> list:
     return [button for button in app.button if button.label == "Stop"]
 
 
+def _run(app, timeout: float = 300):
+    """Press Run, let the background run (ui.jobs) finish, and rerun to draw its results."""
+    app.button(key="methods_run").click().run()
+    no_exceptions(app)
+    assert app.session_state["methods_job"].wait(timeout), "the run did not finish"
+    return app.run()
+
+
 def test_methods_lab_runs_two_methods_and_keeps_them(app, tmp_path, monkeypatch, model_store):
     from ui.pages import methods_export
 
@@ -35,7 +43,7 @@ def test_methods_lab_runs_two_methods_and_keeps_them(app, tmp_path, monkeypatch,
     app.number_input(key="methods_eval_windows").set_value(1).run()
     app.number_input(key="methods_calib_windows").set_value(1).run()
     app.select_slider(key="methods_calib_tokens").set_value(128).run()
-    app.button(key="methods_run").click().run()
+    _run(app)
     no_exceptions(app)
     assert not _stop_buttons(app)  # shown while it ran, gone once it ended
     table = app.dataframe[0].value
@@ -91,7 +99,7 @@ def test_gptq_beside_rtn_shows_output_error_first_and_explains_its_weight_sqnr(a
     app.number_input(key="methods_eval_windows").set_value(2).run()
     app.number_input(key="methods_calib_windows").set_value(1).run()
     app.select_slider(key="methods_calib_tokens").set_value(128).run()
-    app.button(key="methods_run").click().run()
+    _run(app)
     no_exceptions(app)
     assert len(app.dataframe[0].value) == 2
     charts = [chart.proto.spec for chart in app.get("plotly_chart")]
@@ -109,7 +117,7 @@ def test_methods_lab_runs_qat_at_3_bits_and_draws_its_training_curve(app):
     app.number_input(key="methods_calib_windows").set_value(2).run()
     app.select_slider(key="methods_calib_tokens").set_value(128).run()
     app.number_input(key="methods_qat_steps").set_value(2).run()
-    app.button(key="methods_run").click().run()
+    _run(app)
     no_exceptions(app)
     table = app.dataframe[0].value
     assert list(table["method"]) == ["QAT int3 asym g64 2 steps lr 0.0003"]
@@ -151,6 +159,7 @@ def test_a_number_out_of_range_is_said_by_the_run_button_and_nothing_runs(app, p
     errors = [error.value for error in app.error]
     assert errors == [message], errors  # said once, with no second complaint from the method's config
     assert not app.session_state["methods_runs"] and not app.dataframe  # nothing ran
+    assert "methods_job" not in app.session_state
     assert not any("Press **Run**" in info.value for info in app.info)
 
 
@@ -160,13 +169,13 @@ def test_a_run_over_the_memory_budget_frees_the_older_model_and_keeps_its_result
     open_page(app, "methods")
     app.multiselect(key="methods_pick").set_value(["RTN"]).run()
     app.number_input(key="methods_eval_windows").set_value(1).run()
-    app.button(key="methods_run").click().run()
+    _run(app)
     no_exceptions(app)
     assert not _stop_buttons(app)
     first = app.dataframe[0].value["method"].iloc[0]
     model_store.budget = int(1.5 * model_store.total)  # room for one quantized copy, not two
     app.select_slider(key="methods_bits").set_value(8).run()
-    app.button(key="methods_run").click().run()
+    _run(app)
     no_exceptions(app)
     table = app.dataframe[0].value
     assert list(table["method"]) == [first, "RTN int8 g64"], list(table["method"])
@@ -180,11 +189,98 @@ def test_a_run_over_the_memory_budget_frees_the_older_model_and_keeps_its_result
     assert "methods_export_format" not in [radio.key for radio in app.radio]
     app.select_slider(key="methods_bits").set_value(4).run()
     assert any("Press **Run** to quantize with RTN" in i.value for i in app.info)  # it can be run again
-    app.button(key="methods_run").click().run()
+    _run(app)
     no_exceptions(app)
     assert [name for _, name in model_store.lru_keys()] == [first]
     assert len(app.dataframe[0].value) == 2
     assert any(i.value.startswith("**RTN int8 g64**") for i in app.info)
+
+
+@pytest.fixture
+def held_method(monkeypatch):
+    """The quantization of a method of type `gate.held` (LLM.int8() unless the test says) waits at its start
+    until the test opens the gate, reporting progress so that Stop ends it there; other methods run as
+    usual. Yields the gate."""
+    import threading
+
+    from engine.methods.llm_int8 import LLMInt8Config
+    from ui.pages import methods_job
+
+    real_quantize = methods_job.quantize_model
+    gate = threading.Event()
+    gate.held = LLMInt8Config
+
+    def held(reference, config, calib=None, progress=None):
+        while isinstance(config, gate.held) and not gate.wait(0.02):
+            progress(0.0, "held by the test")  # raises Stopped once Stop was pressed
+        return real_quantize(reference, config, calib=calib, progress=progress)
+
+    monkeypatch.setattr(methods_job, "quantize_model", held)
+    yield gate
+    gate.set()
+
+
+def _start(app, methods: list[str]):
+    """Pick `methods` (one window each), press Run; returns the running job and its LabRun."""
+    open_page(app, "methods")
+    app.multiselect(key="methods_pick").set_value(methods).run()
+    app.number_input(key="methods_eval_windows").set_value(1).run()
+    app.number_input(key="methods_calib_windows").set_value(1).run()
+    app.select_slider(key="methods_calib_tokens").set_value(128).run()
+    app.button(key="methods_run").click().run()
+    no_exceptions(app)
+    job, lab = app.session_state["methods_job"], app.session_state["methods_lab_run"]
+    assert job.running and _stop_buttons(app) and app.button(key="methods_clear").disabled
+    assert any("(1/" in bar.proto.text or "Starting" in bar.proto.text for bar in app.get("progress"))
+    return job, lab
+
+
+def test_a_methods_run_goes_on_while_other_widgets_change(app, held_method):
+    """The run is a background job: changing a widget and a second Run press rerun the page without
+    cancelling it (the second is refused, in words), and the run finishes."""
+    from engine.methods import RTNConfig
+
+    held_method.held = RTNConfig
+    job, _ = _start(app, ["RTN"])
+    app.select_slider(key="methods_bits").set_value(8).run()
+    app.button(key="methods_run").click().run()  # refused while the first run goes on
+    no_exceptions(app)
+    assert any("still running" in warning.value for warning in app.warning)
+    assert app.session_state["methods_job"] is job and job.running and _stop_buttons(app)
+    held_method.set()
+    assert job.wait(120)
+    app.run()
+    no_exceptions(app)
+    assert list(app.dataframe[0].value["method"]) == ["RTN int4 g64"]  # the settings it started with
+    assert not _stop_buttons(app)
+    assert any("Press **Run** to quantize with RTN" in info.value for info in app.info)  # int8: not run yet
+
+
+def test_stop_ends_a_methods_run_and_keeps_the_finished_methods(app, held_method):
+    """RTN finishes while LLM.int8() is held: its row shows mid-run; Stop ends the run and keeps it."""
+    job, lab = _start(app, ["RTN", "LLM.int8()"])
+    for _ in range(3000):  # RTN's quantization and scoring: a few seconds
+        with job.lock:
+            if lab.done or lab.failed:
+                break
+        job.wait(0.05)
+    assert lab.done == ["RTN int4 g64"] and not lab.failed and job.running
+    app.run()
+    no_exceptions(app)
+    assert list(app.dataframe[0].value["method"]) == ["RTN int4 g64"]  # the finished method, mid-run
+    assert _stop_buttons(app) and app.button(key="methods_clear").disabled
+    app.button(key="methods_stop").click().run()  # waits a moment for the run to end: usually said here
+    no_exceptions(app)
+    said = [info.value for info in app.info]
+    assert job.wait(60)
+    app.run()
+    no_exceptions(app)
+    said += [info.value for info in app.info]
+    assert list(app.dataframe[0].value["method"]) == ["RTN int4 g64"]
+    assert list(app.session_state["methods_runs"]) == ["RTN int4 g64"]
+    assert sum("The run was stopped: 1 of 2 methods finished" in info for info in said) == 1, said
+    assert any("Press **Run** to quantize with LLM.int8()" in info for info in said)  # offered again
+    assert not _stop_buttons(app)
 
 
 def test_old_exports_are_pruned(tmp_path):
@@ -214,7 +310,7 @@ def test_a_gguf_run_saves_one_gguf_file_with_a_download_button(app, tmp_path, mo
     app.selectbox(key="methods_ggufllamacpp_type").set_value("Q8_0").run()
     app.checkbox(key="methods_ggufllamacpp_emb").uncheck().run()
     app.number_input(key="methods_eval_windows").set_value(1).run()
-    app.button(key="methods_run").click().run()
+    _run(app)
     no_exceptions(app)
     assert app.radio(key="methods_export_format").options == [
         "GGUF file for llama.cpp (the GGUF method's block types)",

@@ -10,16 +10,52 @@ from ui.cache import planner as planner_cache
 from ui.cache.method_runs import RUNS
 
 
-def test_planner_measures_plans_scores_and_exports(app):
+@pytest.fixture
+def held_measure(monkeypatch):
+    """Measuring waits at its start until the test opens the gate (or Stop is pressed); yields the gate."""
+    import threading
+
+    from ui.pages import planner as view
+
+    real_measure = view.measure_costs
+    gate = threading.Event()
+
+    def held(*args, should_stop=None, **kwargs):
+        while not gate.wait(0.02) and not should_stop():
+            pass
+        return real_measure(*args, should_stop=should_stop, **kwargs)
+
+    monkeypatch.setattr(view, "measure_costs", held)
+    yield gate
+    gate.set()
+
+
+def _stop_buttons(app) -> list:
+    return [button for button in app.button if button.label == "Stop"]
+
+
+def test_planner_measures_plans_scores_and_exports(app, held_measure):
     open_page(app, "planner")
     assert any("Measure costs" in info.value for info in app.info)
     app.select_slider(key="planner_tokens").set_value(64).run()
     app.selectbox(key="planner_scope").set_value("last 4 (quick look)").run()
     app.button(key="planner_measure").click().run()
     no_exceptions(app)
-    assert not [b for b in app.button if b.label == "Stop"]  # shown while measuring, gone after
+    job = app.session_state["planner_measure_job"]
+    assert job.running and _stop_buttons(app) and app.get("progress")  # a background job: other clicks
+    app.select_slider(key="planner_tokens").set_value(128).run()  # leave it running
+    app.button(key="planner_measure").click().run()  # refused while the first one runs
+    no_exceptions(app)
+    assert any("still running" in warning.value for warning in app.warning)
+    assert app.session_state["planner_measure_job"] is job and job.running and _stop_buttons(app)
+    held_measure.set()
+    assert job.wait(300), "the measurement did not finish"
+    app.run()
+    no_exceptions(app)
+    assert not _stop_buttons(app)  # shown while measuring, gone after
     session = app.session_state[planner_cache.KEY]
     assert session.costs is not None and session.costs.complete and len(session.costs.cost) == 4 * 7
+    assert "1 window(s) × 64 tokens" in session.costs_note  # the settings it started with
     assert app.metric[0].value == "4.500"  # the default budget, hit exactly
     app.slider(key="planner_budget").set_value(4.0).run()  # re-solves from the kept costs
     no_exceptions(app)
@@ -51,6 +87,22 @@ def test_planner_measures_plans_scores_and_exports(app):
     assert app.selectbox(key="methods_export_run").value == "Planned 4.00 bpw"
     assert len(app.radio(key="methods_export_format").options) == 1
     assert any("int3 g32" in c.value and "llama.cpp candidate set" in c.value for c in app.caption)
+
+
+def test_stop_ends_a_measurement_with_a_partial_table(app, held_measure):
+    open_page(app, "planner")
+    app.select_slider(key="planner_tokens").set_value(64).run()
+    app.selectbox(key="planner_scope").set_value("last 4 (quick look)").run()
+    app.button(key="planner_measure").click().run()
+    job = app.session_state["planner_measure_job"]
+    app.button(key="planner_stop").click().run()
+    assert job.wait(60)
+    app.run()
+    no_exceptions(app)
+    table = app.session_state[planner_cache.KEY].costs
+    assert not table.complete and len(table.cost) < 4 * 7
+    assert any(w.value.startswith(f"Stopped after {len(table.cost)} of 28 tensors") for w in app.warning)
+    assert not _stop_buttons(app)
 
 
 def test_planner_charts_draw_every_series():

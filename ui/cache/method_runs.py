@@ -79,6 +79,7 @@ def runs() -> dict[str, MethodRun]:
     model = state.selection()
     if st.session_state.setdefault(RUNS_MODEL, model) != model:
         clear_runs(st.session_state.get(RUNS, {}))
+        st.session_state[RUNS] = {}  # a new dict: a lab job still running for the old model writes elsewhere
         st.session_state[RUNS_MODEL] = model
     return st.session_state.setdefault(RUNS, {})
 

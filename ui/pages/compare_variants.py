@@ -20,7 +20,9 @@ def variant_options(loaded) -> tuple[dict[str, compare_view.VariantSpec], dict]:
     their QuantizedModel, or why it is gone (freed under the server's memory budget) in words."""
     options = compare_view.quick_variants(loaded.model, state.scheme())
     lab: dict = {}
-    for run in methods_view.runs().values():  # every model built on the Methods lab page from this model
+    for run in list(
+        methods_view.runs().values()
+    ):  # every model built on the Methods lab page from this model
         quantized, why = run.held()
         lab[run.config] = quantized if quantized is not None else why
         if quantized is None:

@@ -1,7 +1,8 @@
-"""The Methods lab's pieces: a form per method with the papers' defaults, the runner that quantizes and
-scores each one, and the figures (per-layer error, LLM.int8 kept dims, SmoothQuant maxima, GPTQ loss,
-AWQ search curve, QAT training curve). Runs are kept in the session (ui/cache/method_runs.py, their models
-within the server's memory budget) and offered to the Compare and Speed pages.
+"""The Methods lab's pieces: a form per method with the papers' defaults, the results table and the figures
+(per-layer error, LLM.int8 kept dims, SmoothQuant maxima, GPTQ loss, AWQ search curve, QAT training curve);
+the run itself is ui/pages/methods_job.py (a background job). Runs are kept in the session
+(ui/cache/method_runs.py, their models within the server's memory budget) and offered to the Compare and
+Speed pages.
 
 Methods are picked by display name only at the multiselect; from there on everything is keyed by type:
 `FORMS` maps a config type to its form, `FIGURES` maps a report-detail type (the registry's
@@ -13,9 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
@@ -23,11 +22,9 @@ import streamlit as st
 from engine.evaluation.evalset import DEFAULT_EVAL_SET
 from engine.evaluation.perplexity import (
     EvaluationError,
-    ReferenceCache,
-    evaluate_against_reference,
     perplexity_gap,
 )
-from engine.methods import Calibration, RTNConfig, method_info, quantize_model
+from engine.methods import Calibration, RTNConfig, method_info
 from engine.methods.awq import AWQConfig, AWQDetail
 from engine.methods.bnb import BnbConfig
 from engine.methods.gguf import GGUFConfig
@@ -35,17 +32,14 @@ from engine.methods.gptq import GPTQConfig, GPTQDetail
 from engine.methods.llm_int8 import LLMInt8Config, LLMInt8Detail
 from engine.methods.qat import QATConfig, QATDetail, QATTrace, qat_trace
 from engine.methods.smoothquant import SmoothQuantConfig, SmoothQuantDetail
-from engine.models.data import DataError, WindowSpec, load_text, token_windows
 from engine.quant.gguf import K_QUANTS, LEGACY
 from engine.quant.gguf.mixes import GGUF_MIXES
 from engine.quant.schemes import QuantScheme
 from ui.cache.method_runs import RUNS, MethodRun, runs  # noqa: F401 (RUNS, runs: also reached from here)
-from ui.errors import show_error
 from ui.pages import methods_rtn
 from ui.pages.evaluate import windows_caption
 from ui.pages.methods_charts import bar, curve, maxima, qat_curve
 from ui.pages.methods_drift import drift_value
-from ui.progress import progress_bar
 from ui.widgets import NumberBoxes
 
 LAB_METHODS = (RTNConfig, LLMInt8Config, SmoothQuantConfig, GPTQConfig, AWQConfig, BnbConfig, QATConfig, GGUFConfig)  # fmt: skip
@@ -169,99 +163,6 @@ def label_of(config) -> str:
         return config.label
     activations = "" if config.activations is None else " + activations"
     return f"RTN {config.weights.label}{activations}" + (" + imatrix" if config.imatrix else "")
-
-
-# -- running ----------------------------------------------------------------------------------------------
-
-
-def to_run(configs: dict[str, object], done: dict[str, MethodRun]) -> dict[str, object]:
-    """The configs with no run yet, or whose run's model was freed for room (run again, it is kept again)."""
-    todo = {}
-    for method, config in configs.items():
-        run = done.get(label_of(config))
-        if run is None or (run.kept and run.missing is not None):
-            todo[method] = config
-    return todo
-
-
-def calibration_for(config, calibration, evaluation):
-    """What the lab feeds a method, from what the registry says it does with calibration text."""
-    kind = method_info(config).calibration
-    if kind is Calibration.TRAIN_AND_HELD_OUT:  # QAT: trains on calibration, scores evaluation windows
-        return (calibration, evaluation)
-    if kind in (Calibration.REQUIRED, Calibration.OPTIONAL_REPORT, Calibration.OPTIONAL_IMPORTANCE):
-        return calibration
-    return None  # none, or only an output-error pass (bitsandbytes) the lab skips to keep runs short
-
-
-def run_method(
-    config, reference, calibration, evaluation, reference_cache: ReferenceCache, progress
-) -> MethodRun:
-    """Quantize a copy with `config` (progress 0-0.8), then score it against the reference (0.8-1)."""
-    start = time.perf_counter()
-    quantized = quantize_model(
-        reference,
-        config,
-        calib=calibration_for(config, calibration, evaluation),
-        progress=lambda f, m: progress(0.8 * f, m),
-    )
-    seconds = time.perf_counter() - start
-    comparison = evaluate_against_reference(
-        reference,
-        quantized.model,
-        evaluation,
-        reference_cache,
-        progress=lambda f, m: progress(0.8 + 0.2 * f, m),
-    )
-    return MethodRun.keep(label_of(config), method_info(config).name, quantized, comparison, seconds)
-
-
-@dataclass(frozen=True)
-class TextSettings:
-    calib_windows: int  # calibration windows
-    calib_tokens: int  # tokens per calibration window
-    eval_windows: int  # evaluation windows of DEFAULT_EVAL_SET.window tokens, from DEFAULT_EVAL_SET.corpus
-
-
-def run_methods(todo: dict[str, object], loaded, text: TextSettings, into: dict[str, MethodRun]) -> bool:
-    """Quantize and score each {method name: config} in turn, with a progress bar each, into `into`.
-
-    One method failing leaves the others' results; a Stop button, shown while it runs, ends the run after
-    the current step.
-    False (after saying why) when the text to calibrate and evaluate on could not be read."""
-    try:  # calibrate on the first half of the default evaluation text, score its held-out second half
-        corpus = load_text(DEFAULT_EVAL_SET.corpus)
-        spec = WindowSpec(text.calib_tokens, text.calib_windows, split="calibration")
-        calibration = token_windows(loaded.tokenizer, corpus, spec)
-        evaluation = token_windows(
-            loaded.tokenizer,
-            corpus,
-            WindowSpec(DEFAULT_EVAL_SET.window, text.eval_windows, split="evaluation"),
-        )
-    except DataError as exc:
-        show_error(exc)
-        return False
-    stop = st.empty()  # only while the run goes on: cleared when it ends, fails or is stopped
-    stop.button("Stop", key="methods_stop", help="Stops after the current step; finished methods are kept.")
-    reference_cache = ReferenceCache()
-    try:
-        for index, config in enumerate(todo.values()):
-            name = method_info(config).name
-            update, clear = progress_bar()
-
-            def progress(f, m, index=index, name=name, update=update):
-                update(f, f"{name} ({index + 1}/{len(todo)}): {m}")
-
-            try:
-                run = run_method(config, loaded.model, calibration, evaluation, reference_cache, progress)
-                into[run.label] = run
-            except Exception as exc:  # one method failing leaves the others' results
-                show_error(exc, prefix=f"{name} failed: ")
-            finally:
-                clear()
-    finally:
-        stop.empty()
-    return True
 
 
 def scored_windows(run: MethodRun) -> tuple[int, int]:

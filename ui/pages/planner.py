@@ -1,5 +1,5 @@
-"""The planner page's pieces: the measuring form and runner (progress bar and Stop), the budget slider,
-scoring recipes against the reference, the comparison set (uniform formats, heuristics, the planner at
+"""The planner page's pieces: the measuring form and its background job (progress and Stop), the budget
+slider, scoring recipes against the reference, the comparison set (uniform formats, heuristics, the planner at
 three budgets) and the exports (llama.cpp --tensor-type lines, JSON download and upload)."""
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from engine.planner.heuristics import first_last_8bit, llama_cpp_mix, uniform
 from engine.planner.recipe import recipe_from_json, recipe_to_json, tensor_type_lines
 from engine.planner.solve import bounds
 from engine.quant.gguf import Q4_0, Q8_0
+from ui import jobs
 from ui.cache.planner import PlannerSession, Scored
 from ui.errors import show_error
 from ui.progress import progress_bar
 
+MEASURE_JOB = "planner_measure_job"  # the background job measuring costs (ui.jobs)
 CANDIDATE_SETS = {
     "Mixed: int3 g32, Q4_0, Q5_0, Q8_0 (3.5 to 8.5 bits)": DEFAULT_CANDIDATES,
     "llama.cpp types: Q3_K, Q4_0, Q5_0, Q6_K, Q8_0 (k-quants only where rows fit)": LLAMA_CPP_CANDIDATES,
@@ -65,8 +67,10 @@ def measure_settings() -> MeasureSettings:
     return MeasureSettings(candidates, int(windows), int(tokens), None if layers == "every layer" else 4)
 
 
-def run_measure(loaded, settings: MeasureSettings, into: PlannerSession) -> None:
-    """Price every tensor in every candidate, with a progress bar and a Stop button; keeps the table."""
+def start_measure(loaded, settings: MeasureSettings, into: PlannerSession) -> None:
+    """Price every tensor in every candidate in a background job (`ui.jobs`) that other clicks, and other
+    pages, leave running; it keeps the table in `into` when done (a partial one when stopped). Refused, in
+    words, while a measurement still runs."""
     try:
         text = load_text(DEFAULT_EVAL_SET.corpus)
         ids = token_windows(
@@ -75,23 +79,48 @@ def run_measure(loaded, settings: MeasureSettings, into: PlannerSession) -> None
     except DataError as exc:
         show_error(exc)
         return
-    stop = st.empty()
-    stop.button("Stop", key="planner_stop", help="Stops measuring; measure again to use the planner.")
-    update, clear = progress_bar()
+    layers = None
+    if settings.last_layers is not None:
+        count = loaded.model.config.get_text_config().num_hidden_layers
+        layers = range(max(0, count - settings.last_layers), count)
+    model, candidates, note = loaded.model, CANDIDATE_SETS[settings.candidates], settings.note()
+
+    def work(job: jobs.Job) -> CostTable:  # the job's thread: no Streamlit
+        stopped = lambda: job.stopped  # noqa: E731  (measure_costs asks after each tensor)
+        table = measure_costs(model, ids, candidates, layers=layers, progress=job.update, should_stop=stopped)
+        with job.lock:
+            into.keep_costs(table, note)  # a session left for another model is no longer shown
+        return table
+
     try:
-        layers = None
-        if settings.last_layers is not None:
-            count = loaded.model.config.get_text_config().num_hidden_layers
-            layers = range(max(0, count - settings.last_layers), count)
-        table = measure_costs(
-            loaded.model, ids, CANDIDATE_SETS[settings.candidates], layers=layers, progress=update
-        )
-        into.keep_costs(table, settings.note())
-    except ValueError as exc:
-        show_error(exc)
-    finally:
-        clear()
-        stop.empty()
+        jobs.start(MEASURE_JOB, work, "measurement")
+    except jobs.JobRunning as exc:
+        st.warning(str(exc), icon=":material/hourglass_top:")
+
+
+def _draw_measuring(job: jobs.Job) -> None:
+    snapshot = job.snapshot()
+    st.progress(snapshot.fraction, text="Stopping…" if snapshot.stopped else snapshot.message)
+
+
+def measuring() -> bool:
+    """While the measurement runs: its Stop button and progress (redrawn on their own), and True. Once it
+    has ended: says why if it failed, and False."""
+    job = jobs.current(MEASURE_JOB)
+    if job is None or not job.running:
+        ended = jobs.finished(MEASURE_JOB)
+        if ended is not None and ended.error is not None:
+            show_error(ended.error)
+        return False
+    st.button(
+        "Stop",
+        key="planner_stop",
+        on_click=jobs.stop,
+        args=(MEASURE_JOB,),
+        help="Stops measuring; measure again to use the planner.",
+    )
+    jobs.watch(MEASURE_JOB, _draw_measuring)
+    return True
 
 
 def budget_slider(table: CostTable) -> float:

@@ -164,7 +164,7 @@ def methods_lab_variants() -> tuple[dict, dict[str, str], dict[str, str]]:
     not} for the rest, {label: why its model is gone} for runs whose model was freed or never kept).
     Checked from the layers' schemes; nothing is built here."""
     runnable, refused, missing = {}, {}, {}
-    for run in methods_view.runs().values():
+    for run in list(methods_view.runs().values()):  # a Methods-lab job may add one meanwhile
         quantized, why = run.held()
         if quantized is None:
             missing[run.label] = why

@@ -146,3 +146,27 @@ def test_outliers_statistics_give_the_same_matrix(tiny, calib):
     assert set(derived.values) == set(matrix.values)
     for name in matrix.values:
         torch.testing.assert_close(derived[name], matrix[name], rtol=1e-4, atol=1e-6)
+
+
+def test_the_matrix_ignores_other_threads_forwards(tiny):
+    """A model shared between sessions: another thread's forward through a hooked linear while the matrix
+    is collected leaves it exactly as collected alone."""
+    import threading
+
+    model = tiny
+    calib = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    alone = collect_importance(model, calib)
+    name = linear_names(model)[0]
+    linear = model.get_submodule(name)
+    outsider = torch.full((3, linear.in_features), 100.0)
+    ran = []
+
+    def progress(fraction, message):  # at each calibration step another caller runs the same linear
+        worker = threading.Thread(target=lambda: ran.append(linear(outsider)))
+        worker.start()
+        worker.join(timeout=30)
+
+    shared = collect_importance(model, calib, progress=progress)
+    assert ran
+    assert torch.equal(shared.values[name], alone.values[name])
+    assert shared.counts == alone.counts
