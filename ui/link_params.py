@@ -287,6 +287,12 @@ def _evaluate_cells():  # the Evaluate page's pickable cells (pages/evaluate.py'
     return list(dict.fromkeys(cell.name for cell in cells))
 
 
+def _speed_loops():
+    from engine.speed import LOOPS
+
+    return list(LOOPS)
+
+
 def _speed_formats():
     from engine.speed.variants import available_formats
     from ui import state
@@ -403,6 +409,9 @@ PAGE_PARAMS: dict[str, tuple[Param, ...]] = {
         Param("speed_formats", Choices(_speed_formats)),
         Param("speed_repeats", IntRange(3, 200)),
         Param("speed_variants", Choices(_speed_variants)),
+        Param("speed_loops", Choices(_speed_loops)),
+        Param("speed_prompt_tokens", IntRange(1, 2048)),
+        Param("speed_new_tokens", IntRange(2, 1024)),
     ),
     "Learn": (
         Param("learn_tab", LABEL, "Linear vs quantile grids"),
