@@ -37,6 +37,7 @@ from engine.sizing.layers import (
     layer_counts,
     layer_plan,
 )
+from engine.sizing.layers import _int as _positive_int  # a positive integer config field, or ConfigError
 from engine.sizing.parameters import (  # noqa: F401  (parameters_by_kind re-exported)
     ConfigError,
     ParameterCount,
@@ -49,15 +50,6 @@ from engine.sizing.presets import WeightPreset, mix_bytes_by_kind, weight_preset
 
 CUDA_OVERHEAD_BYTES = 600 * 1024**2  # CUDA context + cuBLAS workspace + allocator slack (assumed, typical)
 LOGITS_BYTES = 4  # logits are upcast to fp32 before softmax / sampling
-
-
-def _positive_int(config, name: str, default: int | None = None) -> int:
-    value = getattr(config, name, None)
-    if value is None:
-        value = default
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"config field {name} must be a positive integer (got {value!r})")
-    return value
 
 
 def head_dim(config) -> int:
