@@ -123,7 +123,7 @@ def _roofline_bytes(model: nn.Module, prompt_tokens: int, new_tokens: int) -> fl
     return weight_read_bytes(model) + kv_bytes_per_token(model.config, kv_bits) * mean_context
 
 
-class _TokenClock:
+class TokenClock:
     """A `generate` streamer that only notes when each put() arrives: the prompt first, then one call per
     new token, so prefill ends at the second put and decode is the time from there to the end."""
 
@@ -143,7 +143,7 @@ class _TokenClock:
 def _hf_generate(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[float, float, torch.Tensor]:
     """(prefill s, decode s, new token ids) of transformers' greedy `generate`, end-of-sequence ignored."""
     device = str(ids.device)
-    clock = _TokenClock(device)
+    clock = TokenClock(device)
     sync(device)
     start = time.perf_counter()
     out = model.generate(

@@ -45,6 +45,7 @@ from engine.sizing.estimate import estimate
 from engine.sizing.measure import DTYPE_PRESETS
 from engine.sizing.presets import WeightPreset, weight_preset
 from engine.speed.bandwidth import float_dtype, model_weight_bytes
+from engine.speed.decode_bench import TokenClock
 from engine.speed.synthetic import DTYPE_NAMES
 from engine.speed.timing import sync
 from engine.speed.variants import _is_bnb, build_variant, variant_recipe
@@ -204,20 +205,6 @@ def _our_round(model: nn.Module, ids: torch.Tensor, new_tokens: int, should_stop
     return marks[0] - start, steps, tuple(end.tokens[0].tolist()), cache
 
 
-class _Clock:
-    """A `generate` streamer noting when each put() arrives (the prompt, then one per new token)."""
-
-    def __init__(self, device: str) -> None:
-        self.device, self.times = device, []
-
-    def put(self, value) -> None:
-        sync(self.device)
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
-
-
 @torch.inference_mode()
 def _hf_round(model: nn.Module, ids: torch.Tensor, new_tokens: int, should_stop: ShouldStop | None):
     """(prefill s, step seconds, token ids, cache) by transformers' greedy `generate`; None when stopped."""
@@ -228,7 +215,7 @@ def _hf_round(model: nn.Module, ids: torch.Tensor, new_tokens: int, should_stop:
             return torch.full((input_ids.shape[0],), bool(should_stop()), device=input_ids.device)
 
     device = str(ids.device)
-    clock = _Clock(device)
+    clock = TokenClock(device)
     total = new_tokens + 1
     sync(device)
     start = time.perf_counter()
@@ -246,7 +233,7 @@ def _hf_round(model: nn.Module, ids: torch.Tensor, new_tokens: int, should_stop:
     new_ids = out.sequences[0, ids.shape[1] :]
     if new_ids.numel() < total:
         return None
-    tokens = clock.times[1:]  # [prompt, token 0, token 1, ...]: token 0 ends the prefill
+    tokens = clock.times[1:-1]  # [prompt, token 0, token 1, ..., end]: token 0 ends the prefill
     steps = tuple(b - a for a, b in zip(tokens, tokens[1:], strict=False))
     return tokens[0] - start, steps, tuple(new_ids.tolist()), out.past_key_values
 
