@@ -6,8 +6,9 @@ state), `write` once the sidebar is drawn (the current selections go back into t
 
 Only widget values are set: a link never loads a model (a `model` parameter fills the sidebar's fields for
 the user to press Load model), never presses a button, and never starts a run. A parameter is restored
-only when the URL's value differs from the one this session last wrote, so a user's latest change to a
-widget is never overwritten by the (older) URL, and other modules may add their own parameters.
+only when the URL's value is not one this session wrote itself, so a user's latest change to a widget is
+never overwritten by an older URL (quick clicks can rerun the page before the browser's address caught
+up), and other modules may add their own parameters.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from ui.link_params import MAX_CHARS, MODEL, NO_DEFAULT, PAGE_PARAMS, PAGE_PATHS
 from ui.widgets import DEFAULT_SCHEME, picker_values
 
 WRITTEN = "qe_links_written"  # {name: text}: the query parameters this session last wrote
+HISTORY = "qe_links_history"  # {name: [text, ...]}: every value this session wrote, newest last (bounded)
+HISTORY_LENGTH = 64
 SCHEME_PREFIX = "qe_scheme"  # the sidebar scheme picker's widget keys (ui.sidebar)
 PICK_KIND, PICK_LOCATION = "qe_pick_kind", "qe_pick_location"  # the sidebar's model fields
 SHOWN_CHARS = 40  # how much of an ignored name or value a message repeats
@@ -48,13 +51,15 @@ def url_params() -> dict[str, str]:
 
 
 def restore(title: str) -> Restored:
-    """Set the widgets named by the URL's new parameters (those that differ from what this session last
-    wrote); the ignored ones come back with why, for `report`."""
+    """Set the widgets named by the URL's new parameters (values this session has not written itself); the
+    ignored ones come back with why, for `report`."""
     declared = {param.key: param.kind for param in PAGE_PARAMS.get(title, ())}
-    written = st.session_state.get(WRITTEN, {})
+    history = st.session_state.get(HISTORY, {})
     restored = Restored()
     for name, text in url_params().items():
-        if written.get(name) == text or name in PASSED_ON:
+        # a value this session wrote itself is not a link's: quick clicks can rerun the page with a URL
+        # one or two changes old, which must not undo the newer widget values
+        if text in history.get(name, ()) or name in PASSED_ON:
             continue
         kind = declared.get(name) or SHARED.get(name)
         if kind is None:
@@ -150,6 +155,12 @@ def write(title: str, uses_scheme: bool = False) -> None:
     if wanted != url_params():
         st.query_params.from_dict(wanted)
     st.session_state[WRITTEN] = wanted
+    history = st.session_state.setdefault(HISTORY, {})
+    for name, text in wanted.items():
+        texts = history.setdefault(name, [])
+        if text not in texts:
+            texts.append(text)
+            del texts[:-HISTORY_LENGTH]
 
 
 def view_url(title: str) -> str:

@@ -112,6 +112,12 @@ def test_user_change_is_not_overwritten_by_the_older_url(app):
     fresh.run()
     assert fresh.session_state["memory_context"] == 4096
     assert fresh.query_params["memory_context"] == "4096"
+    fresh.session_state["memory_context"] = 16384
+    fresh.run()
+    fresh.query_params["memory_context"] = "4096"  # a rerun whose URL is a change behind (quick clicks)
+    fresh.run()
+    assert fresh.session_state["memory_context"] == 16384
+    assert fresh.query_params["memory_context"] == "16384"
 
 
 def test_invalid_and_unknown_parameters_are_named_and_ignored():
