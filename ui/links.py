@@ -57,9 +57,11 @@ def restore(title: str) -> Restored:
     history = st.session_state.get(HISTORY, {})
     restored = Restored()
     for name, text in url_params().items():
-        # a value this session wrote itself is not a link's: quick clicks can rerun the page with a URL
-        # one or two changes old, which must not undo the newer widget values
-        if text in history.get(name, ()) or name in PASSED_ON:
+        # a value this session wrote itself, for a widget that still holds a value, is not a link's: quick
+        # clicks can rerun the page with a URL one or two changes old, which must not undo newer values.
+        # A widget whose state is gone (its page was left) takes it: going back to a view restores it.
+        mine = text in history.get(name, ()) and (name in SHARED or name in st.session_state)
+        if mine or name in PASSED_ON:
             continue
         kind = declared.get(name) or SHARED.get(name)
         if kind is None:
